@@ -1,0 +1,1 @@
+"""The FastAPI service: accounts, two-factor login, API tokens, coins and orders."""

@@ -1,0 +1,44 @@
+"""The FastAPI application factory. Connections are opened in the lifespan, never at import."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+
+from api import errors
+from api.limits import BodySizeLimit
+from api.routes import auth, orders, service, tokens, wallet
+from core.security import Passwords
+from core.settings import Settings
+from core.storage import open_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.redis_url:
+            raise RuntimeError("CRAWLCOIN_REDIS_URL is not set (`crawlcoin up` starts Valkey and sets it)")
+        app.state.settings = settings
+        app.state.passwords = Passwords(settings)
+        app.state.store = open_store(settings.resolved_store_url)
+        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+        try:
+            yield
+        finally:
+            app.state.redis.close()
+            app.state.store.close()
+
+    app = FastAPI(
+        title="crawlcoin API",
+        summary="Accounts, two-factor login, API tokens, coins and orders of the crawlcoin marketplace.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for router in (auth.router, tokens.router, wallet.router, orders.router, service.router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,60 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
+from api.services import orders
+from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_order(
+    req: OrderCreate,
+    response: Response,
+    user: CurrentUser,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey,
+) -> OrderOut:
+    """Place an order; its full cost is held in escrow at once."""
+    out, created = orders.create(store, settings, user, req, idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return out
+
+
+@router.get("")
+def list_orders(
+    user: CurrentUser,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> OrderPage:
+    """Your orders, newest first."""
+    return orders.list_own(store, user, limit, cursor)
+
+
+@router.get("/{order_id}")
+def get_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+    """One of your orders."""
+    return orders.order_out(store, orders.get_own(store, user, order_id))
+
+
+@router.post("/{order_id}/pause")
+def pause_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+    """Stop scheduling repetitions until resumed."""
+    return orders.pause(store, user, order_id)
+
+
+@router.post("/{order_id}/resume")
+def resume_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+    """Continue a paused order."""
+    return orders.resume(store, user, order_id)
+
+
+@router.post("/{order_id}/cancel")
+def cancel_order(order_id: str, user: CurrentUser, store: StoreDep) -> CancelOut:
+    """Cancel the order and refund its unclaimed repetitions."""
+    return orders.cancel(store, user, order_id)

@@ -1,0 +1,140 @@
+"""Registration, TOTP enrolment, login and sessions."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from core import ledger, security
+from core.errors import AuthenticationFailed, Conflict, PermissionDenied
+from core.schemas import (
+    CredentialsRequest,
+    LoginRequest,
+    MeOut,
+    RegisterRequest,
+    Registered,
+    SessionOut,
+    TotpConfirmRequest,
+    TotpEnrolment,
+    UserOut,
+)
+from core.security import Passwords
+from core.settings import Settings
+from core.storage import Store
+from core.storage.base import LoginSession, User
+from core.throttle import LoginThrottle
+
+
+def user_out(user: User) -> UserOut:
+    return UserOut(id=user.id, username=user.username, totp_enabled=user.totp_enabled, created_at=user.created_at)
+
+
+def me(store: Store, user: User) -> MeOut:
+    balance = store.get_balance(ledger.user_account(user.id))
+    return MeOut(**user_out(user).model_dump(), balance=balance)
+
+
+def _enrolment(secret: str, username: str) -> TotpEnrolment:
+    uri = security.totp_uri(secret, username)
+    return TotpEnrolment(secret=secret, otpauth_uri=uri, qr_png=security.qr_png_data_uri(uri))
+
+
+def register(store: Store, passwords: Passwords, req: RegisterRequest) -> Registered:
+    username = req.username.lower()
+    passwords.check_rules(req.password, username)
+    secret = security.new_totp_secret()
+    user = User(
+        id=str(uuid.uuid4()),
+        username=username,
+        password_hash=passwords.hash(req.password),
+        totp_secret=secret,
+        created_at=datetime.now(UTC),
+    )
+    store.create_user(user)
+    return Registered(user=user_out(user), totp=_enrolment(secret, username))
+
+
+def _check_password(
+    store: Store, passwords: Passwords, throttle: LoginThrottle, req: CredentialsRequest, client: str
+) -> User:
+    throttle.check(req.username, client)
+    user = store.get_user_by_username(req.username.lower())
+    if not passwords.verify(user.password_hash if user else None, req.password) or user is None:
+        throttle.record_failure(req.username, client)
+        raise AuthenticationFailed("wrong username or password")
+    return user
+
+
+def _check_code(store: Store, throttle: LoginThrottle, user: User, code: str, client: str) -> None:
+    step = security.totp_step_of(user.totp_secret or "", code) if user.totp_secret else None
+    if step is None:
+        throttle.record_failure(user.username, client)
+        raise AuthenticationFailed("wrong two-factor code")
+    if not store.use_totp_step(user.id, step):
+        throttle.record_failure(user.username, client)
+        raise AuthenticationFailed("this two-factor code was already used; wait for the next one")
+
+
+def _new_session(store: Store, settings: Settings, user: User) -> SessionOut:
+    now = datetime.now(UTC)
+    session = LoginSession(
+        id=str(uuid.uuid4()),
+        user_id=user.id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.session_ttl_seconds),
+    )
+    store.create_session(session)
+    token = security.encode_session(settings, user.id, session.id, session.expires_at)
+    return SessionOut(access_token=token, expires_at=session.expires_at)
+
+
+def totp_setup(
+    store: Store, passwords: Passwords, throttle: LoginThrottle, req: CredentialsRequest, client: str
+) -> TotpEnrolment:
+    user = _check_password(store, passwords, throttle, req, client)
+    secret = security.new_totp_secret()
+    if not store.set_totp_secret(user.id, secret):
+        raise Conflict("two-factor authentication is already enabled for this account")
+    return _enrolment(secret, user.username)
+
+
+def totp_confirm(
+    store: Store,
+    settings: Settings,
+    passwords: Passwords,
+    throttle: LoginThrottle,
+    req: TotpConfirmRequest,
+    client: str,
+) -> SessionOut:
+    user = _check_password(store, passwords, throttle, req, client)
+    if user.totp_enabled:
+        raise Conflict("two-factor authentication is already enabled; log in instead")
+    _check_code(store, throttle, user, req.code, client)
+    store.enable_totp(user.id)
+    throttle.reset_account(user.username)
+    return _new_session(store, settings, user)
+
+
+def login(
+    store: Store, settings: Settings, passwords: Passwords, throttle: LoginThrottle, req: LoginRequest, client: str
+) -> SessionOut:
+    user = _check_password(store, passwords, throttle, req, client)
+    if not user.totp_enabled:
+        raise PermissionDenied("two-factor enrolment is not finished: confirm a code at POST /auth/totp/confirm")
+    _check_code(store, throttle, user, req.code, client)
+    throttle.reset_account(user.username)
+    return _new_session(store, settings, user)
+
+
+def authenticate(store: Store, settings: Settings, token: str) -> User:
+    claims = security.decode_session(settings, token)
+    session = store.get_session(claims.session_id)
+    if session is None or session.user_id != claims.user_id or session.revoked_at is not None:
+        raise AuthenticationFailed("this session has ended; log in again")
+    user = store.get_user(session.user_id)
+    if user is None:
+        raise AuthenticationFailed("this session has ended; log in again")
+    return user
+
+
+def logout(store: Store, settings: Settings, token: str) -> None:
+    claims = security.decode_session(settings, token)
+    store.revoke_session(claims.session_id, datetime.now(UTC))

@@ -1,0 +1,114 @@
+"""Creating, listing and steering orders."""
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+
+from api.pagination import decode_cursor, encode_cursor
+from core import ledger
+from core.errors import Conflict, NotFound
+from core.orders import check_order
+from core.schemas import CancelOut, CronSchedule, IntervalSchedule, OrderCreate, OrderOut, OrderPage, OrderStatus
+from core.settings import Settings
+from core.storage import Store
+from core.storage.base import Order, User
+from core.urls import check_target_url
+
+_IDEMPOTENT_ORDER_NS = uuid.UUID("5b0e4a52-3c4e-4f7e-9a7e-6f1d2c3b4a59")
+
+
+def order_out(store: Store, order: Order) -> OrderOut:
+    schedule: IntervalSchedule | CronSchedule
+    if order.schedule_kind == "interval":
+        schedule = IntervalSchedule(kind="interval", every_seconds=order.every_seconds or 0)
+    else:
+        schedule = CronSchedule(kind="cron", cron=order.cron or "", timezone=order.timezone or "UTC")
+    return OrderOut(
+        id=order.id,
+        url=order.url,
+        method=order.method,
+        headers=order.headers,
+        body=order.body,
+        schedule=schedule,
+        start_at=order.start_at,
+        max_runs=order.max_runs,
+        runs_claimed=order.runs_claimed,
+        runs_left=order.max_runs - order.runs_claimed,
+        status=order.status,
+        price_per_run=order.price_per_run,
+        cost=order.cost,
+        escrow_balance=store.get_balance(ledger.escrow_account(order.id)),
+        deployment_id=order.deployment_id,
+        created_at=order.created_at,
+    )
+
+
+def create(
+    store: Store, settings: Settings, user: User, req: OrderCreate, idempotency_key: str | None
+) -> tuple[OrderOut, bool]:
+    now = datetime.now(UTC)
+    url = check_target_url(req.url, allow_private=settings.allow_private_targets, max_length=settings.max_url_length)
+    start_at = check_order(req, settings, now)
+    if idempotency_key:
+        order_id = str(uuid.uuid5(_IDEMPOTENT_ORDER_NS, f"{user.id}:{idempotency_key}"))
+    else:
+        order_id = str(uuid.uuid4())
+    schedule = req.schedule
+    order = Order(
+        id=order_id,
+        owner_id=user.id,
+        url=url,
+        method=req.method,
+        headers=req.headers,
+        body=req.body,
+        schedule_kind=schedule.kind,
+        every_seconds=schedule.every_seconds if isinstance(schedule, IntervalSchedule) else None,
+        cron=schedule.cron if isinstance(schedule, CronSchedule) else None,
+        timezone=schedule.timezone if isinstance(schedule, CronSchedule) else None,
+        start_at=start_at,
+        max_runs=req.max_runs,
+        price_per_run=settings.price_per_run,
+        request_hash=hashlib.sha256(req.model_dump_json().encode()).hexdigest(),
+        created_at=now,
+        updated_at=now,
+    )
+    stored, created = store.create_order(order)
+    return order_out(store, stored), created
+
+
+def get_own(store: Store, user: User, order_id: str) -> Order:
+    order = store.get_order(order_id)
+    if order is None or order.owner_id != user.id:
+        raise NotFound("order not found")
+    return order
+
+
+def list_own(store: Store, user: User, limit: int, cursor: str | None) -> OrderPage:
+    orders = store.list_orders(user.id, limit, decode_cursor(cursor))
+    next_cursor = encode_cursor(orders[-1].created_at, orders[-1].id) if len(orders) == limit else None
+    return OrderPage(items=[order_out(store, o) for o in orders], next_cursor=next_cursor)
+
+
+def pause(store: Store, user: User, order_id: str) -> OrderOut:
+    order = get_own(store, user, order_id)
+    changed = store.set_order_status(order.id, {OrderStatus.active, OrderStatus.paused}, OrderStatus.paused)
+    if changed is None:
+        raise Conflict(f"a {order.status.value} order cannot be paused")
+    return order_out(store, changed)
+
+
+def resume(store: Store, user: User, order_id: str) -> OrderOut:
+    order = get_own(store, user, order_id)
+    changed = store.set_order_status(order.id, {OrderStatus.paused, OrderStatus.active}, OrderStatus.active)
+    if changed is None:
+        raise Conflict(f"a {order.status.value} order cannot be resumed")
+    return order_out(store, changed)
+
+
+def cancel(store: Store, user: User, order_id: str) -> CancelOut:
+    order = get_own(store, user, order_id)
+    result = store.cancel_order(order.id)
+    if result is None:
+        raise Conflict(f"the order is already {order.status.value}")
+    cancelled, refunded = result
+    return CancelOut(order=order_out(store, cancelled), refunded=refunded)

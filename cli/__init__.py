@@ -1,0 +1,1 @@
+"""The `crawlcoin` command line: one Typer app, one subcommand per role."""

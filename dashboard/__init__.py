@@ -1,0 +1,1 @@
+"""The Streamlit dashboard; talks to the API over HTTP only."""

@@ -1,0 +1,1 @@
+"""Prefect flows (dispatch, reconcile); `prefect.yaml` points here."""

@@ -1,0 +1,1 @@
+"""Mining: the Socket.IO mining server (`server/`) and the volunteer's client (`client/`)."""
