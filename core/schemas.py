@@ -7,11 +7,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Password = Annotated[str, Field(min_length=1, max_length=256)]
 TotpCode = Annotated[str, Field(pattern=r"^\d{6}$", description="The 6-digit code from the authenticator app.")]
+
+
+def _iso_datetime(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an ISO 8601 date-time such as 2030-01-01T09:00:00Z") from None
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+"""Strict models take date-times as ISO 8601 strings only (a bare number is refused)."""
 
 
 class Request(BaseModel):
@@ -84,7 +97,7 @@ class MeOut(UserOut):
 
 class TokenCreate(Request):
     name: Annotated[str, Field(min_length=1, max_length=64)] = "token"
-    scopes: Annotated[list[Scope], Field(min_length=1, max_length=2)]
+    scopes: Annotated[list[Annotated[Scope, Strict(False)]], Field(min_length=1, max_length=2)]
     order_id: str | None = Field(default=None, description="Limit the token to this one order.")
 
 
@@ -150,7 +163,7 @@ class OrderCreate(Request):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str | None = Field(default=None, description="Request body; only with method POST.")
     schedule: Schedule
-    start_at: datetime | None = Field(default=None, description="First run, with a timezone; default: now.")
+    start_at: IsoDateTime | None = Field(default=None, description="First run, with a timezone; default: now.")
     max_runs: Annotated[int, Field(ge=1)]
 
 

@@ -44,11 +44,11 @@ def forbidden_ip_reason(ip: IPAddress | str) -> str | None:
             return f"{ip} embeds {reason}" if reason else None
     for attr, what in (
         ("is_loopback", "loopback"),
-        ("is_private", "private"),
         ("is_link_local", "link-local"),
         ("is_multicast", "multicast"),
         ("is_unspecified", "unspecified"),
         ("is_reserved", "reserved"),
+        ("is_private", "private"),  # last: Python counts the ranges above as private too
     ):
         if getattr(ip, attr):
             return f"{ip} is a {what} address"
