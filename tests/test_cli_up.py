@@ -1,0 +1,91 @@
+"""`crawlcoin up`, the README's run command, started as a subprocess and driven over HTTP."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyotp
+
+from tests.conftest import free_port
+from tests.helpers import PASSWORD, ApiClient, interval_order
+
+CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
+
+
+def start_up(data_dir: Path, api_port: int, valkey_port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
+    env.update(CRAWLCOIN_DATA_DIR=str(data_dir), CRAWLCOIN_API_PORT=str(api_port),
+               CRAWLCOIN_VALKEY_PORT=str(valkey_port), COLUMNS="200")
+    return subprocess.Popen([CRAWLCOIN, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_table(proc: subprocess.Popen[str], timeout: float = 90) -> str:
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("crawlcoin up exited early:\n" + "".join(seen))
+        seen.append(line)
+        if "/docs" in line:
+            return "".join(seen)
+    raise AssertionError("no URL table:\n" + "".join(seen))
+
+
+def stop(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=60)
+
+
+def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> None:
+    api_port, valkey_port = free_port(), free_port()
+    proc = start_up(tmp_path, api_port, valkey_port)
+    try:
+        out = wait_for_table(proc)
+        assert f"http://127.0.0.1:{api_port}/docs" in out and f"redis://127.0.0.1:{valkey_port}" in out
+        with ApiClient(f"http://127.0.0.1:{api_port}") as api:
+            assert api.get("/health").json() == {"status": "ok", "store": "ok", "valkey": "ok"}
+            alice = api.new_account(coins=10)
+            order = api.post("/orders", json=interval_order(runs=3), headers=alice.headers)
+            assert order.status_code == 201
+    finally:
+        code = stop(proc)
+    assert code == 0
+    assert (tmp_path / "crawlcoin.db").exists() and (tmp_path / "logs" / "api.log").exists()
+    assert (tmp_path / "valkey" / "appendonlydir").is_dir(), "Valkey runs with AOF persistence"
+    try:
+        httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
+        raise AssertionError("the API still answers after crawlcoin up stopped")
+    except httpx.ConnectError:
+        pass
+
+    proc = start_up(tmp_path, api_port, valkey_port)
+    try:
+        wait_for_table(proc)
+        with ApiClient(f"http://127.0.0.1:{api_port}") as api:
+            login = api.post("/auth/login", json={"username": alice.username, "password": PASSWORD,
+                                                  "code": pyotp.TOTP(alice.secret).at(time.time() + 30)})
+            assert login.status_code == 200, login.text
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            assert api.get("/wallet", headers=headers).json()["balance"] == 7
+            assert api.get(f"/orders/{order.json()['id']}", headers=headers).json()["escrow_balance"] == 3
+    finally:
+        assert stop(proc) == 0
+
+
+def test_up_names_the_setting_when_a_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = start_up(tmp_path, port, free_port())
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"port {port}" in out and "CRAWLCOIN_API_PORT" in out and "Traceback" not in out
