@@ -2,14 +2,16 @@
 # Start a single-node Apache Cassandra 5.0 for tests, from Maven Central jars (no tarball, no Docker).
 #
 #   scripts/cassandra/start.sh [--dir DIR] [--port 9042] [--storage-port 7000] [--jmx-port PORT]
-#                              [--heap 1G] [--timeout 180]
+#                              [--heap 1G] [--heap-min 256M] [--timeout 180]
 #
 # - jars: resolved once with Maven into $CRAWLCOIN_CASSANDRA_HOME/lib-<version>
 #         (default ~/.cache/crawlcoin/cassandra); later runs reuse them without Maven.
 # - DIR:  conf/, data/, logs/ and cassandra.pid of this node (default $CRAWLCOIN_CASSANDRA_HOME/node-<port>).
 #         Data is kept between runs; delete DIR for a fresh node.
 # - Idempotent: if the node of DIR is already running, it only waits for CQL and prints the contact point.
-# On success the last line on stdout is the contact point, 127.0.0.1:<port>.
+# - --jmx-port enables local JMX (nodetool); off by default.
+# - CRAWLCOIN_CASSANDRA_JVM_OPTS: extra JVM options, whitespace-separated.
+# On success the only line on stdout is the contact point, 127.0.0.1:<port>; progress goes to stderr.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,9 +22,10 @@ PORT=9042
 STORAGE_PORT=7000
 JMX_PORT=""
 HEAP="1G"
+HEAP_MIN="256M"
 TIMEOUT=180
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "cassandra: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
@@ -37,6 +40,8 @@ while [[ $# -gt 0 ]]; do
     --jmx-port=*) JMX_PORT="${1#*=}"; shift ;;
     --heap) HEAP="${2:?}"; shift 2 ;;
     --heap=*) HEAP="${1#*=}"; shift ;;
+    --heap-min) HEAP_MIN="${2:?}"; shift 2 ;;
+    --heap-min=*) HEAP_MIN="${1#*=}"; shift ;;
     --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -68,18 +73,18 @@ wait_for_cql() {
     fi
     if ! alive "$pid"; then
       echo "cassandra: the JVM (pid $pid) exited before CQL was ready. Log tail:" >&2
-      tail -n 60 "$LOGDIR/system.log" "$LOGDIR/stdout.log" 2>/dev/null >&2 || true
+      tail -n 60 "$LOGDIR/system.log" "$LOGDIR/stdout.log" >&2 2>/dev/null || true
       rm -f "$PIDFILE"
       exit 1
     fi
     now=$(date +%s)
     if (( now - started >= TIMEOUT )); then
       echo "cassandra: CQL not ready on 127.0.0.1:$PORT after ${TIMEOUT} s (pid $pid still running). Log tail:" >&2
-      tail -n 60 "$LOGDIR/system.log" "$LOGDIR/stdout.log" 2>/dev/null >&2 || true
+      tail -n 60 "$LOGDIR/system.log" "$LOGDIR/stdout.log" >&2 2>/dev/null || true
       echo "cassandra: stop it with: $HERE/stop.sh --dir $DIR" >&2
       exit 1
     fi
-    sleep 1
+    sleep 0.5
   done
 }
 
@@ -136,7 +141,7 @@ JAMM="$(ls "$LIB"/jamm-*.jar 2>/dev/null | head -n 1)"
 [[ -n "$JAMM" ]] || die "no jamm jar in $LIB"
 
 # --- config ------------------------------------------------------------------
-mkdir -p "$DIR/conf" "$DIR/data" "$LOGDIR" "$DIR/tmp"
+mkdir -p "$DIR/conf" "$DIR/data" "$DIR/triggers" "$LOGDIR" "$DIR/tmp"
 sed -e "s#@DATA_DIR@#$DIR/data#g" \
     -e "s#@NATIVE_PORT@#$PORT#g" \
     -e "s#@STORAGE_PORT@#$STORAGE_PORT#g" \
@@ -147,17 +152,25 @@ cp "$HERE/jvm17.args" "$DIR/conf/jvm17.args"
 
 ARGS=(
   "@$DIR/conf/jvm17.args"
-  "-Xms$HEAP" "-Xmx$HEAP"
+  # -Xms below -Xmx on purpose: Cassandra mlockall()s its memory, which as root makes every committed
+  # heap page resident at once (-Xms1G -Xmx1G gives ~1.45 GB RSS right after boot; 256M gives ~0.65 GB).
+  "-Xms$HEAP_MIN" "-Xmx$HEAP"
   "-javaagent:$JAMM"
   "-Djava.io.tmpdir=$DIR/tmp"
   "-Djna.tmpdir=$DIR/tmp"
   "-Dcassandra.config=file://$DIR/conf/cassandra.yaml"
   "-Dcassandra.storagedir=$DIR/data"
   "-Dcassandra.logdir=$LOGDIR"
+  "-Dcassandra.triggers_dir=$DIR/triggers"
   "-Dlogback.configurationFile=file://$DIR/conf/logback.xml"
 )
 if [[ -n "$JMX_PORT" ]]; then
   ARGS+=("-Dcassandra.jmx.local.port=$JMX_PORT")
+fi
+# Extra JVM options, whitespace-separated (e.g. CRAWLCOIN_CASSANDRA_JVM_OPTS="-Dcassandra.ring_delay_ms=1000").
+if [[ -n "${CRAWLCOIN_CASSANDRA_JVM_OPTS:-}" ]]; then
+  read -r -a EXTRA <<<"$CRAWLCOIN_CASSANDRA_JVM_OPTS"
+  ARGS+=("${EXTRA[@]}")
 fi
 ARGS+=(-cp "$DIR/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon)
 

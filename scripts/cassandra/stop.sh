@@ -19,7 +19,7 @@ while [[ $# -gt 0 ]]; do
     --port=*) PORT="${1#*=}"; shift ;;
     --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "cassandra: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
