@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from api import errors
 from api.limits import BodySizeLimit
@@ -19,15 +20,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.redis_url:
-            raise RuntimeError("CRAWLCOIN_REDIS_URL is not set (`crawlcoin up` starts Valkey and sets it)")
         app.state.settings = settings
         app.state.passwords = Passwords(settings)
         app.state.store = open_store(settings.resolved_store_url)
-        app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+        app.state.redis = Redis.from_url(settings.resolved_redis_url, socket_timeout=5, health_check_interval=30)
+        app.state.aredis = AsyncRedis.from_url(settings.resolved_redis_url, socket_timeout=5)
         try:
             yield
         finally:
+            await app.state.aredis.aclose()
             app.state.redis.close()
             app.state.store.close()
 

@@ -35,6 +35,24 @@ def serve_api() -> None:
                 log_level="info")
 
 
+@app.command()
+def worker(
+    pool: str = typer.Option(None, help="Prefect work pool (default: CRAWLCOIN_WORK_POOL)."),
+    limit: int = typer.Option(8, min=1, help="Flow runs executed at the same time."),
+    name: str = typer.Option(None, help="Worker name shown in the Prefect UI."),
+    prefetch: float = typer.Option(10.0, min=0, help="Seconds ahead of their start that runs are claimed."),
+) -> None:
+    """Run a crawlcoin Prefect worker: executes dispatch/reconcile runs in-process (run N anywhere)."""
+    import anyio
+
+    from flows.worker import CrawlcoinWorker
+
+    settings = _settings()
+    w = CrawlcoinWorker(work_pool_name=pool or settings.work_pool, limit=limit, name=name,
+                        prefetch_seconds=prefetch, settings=settings)
+    anyio.run(w.start)
+
+
 def _settings():  # noqa: ANN202 - imported lazily so `--help` stays fast
     from core.settings import Settings
 

@@ -36,6 +36,14 @@ class Scope(StrEnum):
     results = "results"
 
 
+class RepetitionState(StrEnum):
+    queued = "queued"
+    leased = "leased"
+    done = "done"
+    failed = "failed"
+    refunded = "refunded"
+
+
 class OrderStatus(StrEnum):
     active = "active"
     paused = "paused"
@@ -182,6 +190,7 @@ class OrderOut(BaseModel):
     price_per_run: int
     cost: int
     escrow_balance: int
+    next_due_at: datetime | None
     deployment_id: str | None
     created_at: datetime
 
@@ -194,6 +203,22 @@ class OrderPage(BaseModel):
 class CancelOut(BaseModel):
     order: OrderOut
     refunded: int
+
+
+# --- jobs (queue → mining server → miner) ------------------------------------------------
+
+
+class Job(BaseModel):
+    """One repetition to fetch, as it travels through the queue."""
+
+    key: str = Field(description='"{order_id}:{n}"')
+    order_id: str
+    n: int
+    url: str
+    method: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    due_at: datetime
 
 
 # --- service --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"
@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     allow_private_targets: bool = Field(default=False, description="Accept order URLs on private/loopback IPs (local testing only).")
     faucet_max_amount: int = Field(default=1000, ge=0, description="Largest single faucet grant (dev/test only).")
 
+    # Scheduling through Prefect.
+    prefect_api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("PREFECT_API_URL", "CRAWLCOIN_PREFECT_API_URL"),
+        description="Prefect server API, e.g. http://127.0.0.1:4200/api (PREFECT_API_URL).",
+    )
+    work_pool: str = Field(default="crawlcoin", description="Prefect work pool of the dispatch and reconcile runs.")
+    dispatch_window_seconds: int = Field(default=600, ge=1, description="How far ahead one dispatch run claims.")
+    dispatch_lead_seconds: int = Field(default=30, ge=0, description="Dispatch runs start this long before the first due repetition they cover.")
+    catchup_seconds: int = Field(default=600, ge=0, description="Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late.")
+    sync_interval_seconds: float = Field(default=5.0, gt=0, description="How often each worker brings Prefect in line with pending order changes.")
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
         if self.mode is Mode.production:
@@ -69,6 +80,11 @@ class Settings(BaseSettings):
     @property
     def faucet_enabled(self) -> bool:
         return self.mode is not Mode.production
+
+    @property
+    def resolved_redis_url(self) -> str:
+        """The configured Valkey/Redis, else the embedded one `crawlcoin up` starts."""
+        return self.redis_url or f"redis://{self.host}:{self.valkey_port}/0"
 
     @property
     def resolved_store_url(self) -> str:

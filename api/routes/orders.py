@@ -1,8 +1,9 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
 from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
+from api.scheduling import sync_soon
 from api.services import orders
 from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
 
@@ -17,10 +18,14 @@ def create_order(
     store: StoreDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey,
+    background: BackgroundTasks,
+    request: Request,
 ) -> OrderOut:
     """Place an order; its full cost is held in escrow at once."""
     out, created = orders.create(store, settings, user, req, idempotency_key)
-    if not created:
+    if created:
+        sync_soon(background, request)
+    else:
         response.status_code = status.HTTP_200_OK
     return out
 
@@ -43,18 +48,30 @@ def get_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
 
 
 @router.post("/{order_id}/pause")
-def pause_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+def pause_order(
+    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+) -> OrderOut:
     """Stop scheduling repetitions until resumed."""
-    return orders.pause(store, user, order_id)
+    out = orders.pause(store, user, order_id)
+    sync_soon(background, request)
+    return out
 
 
 @router.post("/{order_id}/resume")
-def resume_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+def resume_order(
+    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+) -> OrderOut:
     """Continue a paused order."""
-    return orders.resume(store, user, order_id)
+    out = orders.resume(store, user, order_id)
+    sync_soon(background, request)
+    return out
 
 
 @router.post("/{order_id}/cancel")
-def cancel_order(order_id: str, user: CurrentUser, store: StoreDep) -> CancelOut:
+def cancel_order(
+    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+) -> CancelOut:
     """Cancel the order and refund its unclaimed repetitions."""
-    return orders.cancel(store, user, order_id)
+    out = orders.cancel(store, user, order_id)
+    sync_soon(background, request)
+    return out

@@ -5,7 +5,7 @@ import uuid
 from datetime import UTC, datetime
 
 from api.pagination import decode_cursor, encode_cursor
-from core import ledger
+from core import ledger, schedules
 from core.errors import Conflict, NotFound
 from core.orders import check_order
 from core.schemas import CancelOut, CronSchedule, IntervalSchedule, OrderCreate, OrderOut, OrderPage, OrderStatus
@@ -38,6 +38,7 @@ def order_out(store: Store, order: Order) -> OrderOut:
         price_per_run=order.price_per_run,
         cost=order.cost,
         escrow_balance=store.get_balance(ledger.escrow_account(order.id)),
+        next_due_at=order.next_due_at,
         deployment_id=order.deployment_id,
         created_at=order.created_at,
     )
@@ -72,6 +73,7 @@ def create(
         created_at=now,
         updated_at=now,
     )
+    order.next_due_at = schedules.first_due(order)
     stored, created = store.create_order(order)
     return order_out(store, stored), created
 
@@ -99,7 +101,9 @@ def pause(store: Store, user: User, order_id: str) -> OrderOut:
 
 def resume(store: Store, user: User, order_id: str) -> OrderOut:
     order = get_own(store, user, order_id)
-    changed = store.set_order_status(order.id, {OrderStatus.paused, OrderStatus.active}, OrderStatus.active)
+    next_due = schedules.first_due_at_or_after(order, datetime.now(UTC)) if order.next_due_at is None else None
+    changed = store.set_order_status(order.id, {OrderStatus.paused, OrderStatus.active}, OrderStatus.active,
+                                     next_due_at=next_due)
     if changed is None:
         raise Conflict(f"a {order.status.value} order cannot be resumed")
     return order_out(store, changed)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from sqlmodel import Field, SQLModel
 
-from core.schemas import OrderStatus
+from core.schemas import OrderStatus, RepetitionState
 
 Cursor = tuple[datetime, str]
 """Position in a newest-first listing: (created_at, id) of the last item already seen."""
@@ -64,6 +64,7 @@ class Order(SQLModel):
     start_at: datetime
     max_runs: int
     runs_claimed: int = 0
+    next_due_at: datetime | None = Field(default=None, description="Due time of repetition runs_claimed + 1.")
     status: OrderStatus = OrderStatus.active
     price_per_run: int
     deployment_id: str | None = None
@@ -74,6 +75,30 @@ class Order(SQLModel):
     @property
     def cost(self) -> int:
         return self.max_runs * self.price_per_run
+
+
+class Repetition(SQLModel):
+    key: str = Field(description='"{order_id}:{n}", the idempotency key of everything downstream.')
+    order_id: str
+    n: int
+    due_at: datetime
+    flow_run_id: str
+    state: RepetitionState = RepetitionState.queued
+    attempts: int = 0
+    created_at: datetime
+
+
+class Claim(SQLModel):
+    """What one dispatch run claimed of an order."""
+
+    order: Order
+    queued: list[Repetition] = Field(default_factory=list, description="To enqueue, in due order.")
+    refunded: list[Repetition] = Field(default_factory=list, description="Missed by more than the catch-up limit.")
+    replay: bool = Field(default=False, description="This flow run had claimed before; same repetitions again.")
+
+
+def job_key(order_id: str, n: int) -> str:
+    return f"{order_id}:{n}"
 
 
 class Transfer(SQLModel):
@@ -166,7 +191,7 @@ class Store(Protocol):
     def create_order(self, order: Order) -> tuple[Order, bool]:
         """Store the order and hold its cost in escrow, atomically.
 
-        Returns (order, True) when created. If an order with the same id exists (an
+        Returns (order, True) when created, with a Prefect sync requested. If an order with the same id exists (an
         idempotent retry) returns (existing, False) when its request_hash matches and
         raises IdempotencyConflict otherwise. Raises InsufficientFunds — and stores
         nothing — when the owner cannot pay the cost.
@@ -177,11 +202,52 @@ class Store(Protocol):
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         """The owner's orders, newest first, strictly older than `before`."""
 
-    def set_order_status(self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus) -> Order | None:
-        """Change the status if it is currently one of `allowed_from`; None otherwise."""
+    def set_order_status(
+        self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus, next_due_at: datetime | None = None
+    ) -> Order | None:
+        """Change the status (and next due time, if given) if it is one of `allowed_from`; else None.
+
+        Also requests a Prefect sync of the order, in the same atomic step.
+        """
 
     def cancel_order(self, order_id: str) -> tuple[Order, int] | None:
         """Cancel an active or paused order and refund its unclaimed repetitions, atomically.
 
         Returns (order, refunded coins), or None if the order is not active or paused.
         """
+
+    def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None: ...
+
+    # repetitions ---------------------------------------------------------------------------
+    def claim_repetitions(
+        self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
+    ) -> Claim:
+        """Claim, atomically, every unclaimed repetition of an active order due before `horizon`.
+
+        Idempotent per flow run: a second call with the same `flow_run_id` claims nothing new
+        and returns the repetitions that run claimed (replay=True). Repetitions due more than
+        `catchup_seconds` before `now` are refunded to the customer instead of queued. Claiming
+        the last repetition completes the order. Raises NotFound for an unknown order.
+        """
+
+    def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
+
+    def unclaim(self, order_id: str, ns: list[int]) -> int:
+        """Return withdrawn, never-released repetitions of a paused order to its counter.
+
+        They must be the newest claimed ones (`ns` = k+1..runs_claimed); otherwise they are
+        refunded instead. Returns how many went back.
+        """
+
+    def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
+        """Refund queued repetitions that will never run (idempotent); returns coins refunded."""
+
+    # Prefect sync queue --------------------------------------------------------------------
+    def request_sync(self, order_id: str, at: datetime) -> None:
+        """Note that the order's Prefect deployment must be brought in line with the order."""
+
+    def pending_syncs(self, limit: int) -> list[tuple[str, datetime]]:
+        """Orders waiting for a sync, oldest request first: (order id, requested at)."""
+
+    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
+        """Drop the request unless a newer one came in after `requested_at`."""

@@ -11,7 +11,7 @@ transfer are always touched in sorted order so concurrent transfers cannot deadl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,9 +22,21 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from core import ledger
-from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
-from core.schemas import OrderStatus
-from core.storage.base import ApiToken, Cursor, LedgerEntry, LoginSession, Order, Transfer, User
+from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput, NotFound
+from core import schedules
+from core.schemas import OrderStatus, RepetitionState
+from core.storage.base import (
+    ApiToken,
+    Claim,
+    Cursor,
+    LedgerEntry,
+    LoginSession,
+    Order,
+    Repetition,
+    Transfer,
+    User,
+    job_key,
+)
 
 SCHEMA_VERSION = 1
 R = TypeVar("R")
@@ -89,8 +101,35 @@ class OrderRow(Order, table=True):
     headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     status: OrderStatus = Field(default=OrderStatus.active, sa_type=String(16))
     start_at: datetime = Field(sa_type=UTCDateTime)
+    next_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime, index=True)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class RepetitionRow(Repetition, table=True):
+    __tablename__ = "repetitions"
+    key: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(index=True, max_length=36)
+    state: RepetitionState = Field(default=RepetitionState.queued, sa_type=String(16))
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class DispatchClaimRow(SQLModel, table=True):
+    """Which repetitions a flow run claimed, so running it again claims nothing new."""
+
+    __tablename__ = "dispatch_claims"
+    flow_run_id: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(max_length=36)
+    first_n: int
+    last_n: int
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SyncRequestRow(SQLModel, table=True):
+    __tablename__ = "prefect_sync_requests"
+    order_id: str = Field(primary_key=True, max_length=36)
+    requested_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class AccountRow(SQLModel, table=True):
@@ -396,6 +435,7 @@ class SqlStore:
                 s.flush()
                 self._transfer(s, ledger.hold_key(order.id), ledger.user_account(order.owner_id),
                                ledger.escrow_account(order.id), order.cost, "hold", order.id)
+                self._request_sync(s, order.id, order.created_at)
                 return order, True
 
         try:
@@ -419,13 +459,18 @@ class SqlStore:
     def _locked_order(self, s: Session, order_id: str) -> OrderRow | None:
         return s.exec(select(OrderRow).where(OrderRow.id == order_id).with_for_update()).first()
 
-    def set_order_status(self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus) -> Order | None:
+    def set_order_status(
+        self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus, next_due_at: datetime | None = None
+    ) -> Order | None:
         def run() -> Order | None:
             with self._write() as s:
                 row = self._locked_order(s, order_id)
                 if row is None or row.status not in allowed_from:
                     return None
                 row.status, row.updated_at = to, _now()
+                if next_due_at is not None:
+                    row.next_due_at = next_due_at
+                self._request_sync(s, order_id, row.updated_at)
                 s.flush()
                 return _record(Order, row)
 
@@ -439,6 +484,7 @@ class SqlStore:
                     return None
                 refund = (row.max_runs - row.runs_claimed) * row.price_per_run
                 row.status, row.updated_at = OrderStatus.cancelled, _now()
+                self._request_sync(s, order_id, row.updated_at)
                 s.flush()
                 if refund > 0:
                     self._transfer(s, ledger.cancel_refund_key(order_id), ledger.escrow_account(order_id),
@@ -446,3 +492,133 @@ class SqlStore:
                 return _record(Order, row), refund
 
         return self._retrying(run)
+
+    def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None:
+        with self._write() as s:
+            s.exec(update(OrderRow).where(col(OrderRow.id) == order_id).values(deployment_id=deployment_id))  # type: ignore[call-overload]
+
+    # --- repetitions -------------------------------------------------------------------
+
+    def _repetitions(self, s: Session, order_id: str, ns: list[int]) -> list[RepetitionRow]:
+        keys = [job_key(order_id, n) for n in ns]
+        stmt = select(RepetitionRow).where(col(RepetitionRow.key).in_(keys)).order_by(col(RepetitionRow.n))
+        return list(s.exec(stmt))
+
+    def claim_repetitions(
+        self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
+    ) -> Claim:
+        def run() -> Claim:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None:
+                    raise NotFound("order not found")
+                prior = s.get(DispatchClaimRow, flow_run_id)
+                if prior is not None:
+                    reps = [_record(Repetition, r) for r in
+                            self._repetitions(s, order_id, list(range(prior.first_n, prior.last_n + 1)))]
+                    return Claim(order=_record(Order, row), replay=True,
+                                 queued=[r for r in reps if r.state is RepetitionState.queued],
+                                 refunded=[r for r in reps if r.state is RepetitionState.refunded])
+                order = _record(Order, row)
+                claim = Claim(order=order)
+                first_n = row.runs_claimed + 1
+                due = row.next_due_at
+                missed_before = now - timedelta(seconds=catchup_seconds)
+                while (row.status == OrderStatus.active and row.runs_claimed < row.max_runs and due is not None
+                       and due < horizon):
+                    n = row.runs_claimed + 1
+                    rep = Repetition(key=job_key(order_id, n), order_id=order_id, n=n, due_at=due,
+                                     flow_run_id=flow_run_id, created_at=now)
+                    if due < missed_before:
+                        rep.state = RepetitionState.refunded
+                        self._transfer(s, ledger.refund_job_key(rep.key), ledger.escrow_account(order_id),
+                                       ledger.user_account(row.owner_id), row.price_per_run, "refund", rep.key)
+                        claim.refunded.append(rep)
+                    else:
+                        claim.queued.append(rep)
+                    s.add(RepetitionRow.model_validate(rep.model_dump()))
+                    row.runs_claimed = n
+                    due = schedules.next_due(order, due)
+                if row.runs_claimed > first_n - 1:
+                    row.next_due_at = due if row.runs_claimed < row.max_runs else None
+                    row.updated_at = now
+                    if row.runs_claimed >= row.max_runs:
+                        row.status = OrderStatus.completed
+                        self._request_sync(s, order_id, now)
+                s.add(DispatchClaimRow(flow_run_id=flow_run_id, order_id=order_id, first_n=first_n,
+                                       last_n=row.runs_claimed, created_at=now))
+                s.flush()
+                claim.order = _record(Order, row)
+                return claim
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same flow run claimed concurrently: replay its claim
+            return self._retrying(run)
+
+    def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]:
+        with self._read() as s:
+            return [_record(Repetition, r) for r in self._repetitions(s, order_id, ns)]
+
+    def unclaim(self, order_id: str, ns: list[int]) -> int:
+        if not ns:
+            return 0
+        with self._write() as s:
+            row = self._locked_order(s, order_id)
+            if row is None:
+                raise NotFound("order not found")
+            reps = [r for r in self._repetitions(s, order_id, ns) if r.state == RepetitionState.queued]
+            suffix = list(range(min(ns), row.runs_claimed + 1))
+            if row.status != OrderStatus.paused or sorted(r.n for r in reps) != suffix:
+                self._refund_rows(s, row, reps)
+                return 0
+            for r in reps:
+                s.delete(r)
+            row.runs_claimed = min(ns) - 1
+            row.next_due_at = None
+            row.updated_at = _now()
+            return len(reps)
+
+    def _refund_rows(self, s: Session, order: OrderRow, reps: list[RepetitionRow]) -> int:
+        refunded = 0
+        for r in reps:
+            if r.state != RepetitionState.queued:
+                continue
+            r.state = RepetitionState.refunded
+            self._transfer(s, ledger.refund_job_key(r.key), ledger.escrow_account(order.id),
+                           ledger.user_account(order.owner_id), order.price_per_run, "refund", r.key)
+            refunded += order.price_per_run
+        return refunded
+
+    def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
+        if not ns:
+            return 0
+        with self._write() as s:
+            row = self._locked_order(s, order_id)
+            if row is None:
+                raise NotFound("order not found")
+            return self._refund_rows(s, row, self._repetitions(s, order_id, ns))
+
+    # --- Prefect sync queue ------------------------------------------------------------
+
+    def _request_sync(self, s: Session, order_id: str, at: datetime) -> None:
+        s.execute(
+            self._insert(SyncRequestRow)
+            .values(order_id=order_id, requested_at=at)
+            .on_conflict_do_update(index_elements=["order_id"], set_={"requested_at": at})
+        )
+
+    def request_sync(self, order_id: str, at: datetime) -> None:
+        with self._write() as s:
+            self._request_sync(s, order_id, at)
+
+    def pending_syncs(self, limit: int) -> list[tuple[str, datetime]]:
+        with self._read() as s:
+            stmt = select(SyncRequestRow).order_by(col(SyncRequestRow.requested_at)).limit(limit)
+            return [(r.order_id, r.requested_at) for r in s.exec(stmt)]
+
+    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
+        with self._write() as s:
+            row = s.get(SyncRequestRow, order_id)
+            if row is not None and row.requested_at <= requested_at:
+                s.delete(row)

@@ -1,0 +1,134 @@
+"""The job queue in Valkey: a due-time-ordered set that releases jobs onto the job stream.
+
+A dispatch run claims repetitions ahead of time and *enqueues* them here; a releaser loop
+moves each one onto the stream `crawlcoin:jobs` at its due time, so delivery precision does
+not depend on when Prefect ran the dispatch. Every step is one Lua script, hence atomic:
+
+- enqueue: add a job unless it is queued already or was ever released (marker kept 7 days),
+  so enqueueing the same repetition twice puts it on the stream once;
+- release: due jobs leave the set and enter the stream in one step, never both or neither;
+- withdraw: take an order's not-yet-released jobs out (pause/cancel) and say which.
+"""
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+
+from core.schemas import Job
+
+PREFIX = "crawlcoin"
+DUE = f"{PREFIX}:due"
+PAYLOADS = f"{PREFIX}:due:payload"
+JOBS_STREAM = f"{PREFIX}:jobs"
+RELEASED_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _order_set(order_id: str) -> str:
+    return f"{PREFIX}:due:order:{order_id}"
+
+
+def _released_marker(key: str) -> str:
+    return f"{PREFIX}:released:{key}"
+
+
+# KEYS: due zset, payload hash, order set, released marker; ARGV: job key, score, payload
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+if added == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+return added
+"""
+
+# KEYS: due zset, payload hash, stream; ARGV: now, limit, marker ttl, prefix
+_RELEASE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, key in ipairs(due) do
+  local payload = redis.call('HGET', KEYS[2], key)
+  if payload then
+    redis.call('XADD', KEYS[3], '*', 'key', key, 'job', payload)
+  end
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('HDEL', KEYS[2], key)
+  local order_id = string.match(key, '^(.*):%d+$')
+  redis.call('SREM', ARGV[4] .. ':due:order:' .. order_id, key)
+  redis.call('SET', ARGV[4] .. ':released:' .. key, '1', 'EX', tonumber(ARGV[3]))
+end
+return #due
+"""
+
+# KEYS: due zset, payload hash, order set
+_WITHDRAW = """
+local members = redis.call('SMEMBERS', KEYS[3])
+local taken = {}
+for _, key in ipairs(members) do
+  if redis.call('ZREM', KEYS[1], key) == 1 then
+    redis.call('HDEL', KEYS[2], key)
+    table.insert(taken, key)
+  end
+end
+redis.call('DEL', KEYS[3])
+return taken
+"""
+
+
+class JobQueue:
+    """Due-time queue and job stream. Safe to use from any number of processes at once."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._release = redis.register_script(_RELEASE)
+        self._withdraw = redis.register_script(_WITHDRAW)
+
+    async def enqueue(self, jobs: Iterable[Job]) -> int:
+        """Queue jobs for release at their due time; returns how many were new."""
+        pipe = self.redis.pipeline(transaction=False)
+        count = 0
+        for job in jobs:
+            keys = [DUE, PAYLOADS, _order_set(job.order_id), _released_marker(job.key)]
+            await self._enqueue(keys=keys, args=[job.key, job.due_at.timestamp(), job.model_dump_json()], client=pipe)
+            count += 1
+        if not count:
+            return 0
+        return sum(int(x) for x in await pipe.execute())
+
+    async def release_due(self, now: float | None = None, limit: int = 500) -> int:
+        """Move jobs due by `now` onto the job stream; returns how many moved."""
+        now = time.time() if now is None else now
+        args = [now, limit, RELEASED_TTL_SECONDS, PREFIX]
+        return int(await self._release(keys=[DUE, PAYLOADS, JOBS_STREAM], args=args))
+
+    async def withdraw(self, order_id: str) -> list[int]:
+        """Take the order's not-yet-released jobs out of the queue; returns their repetition numbers."""
+        taken = await self._withdraw(keys=[DUE, PAYLOADS, _order_set(order_id)])
+        return sorted(int(k.decode().rsplit(":", 1)[1] if isinstance(k, bytes) else k.rsplit(":", 1)[1])
+                      for k in taken)
+
+    async def next_due_in(self, now: float | None = None) -> float | None:
+        """Seconds until the earliest queued job is due (≤ 0: overdue), or None if none is queued."""
+        head = await self.redis.zrange(DUE, 0, 0, withscores=True)
+        if not head:
+            return None
+        return head[0][1] - (time.time() if now is None else now)
+
+    async def queued_count(self) -> int:
+        return int(await self.redis.zcard(DUE))
+
+
+async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:
+    """Release due jobs until `stop` is set, waking up right when the next job is due."""
+    while not stop.is_set():
+        moved = await queue.release_due()
+        if moved:
+            continue
+        wait = await queue.next_due_in()
+        delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        except TimeoutError:
+            pass

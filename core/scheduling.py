@@ -1,0 +1,146 @@
+"""The one sync path from orders (the truth, in the store) to Prefect deployments.
+
+Every order change that Prefect must learn about (created, paused, resumed, cancelled,
+completed) writes a sync request into the store in the same transaction. `sync_pending`
+works through those requests under a Valkey lock, so only one process at a time writes to
+Prefect (Prefect on SQLite answers concurrent writes with 503s). It is called right after an
+API change (in the background: placing an order never waits on Prefect), after a dispatch
+completes an order, periodically by every crawlcoin worker and by the `reconcile` flow — so a
+Prefect outage only delays it. Each sync is idempotent: it makes Prefect match the order.
+
+- active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that starts
+  `lead` seconds before the next due repetition and repeats every dispatch period; if that
+  first run is already in the past, one run is started at once.
+- paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
+  counter; the deployment is paused (which drops its future runs).
+- completed / cancelled → withdrawn jobs of a cancelled order are refunded; the deployment
+  is deleted.
+"""
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.schedules import RRuleSchedule
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Scheduled
+from redis.asyncio import Redis
+
+from core import schedules
+from core.queue import JobQueue
+from core.schemas import OrderStatus
+from core.settings import Settings
+from core.storage import Store
+from core.storage.base import Order
+
+log = logging.getLogger("crawlcoin.scheduling")
+
+DISPATCH_FLOW = "dispatch"
+DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
+RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SYNC_LOCK = "crawlcoin:lock:prefect-sync"
+
+
+def prefect_client(settings: Settings) -> PrefectClient:
+    """A client for the configured Prefect server (PREFECT_API_URL), to use as `async with`."""
+    if settings.prefect_api_url:
+        return PrefectClient(api=settings.prefect_api_url)
+    return get_client()
+
+
+def deployment_name(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def dispatch_rrule(order: Order, settings: Settings, first_due: datetime) -> str:
+    period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
+    start = (first_due - timedelta(seconds=settings.dispatch_lead_seconds)).astimezone(UTC)
+    return f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL={period}"
+
+
+class PrefectSync:
+    """Brings Prefect in line with the store, one order at a time."""
+
+    def __init__(self, client: PrefectClient, store: Store, queue: JobQueue, settings: Settings) -> None:
+        self.client = client
+        self.store = store
+        self.queue = queue
+        self.settings = settings
+        self._flow_id: UUID | None = None
+
+    async def _dispatch_flow_id(self) -> UUID:
+        if self._flow_id is None:
+            self._flow_id = await self.client.create_flow_from_name(DISPATCH_FLOW)
+        return self._flow_id
+
+    async def sync_order(self, order: Order) -> None:
+        if order.status is OrderStatus.active:
+            await self._activate(order)
+            return
+        if order.status is OrderStatus.paused:
+            self.store.unclaim(order.id, await self.queue.withdraw(order.id))
+        elif order.status is OrderStatus.cancelled:
+            self.store.refund_repetitions(order.id, await self.queue.withdraw(order.id))
+        if order.deployment_id is None:
+            return
+        try:
+            if order.status is OrderStatus.paused:
+                await self.client.pause_deployment(order.deployment_id)
+            else:
+                await self.client.delete_deployment(UUID(order.deployment_id))
+                self.store.set_deployment_id(order.id, None)
+        except ObjectNotFound:
+            self.store.set_deployment_id(order.id, None)
+
+    async def _activate(self, order: Order) -> None:
+        if order.next_due_at is None:
+            return  # nothing left to claim; a completing dispatch will request the next sync
+        deployment_id = await self.client.create_deployment(
+            flow_id=await self._dispatch_flow_id(),
+            name=deployment_name(order.id),
+            entrypoint=DISPATCH_ENTRYPOINT,
+            path=str(PROJECT_ROOT),
+            parameters={"order_id": order.id},
+            work_pool_name=self.settings.work_pool,
+            schedules=[DeploymentScheduleCreate(
+                schedule=RRuleSchedule(rrule=dispatch_rrule(order, self.settings, order.next_due_at)), active=True,
+            )],
+            paused=False,
+            tags=["crawlcoin", "order"],
+            description=f"Dispatches the repetitions of order {order.id} ({order.url}).",
+        )
+        if order.deployment_id != str(deployment_id):
+            self.store.set_deployment_id(order.id, str(deployment_id))
+        else:
+            await self.client.resume_deployment(deployment_id)
+        first_run = order.next_due_at - timedelta(seconds=self.settings.dispatch_lead_seconds)
+        if first_run <= datetime.now(UTC) + timedelta(seconds=2):
+            # Prefect schedules only future runs: start the first look-ahead now.
+            await self.client.create_flow_run_from_deployment(
+                deployment_id, state=Scheduled(), idempotency_key=f"kick:{order.id}:{order.next_due_at.isoformat()}",
+            )
+
+    async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
+        """Work through the sync requests if no other process is; returns orders synced."""
+        lock = redis.lock(SYNC_LOCK, timeout=120, blocking=False)
+        if not await lock.acquire():
+            return 0
+        done = 0
+        try:
+            while True:
+                pending = self.store.pending_syncs(batch)
+                if not pending:
+                    return done
+                for order_id, requested_at in pending:
+                    order = self.store.get_order(order_id)
+                    if order is not None:
+                        await self.sync_order(order)
+                    self.store.finish_sync(order_id, requested_at)
+                    done += 1
+                    await lock.extend(120, replace_ttl=True)
+        finally:
+            await lock.release()

@@ -1,0 +1,78 @@
+"""The dispatch flow of one order: claim the repetitions due soon and queue their jobs."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow, runtime
+from redis.asyncio import Redis
+
+from core import schedules
+from core.errors import NotFound
+from core.queue import JobQueue
+from core.scheduling import PrefectSync, prefect_client
+from core.schemas import Job, OrderStatus
+from core.settings import Settings
+from core.storage import Store, open_store
+
+
+@dataclass
+class Dispatched:
+    order_id: str
+    queued: list[int]
+    refunded: list[int]
+    newly_queued: int
+    replay: bool
+    status: OrderStatus
+
+    def summary(self) -> str:
+        def span(ns: list[int]) -> str:
+            return "none" if not ns else (f"#{ns[0]}" if len(ns) == 1 else f"#{ns[0]}–#{ns[-1]}")
+
+        text = f"queued {span(self.queued)}"
+        if self.refunded:
+            text += f", refunded missed {span(self.refunded)}"
+        if self.replay:
+            text += " (replayed claim)"
+        return text + f"; order {self.status.value}"
+
+
+async def dispatch_order(
+    store: Store, queue: JobQueue, settings: Settings, order_id: str, flow_run_id: str, now: datetime | None = None
+) -> Dispatched:
+    """Claim the order's repetitions due before the next dispatch run (plus lead) and queue them."""
+    now = now or datetime.now(UTC)
+    order = store.get_order(order_id)
+    if order is None:
+        raise NotFound(f"order {order_id} not found")
+    period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
+    horizon = now + timedelta(seconds=settings.dispatch_lead_seconds + period)
+    claim = store.claim_repetitions(order_id, flow_run_id, horizon, now, settings.catchup_seconds)
+    o = claim.order
+    jobs = [Job(key=r.key, order_id=o.id, n=r.n, url=o.url, method=o.method, headers=o.headers, body=o.body,
+                due_at=r.due_at) for r in claim.queued]
+    added = await queue.enqueue(jobs)
+    return Dispatched(order_id, [r.n for r in claim.queued], [r.n for r in claim.refunded], added, claim.replay,
+                      o.status)
+
+
+async def finish_if_completed(result: Dispatched, sync: PrefectSync, redis: Redis) -> None:
+    if result.status is OrderStatus.completed:
+        await sync.sync_pending(redis)
+
+
+@flow(name="dispatch", log_prints=True, retries=0)
+async def dispatch(order_id: str) -> str:
+    """Claim and queue the repetitions of one order that fall due before its next dispatch run."""
+    settings = Settings()
+    store = open_store(settings.resolved_store_url)
+    redis = Redis.from_url(settings.resolved_redis_url)
+    try:
+        queue = JobQueue(redis)
+        result = await dispatch_order(store, queue, settings, order_id, str(runtime.flow_run.id))
+        async with prefect_client(settings) as client:
+            await finish_if_completed(result, PrefectSync(client, store, queue, settings), redis)
+        print(result.summary())
+        return result.summary()
+    finally:
+        await redis.aclose()
+        store.close()
