@@ -116,6 +116,14 @@ class JobQueue:
             return None
         return head[0][1] - (time.time() if now is None else now)
 
+    async def queued_for(self, order_id: str) -> tuple[int, float | None]:
+        """How many of the order's jobs wait in the queue, and when the last of them is due."""
+        keys = await self.redis.smembers(_order_set(order_id))
+        if not keys:
+            return 0, None
+        scores = [s for s in await self.redis.zmscore(DUE, list(keys)) if s is not None]
+        return len(scores), max(scores) if scores else None
+
     async def queued_count(self) -> int:
         return int(await self.redis.zcard(DUE))
 

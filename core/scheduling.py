@@ -13,6 +13,8 @@ Prefect outage only delays it. Each sync is idempotent: it makes Prefect match t
   first run is already in the past, one run is started at once.
 - paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
   counter; the deployment is paused (which drops its future runs).
+- active with every repetition claimed → the deployment is deleted (nothing left to
+  schedule); once the order's last job has left the queue the order is completed.
 - completed / cancelled → withdrawn jobs of a cancelled order are refunded; the deployment
   is deleted.
 """
@@ -25,7 +27,8 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.schedules import RRuleSchedule
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Scheduled
 from redis.asyncio import Redis
 
@@ -43,6 +46,7 @@ DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
 RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYNC_LOCK = "crawlcoin:lock:prefect-sync"
+RETRY_SECONDS = 3
 
 
 def prefect_client(settings: Settings) -> PrefectClient:
@@ -71,34 +75,58 @@ class PrefectSync:
         self.queue = queue
         self.settings = settings
         self._flow_id: UUID | None = None
+        self._pool_ready = False
 
     async def _dispatch_flow_id(self) -> UUID:
         if self._flow_id is None:
             self._flow_id = await self.client.create_flow_from_name(DISPATCH_FLOW)
         return self._flow_id
 
+    async def _ensure_pool(self) -> None:
+        if self._pool_ready:
+            return
+        try:
+            await self.client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="crawlcoin"))
+        except ObjectAlreadyExists:
+            pass
+        self._pool_ready = True
+
     async def sync_order(self, order: Order) -> None:
-        if order.status is OrderStatus.active:
+        if order.status is OrderStatus.active and order.next_due_at is not None:
             await self._activate(order)
+            return
+        if order.status is OrderStatus.active:  # every repetition claimed
+            await self._drop_deployment(order)
+            waiting, last_due = await self.queue.queued_for(order.id)
+            if waiting:
+                self.store.request_sync(order.id, datetime.fromtimestamp(last_due or 0, UTC) + timedelta(seconds=1))
+            else:
+                self.store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.completed)
             return
         if order.status is OrderStatus.paused:
             self.store.unclaim(order.id, await self.queue.withdraw(order.id))
         elif order.status is OrderStatus.cancelled:
             self.store.refund_repetitions(order.id, await self.queue.withdraw(order.id))
+        if order.status is OrderStatus.paused and order.deployment_id is not None:
+            try:
+                await self.client.pause_deployment(order.deployment_id)
+            except ObjectNotFound:
+                self.store.set_deployment_id(order.id, None)
+        elif order.status is not OrderStatus.paused:
+            await self._drop_deployment(order)
+
+    async def _drop_deployment(self, order: Order) -> None:
         if order.deployment_id is None:
             return
         try:
-            if order.status is OrderStatus.paused:
-                await self.client.pause_deployment(order.deployment_id)
-            else:
-                await self.client.delete_deployment(UUID(order.deployment_id))
-                self.store.set_deployment_id(order.id, None)
+            await self.client.delete_deployment(UUID(order.deployment_id))
         except ObjectNotFound:
-            self.store.set_deployment_id(order.id, None)
+            pass
+        self.store.set_deployment_id(order.id, None)
 
     async def _activate(self, order: Order) -> None:
-        if order.next_due_at is None:
-            return  # nothing left to claim; a completing dispatch will request the next sync
+        assert order.next_due_at is not None
+        await self._ensure_pool()
         deployment_id = await self.client.create_deployment(
             flow_id=await self._dispatch_flow_id(),
             name=deployment_name(order.id),
@@ -129,16 +157,26 @@ class PrefectSync:
         lock = redis.lock(SYNC_LOCK, timeout=120, blocking=False)
         if not await lock.acquire():
             return 0
-        done = 0
+        done = failures = 0
         try:
             while True:
-                pending = self.store.pending_syncs(batch)
+                pending = self.store.pending_syncs(batch, datetime.now(UTC))
                 if not pending:
                     return done
                 for order_id, requested_at in pending:
                     order = self.store.get_order(order_id)
-                    if order is not None:
-                        await self.sync_order(order)
+                    try:
+                        if order is not None:
+                            await self.sync_order(order)
+                    except Exception:
+                        # Retry this order a little later; give up the pass if Prefect seems down.
+                        self.store.request_sync(order_id, datetime.now(UTC) + timedelta(seconds=RETRY_SECONDS))
+                        failures += 1
+                        if failures >= 3:
+                            raise
+                        log.warning("sync of order %s failed; retrying in %s s", order_id, RETRY_SECONDS,
+                                    exc_info=True)
+                        continue
                     self.store.finish_sync(order_id, requested_at)
                     done += 1
                     await lock.extend(120, replace_ttl=True)

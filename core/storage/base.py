@@ -227,7 +227,8 @@ class Store(Protocol):
         Idempotent per flow run: a second call with the same `flow_run_id` claims nothing new
         and returns the repetitions that run claimed (replay=True). Repetitions due more than
         `catchup_seconds` before `now` are refunded to the customer instead of queued. Claiming
-        the last repetition completes the order. Raises NotFound for an unknown order.
+        the last repetition leaves next_due_at None and requests a sync (the order completes once
+        its last job has left the queue). Raises NotFound for an unknown order.
         """
 
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
@@ -244,10 +245,13 @@ class Store(Protocol):
 
     # Prefect sync queue --------------------------------------------------------------------
     def request_sync(self, order_id: str, at: datetime) -> None:
-        """Note that the order's Prefect deployment must be brought in line with the order."""
+        """Note that the order's Prefect deployment must be brought in line with the order.
 
-    def pending_syncs(self, limit: int) -> list[tuple[str, datetime]]:
-        """Orders waiting for a sync, oldest request first: (order id, requested at)."""
+        A request for a future `at` is a timer: it becomes pending at that time.
+        """
+
+    def pending_syncs(self, limit: int, now: datetime) -> list[tuple[str, datetime]]:
+        """Orders whose sync request is due by `now`, oldest first: (order id, requested at)."""
 
     def finish_sync(self, order_id: str, requested_at: datetime) -> None:
         """Drop the request unless a newer one came in after `requested_at`."""

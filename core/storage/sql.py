@@ -543,8 +543,7 @@ class SqlStore:
                     row.next_due_at = due if row.runs_claimed < row.max_runs else None
                     row.updated_at = now
                     if row.runs_claimed >= row.max_runs:
-                        row.status = OrderStatus.completed
-                        self._request_sync(s, order_id, now)
+                        self._request_sync(s, order_id, now)  # nothing left to claim: drop the deployment
                 s.add(DispatchClaimRow(flow_run_id=flow_run_id, order_id=order_id, first_n=first_n,
                                        last_n=row.runs_claimed, created_at=now))
                 s.flush()
@@ -612,9 +611,10 @@ class SqlStore:
         with self._write() as s:
             self._request_sync(s, order_id, at)
 
-    def pending_syncs(self, limit: int) -> list[tuple[str, datetime]]:
+    def pending_syncs(self, limit: int, now: datetime) -> list[tuple[str, datetime]]:
         with self._read() as s:
-            stmt = select(SyncRequestRow).order_by(col(SyncRequestRow.requested_at)).limit(limit)
+            stmt = (select(SyncRequestRow).where(col(SyncRequestRow.requested_at) <= now)
+                    .order_by(col(SyncRequestRow.requested_at)).limit(limit))
             return [(r.order_id, r.requested_at) for r in s.exec(stmt)]
 
     def finish_sync(self, order_id: str, requested_at: datetime) -> None:

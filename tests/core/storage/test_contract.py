@@ -266,3 +266,95 @@ def test_pause_resume_and_cancel_refunds_unclaimed(store: Store) -> None:
     assert store.get_balance(ledger.escrow_account(order.id)) == 0
     assert store.cancel_order(order.id) is None, "cancelling twice refunds once"
     assert store.get_balance(ledger.user_account(user.id)) == 10
+
+
+# --- repetitions and the Prefect sync queue -------------------------------------------------
+
+
+def claimable(store: Store, user: User, runs: int = 5, every: int = 10, start: datetime | None = None) -> Order:
+    from core import schedules
+
+    order = new_order(user, runs=runs)
+    order.every_seconds = every
+    order.start_at = start or now()
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
+    return order
+
+
+def test_claim_takes_repetitions_due_before_the_horizon_once_per_flow_run(store: Store) -> None:
+    user = new_user(store, coins=10)
+    t0 = now()
+    order = claimable(store, user, runs=5, every=10, start=t0)
+    claim = store.claim_repetitions(order.id, "run-1", t0 + timedelta(seconds=25), t0, catchup_seconds=60)
+    assert [r.n for r in claim.queued] == [1, 2, 3] and not claim.replay
+    assert [r.due_at for r in claim.queued] == [t0, t0 + timedelta(seconds=10), t0 + timedelta(seconds=20)]
+    again = store.claim_repetitions(order.id, "run-1", t0 + timedelta(seconds=99), t0, catchup_seconds=60)
+    assert again.replay and [r.n for r in again.queued] == [1, 2, 3], "a flow run run twice claims nothing new"
+    rest = store.claim_repetitions(order.id, "run-2", t0 + timedelta(seconds=99), t0, catchup_seconds=60)
+    assert [r.n for r in rest.queued] == [4, 5]
+    assert rest.order.status is OrderStatus.active and rest.order.next_due_at is None
+    assert store.claim_repetitions(order.id, "run-3", t0 + timedelta(days=9), t0, 60).queued == []
+    assert [o for o, _ in store.pending_syncs(10, now())] == [order.id]
+
+
+def test_concurrent_claims_never_claim_a_repetition_twice(store: Store) -> None:
+    user = new_user(store, coins=50)
+    t0 = now()
+    order = claimable(store, user, runs=40, every=1, start=t0)
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda i: store.claim_repetitions(order.id, f"run-{i}", t0 + timedelta(seconds=i * 5),
+                                                                   t0, 600), range(10)))
+    ns = [r.n for c in claims for r in c.queued]
+    assert sorted(ns) == list(range(1, 41))
+
+
+def test_missed_repetitions_beyond_catchup_are_refunded(store: Store) -> None:
+    user = new_user(store, coins=10)
+    t0 = now()
+    order = claimable(store, user, runs=4, every=60, start=t0 - timedelta(minutes=3))
+    claim = store.claim_repetitions(order.id, "late-run", t0 + timedelta(seconds=30), t0, catchup_seconds=90)
+    assert [r.n for r in claim.refunded] == [1, 2] and [r.n for r in claim.queued] == [3, 4]
+    assert store.get_balance(ledger.user_account(user.id)) == 6 + 2
+    assert store.get_balance(ledger.escrow_account(order.id)) == 2
+
+
+def test_unclaim_returns_withdrawn_suffix_of_a_paused_order(store: Store) -> None:
+    user = new_user(store, coins=10)
+    t0 = now()
+    order = claimable(store, user, runs=6, every=10, start=t0)
+    store.claim_repetitions(order.id, "r1", t0 + timedelta(seconds=45), t0, 60)  # claims 1..5
+    assert store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.paused) is not None
+    assert store.unclaim(order.id, [4, 5]) == 2
+    reloaded = store.get_order(order.id)
+    assert reloaded is not None and reloaded.runs_claimed == 3 and reloaded.next_due_at is None
+    assert store.get_balance(ledger.escrow_account(order.id)) == 6, "unclaimed repetitions stay paid for"
+    assert store.unclaim(order.id, [2]) == 0, "not the newest claims: refunded instead"
+    assert {r.n: r.state.value for r in store.get_repetitions(order.id, [1, 2, 3, 4, 5])} == {
+        1: "queued", 2: "refunded", 3: "queued"}
+    assert store.get_balance(ledger.escrow_account(order.id)) == 5
+
+
+def test_refund_repetitions_is_idempotent(store: Store) -> None:
+    user = new_user(store, coins=10)
+    t0 = now()
+    order = claimable(store, user, runs=3, every=10, start=t0)
+    store.claim_repetitions(order.id, "r1", t0 + timedelta(seconds=35), t0, 60)
+    store.cancel_order(order.id)
+    assert store.refund_repetitions(order.id, [2, 3]) == 2
+    assert store.refund_repetitions(order.id, [2, 3]) == 0
+    assert store.get_balance(ledger.user_account(user.id)) == 9
+    assert store.get_balance(ledger.escrow_account(order.id)) == 1
+
+
+def test_sync_requests_survive_until_finished_and_newer_requests_win(store: Store) -> None:
+    user = new_user(store, coins=10)
+    order = claimable(store, user)
+    [(oid, first)] = store.pending_syncs(10, now())
+    assert oid == order.id
+    store.request_sync(order.id, first + timedelta(seconds=5))
+    store.finish_sync(order.id, first)
+    assert store.pending_syncs(10, first + timedelta(seconds=4)) == [], "a request for later is a timer"
+    assert [o for o, _ in store.pending_syncs(10, first + timedelta(seconds=5))] == [order.id], "newer is kept"
+    store.finish_sync(order.id, first + timedelta(seconds=5))
+    assert store.pending_syncs(10, first + timedelta(days=1)) == []

@@ -1,0 +1,182 @@
+"""Orders scheduled through a real Prefect server, dispatched by real crawlcoin workers."""
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectNotFound
+from redis import Redis
+
+from core.scheduling import deployment_name
+from core.settings import Settings
+from tests.flows.conftest import released, wait_for
+from tests.helpers import interval_order
+
+
+def deployment_exists(settings: Settings, order_id: str) -> bool:
+    async def check() -> bool:
+        async with PrefectClient(api=settings.prefect_api_url) as client:
+            try:
+                await client.read_deployment_by_name(f"dispatch/{deployment_name(order_id)}")
+                return True
+            except ObjectNotFound:
+                return False
+
+    return asyncio.run(check())
+
+
+def start_in(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_interval_order_runs_exactly_its_repetitions_from_its_start(sched_settings, api_for, start_worker,
+                                                                     redis: Redis) -> None:
+    start_worker(sched_settings)
+    api = api_for(sched_settings)
+    alice = api.new_account(coins=10)
+    start = datetime.now(UTC) + timedelta(seconds=5)
+    r = api.post("/orders", json=interval_order(every=2, runs=3, start_at=start.isoformat()), headers=alice.headers)
+    assert r.status_code == 201, r.text
+    order = r.json()
+    wait_for(lambda: len(released(redis, order["id"])) >= 3, 60, "3 released jobs")
+    time.sleep(4)  # room for a fourth job, which must not come
+    jobs = released(redis, order["id"])
+    assert [n for n, _ in jobs] == [1, 2, 3]
+    for n, at in jobs:
+        due = start.timestamp() + 2 * (n - 1)
+        assert at >= due - 0.01, f"job {n} released {due - at:.2f} s before it was due"
+    wait_for(lambda: not deployment_exists(sched_settings, order["id"]), 20, "the deployment to be removed")
+    wait_for(lambda: api.get(f"/orders/{order['id']}", headers=alice.headers).json()["status"] == "completed", 20,
+             "the order to complete")
+    done = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
+    assert done["runs_claimed"] == 3 and done["escrow_balance"] == 3
+    assert api.balance(alice) == 7
+
+
+def test_cron_due_times_follow_the_timezone_across_daylight_saving(sched_settings, api_for, start_worker) -> None:
+    api = api_for(sched_settings)
+    alice = api.new_account(coins=10)
+    body = {"url": "https://example.com/", "max_runs": 3, "start_at": "2027-03-26T00:00:00+01:00",
+            "schedule": {"kind": "cron", "cron": "30 9 * * *", "timezone": "Europe/Berlin"}}
+    r = api.post("/orders", json=body, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    order = r.json()
+    assert order["next_due_at"] == "2027-03-26T08:30:00Z"
+    from core import schedules
+    from core.storage import open_store
+
+    store = open_store(sched_settings.resolved_store_url)
+    stored = store.get_order(order["id"])
+    store.close()
+    assert stored is not None
+    dues = [schedules.first_due(stored)]
+    for _ in range(2):
+        dues.append(schedules.next_due(stored, dues[-1]))
+    # 09:30 in Berlin is 08:30 UTC before the switch to summer time on 28 March, 07:30 after.
+    assert [d.isoformat() for d in dues] == [
+        "2027-03-26T08:30:00+00:00", "2027-03-27T08:30:00+00:00", "2027-03-28T07:30:00+00:00"]
+    start_worker(sched_settings)
+    wait_for(lambda: deployment_exists(sched_settings, order["id"]), 60, "the cron order's deployment")
+    assert api.get(f"/orders/{order['id']}", headers=alice.headers).json()["runs_claimed"] == 0, (
+        "nothing is claimed months ahead of the start")
+
+
+def test_pause_resume_cancel(sched_settings, api_for, start_worker, redis: Redis) -> None:
+    start_worker(sched_settings)
+    api = api_for(sched_settings)
+    alice = api.new_account(coins=40)
+    r = api.post("/orders", json=interval_order(every=1, runs=30, start_at=start_in(3)), headers=alice.headers)
+    oid = r.json()["id"]
+    wait_for(lambda: len(released(redis, oid)) >= 2, 60, "the first jobs")
+    assert api.post(f"/orders/{oid}/pause", headers=alice.headers).status_code == 200
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["runs_claimed"]
+             <= len(released(redis, oid)) + 1, 20, "queued jobs to be withdrawn")
+    during = len(released(redis, oid))
+    time.sleep(4)
+    after_pause = len(released(redis, oid))
+    assert after_pause <= during + 1, "nothing is released while paused"
+    paused = api.get(f"/orders/{oid}", headers=alice.headers).json()
+    assert paused["status"] == "paused" and paused["runs_claimed"] == after_pause
+
+    assert api.post(f"/orders/{oid}/resume", headers=alice.headers).status_code == 200
+    wait_for(lambda: len(released(redis, oid)) >= after_pause + 2, 60, "jobs after resuming")
+
+    cancel = api.post(f"/orders/{oid}/cancel", headers=alice.headers)
+    assert cancel.status_code == 200, cancel.text
+    time.sleep(3)
+    final = len(released(redis, oid))
+    time.sleep(3)
+    assert len(released(redis, oid)) == final, "nothing is released after cancelling"
+    ns = [n for n, _ in released(redis, oid)]
+    assert ns == sorted(set(ns)), "each repetition released once, in order"
+    wait_for(lambda: not deployment_exists(sched_settings, oid), 20, "the deployment to be deleted")
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["escrow_balance"] == final, 20,
+             "withdrawn jobs to be refunded")
+    assert api.balance(alice) == 40 - final, "every repetition not released was refunded"
+
+
+def test_prefect_down_at_order_time(sched_settings, api_for, start_worker, redis: Redis, tmp_path) -> None:
+    from tests.conftest import free_port
+
+    down = sched_settings.model_copy(update={"prefect_api_url": f"http://127.0.0.1:{free_port()}/api",
+                                             "catchup_seconds": 5})
+    api = api_for(down)
+    alice = api.new_account(coins=10)
+    started = time.monotonic()
+    r = api.post("/orders", json=interval_order(every=3, runs=5, start_at=start_in(1)), headers=alice.headers)
+    assert r.status_code == 201 and time.monotonic() - started < 5, "ordering does not wait on Prefect"
+    oid = r.json()["id"]
+    assert api.balance(alice) == 5 and r.json()["escrow_balance"] == 5
+    time.sleep(10)  # Prefect stays unreachable while the first repetitions fall due
+    assert r.json()["deployment_id"] is None and not deployment_exists(sched_settings, oid)
+
+    start_worker(sched_settings.model_copy(update={"catchup_seconds": 5}))  # Prefect is back
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["status"] == "completed", 60,
+             "the order to be dispatched")
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["escrow_balance"]
+             == len(released(redis, oid)), 30, "every repetition released or refunded")
+    ns = [n for n, _ in released(redis, oid)]
+    assert ns == sorted(set(ns)), "nothing enqueued twice"
+    refunded = 5 - len(ns)
+    assert refunded >= 1, "repetitions missed by more than the catch-up limit are refunded"
+    assert set(ns) == set(range(refunded + 1, 6)), "the rest ran, oldest missed ones first refunded"
+    assert api.balance(alice) == 5 + refunded
+    wait_for(lambda: not deployment_exists(sched_settings, oid), 20, "the deployment to be removed")
+
+
+@pytest.mark.parametrize("released_first", [False, True])
+def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, released_first: bool) -> None:
+    from core import ledger, schedules
+    from core.queue import JobQueue
+    from core.storage import open_store
+    from core.storage.base import Order, User
+    from flows.dispatch import dispatch_order
+    from redis.asyncio import Redis as AsyncRedis
+
+    store = open_store(sched_settings.resolved_store_url)
+    user = User(id="u1", username="u1", password_hash="x", created_at=datetime.now(UTC))
+    store.create_user(user)
+    store.transfer("grant", ledger.MINT, ledger.user_account("u1"), 10, "grant")
+    now = datetime.now(UTC)
+    order = Order(id="o1", owner_id="u1", url="https://example.com/", method="GET", schedule_kind="interval",
+                  every_seconds=1, start_at=now, max_runs=4, price_per_run=1, request_hash="h",
+                  created_at=now, updated_at=now)
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
+
+    async def twice() -> tuple[int, int]:
+        aredis = AsyncRedis.from_url(sched_settings.resolved_redis_url)
+        queue = JobQueue(aredis)
+        first = await dispatch_order(store, queue, sched_settings, "o1", "flow-run-1")
+        if released_first:
+            await queue.release_due(time.time() + 60)
+        second = await dispatch_order(store, queue, sched_settings, "o1", "flow-run-1")
+        await queue.release_due(time.time() + 60)
+        await aredis.aclose()
+        return first.newly_queued, second.newly_queued
+
+    assert asyncio.run(twice()) == (4, 0)
+    assert [n for n, _ in released(redis, "o1")] == [1, 2, 3, 4]
+    store.close()
