@@ -1,0 +1,96 @@
+"""What the mining client asks the fetcher for, the limits it fetches under, and what it gets back."""
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from core.urls import IPAddress, forbidden_ip_reason
+
+Method = Literal["GET", "HEAD", "POST"]
+METHODS: tuple[Method, ...] = ("GET", "HEAD", "POST")
+DEFAULT_USER_AGENT = "crawlcoin-miner/0.1 (+volunteer)"
+
+
+class FetchError(StrEnum):
+    """Why a fetch produced no page. An HTTP 4xx/5xx answer is a page, not an error."""
+
+    invalid_url = "invalid_url"  # the URL (or a redirect's Location) does not parse
+    invalid_request = "invalid_request"  # method or headers the fetcher will not send
+    refused_target = "refused_target"  # URL policy, block-list or a forbidden resolved address
+    robots_disallowed = "robots_disallowed"
+    dns_error = "dns_error"
+    connection_error = "connection_error"
+    tls_error = "tls_error"
+    timeout = "timeout"
+    too_many_redirects = "too_many_redirects"
+    http_error = "http_error"  # malformed response: oversized headers, bad encoding, cut-off body
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    url: str
+    method: Method = "GET"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """Limits of one Fetcher. It is fixed for the Fetcher's lifetime because pooled connections
+    were checked under it: changing the address policy per call would let a later job reuse a
+    connection that only an earlier, laxer policy allowed."""
+
+    user_agent: str = DEFAULT_USER_AGENT
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    total_timeout: float = 30.0
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_redirects: int = 5
+    max_header_line_bytes: int = 8190
+    max_headers: int = 100
+    respect_robots: bool = True
+    robots_ttl: float = 3600.0
+    robots_error_ttl: float = 300.0  # how long "robots.txt unreachable → disallow" is remembered
+    robots_max_bytes: int = 500 * 1024  # RFC 9309 asks crawlers to parse at least 500 KiB
+    robots_cache_size: int = 1024
+    blocked_domains: frozenset[str] = frozenset()
+    allow_private_targets: bool = False
+    classify_ip: Callable[[IPAddress], str | None] = forbidden_ip_reason
+
+    @property
+    def robots_token(self) -> str:
+        """The product token robots.txt groups are matched against (RFC 9309 §2.2.1)."""
+        return self.user_agent.split("/", 1)[0].strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One redirect response that was followed (or refused)."""
+
+    url: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    url: str
+    final_url: str
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    truncated: bool = False
+    elapsed_ms: int = 0
+    redirects: tuple[Hop, ...] = ()
+    error: FetchError | None = None
+    error_text: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the body as returned (after decoding and capping)."""
+        return hashlib.sha256(self.body).hexdigest()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
