@@ -10,7 +10,10 @@ and a pending-transfer record in Cassandra).
 Records are plain (non-table) SQLModel models; backends copy them in and out. Datetimes are timezone-aware UTC.
 """
 
+import hashlib
+import zlib
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 from sqlmodel import Field, SQLModel
@@ -99,6 +102,49 @@ class Claim(SQLModel):
 
 def job_key(order_id: str, n: int) -> str:
     return f"{order_id}:{n}"
+
+
+class Result(SQLModel):
+    """What a miner delivered for one repetition. One per job key, written once."""
+
+    job_key: str
+    order_id: str
+    n: int
+    miner_id: str = Field(description="The user id of the volunteer who fetched it.")
+    fetched_at: datetime
+    status: int | None = Field(default=None, description="HTTP status; None when the fetch failed.")
+    final_url: str
+    headers: dict[str, str] = Field(default_factory=dict, description="Selected response headers.")
+    body_zlib: bytes = Field(default=b"", description="The body, zlib-compressed.")
+    body_size: int = Field(default=0, description="Length of the body before compression.")
+    truncated: bool = Field(default=False, description="The page was longer than the body cap.")
+    sha256: str = Field(description="Hex digest of the (uncompressed, capped) body.")
+    elapsed_ms: int = 0
+    error: str | None = Field(default=None, description="Why there is no page (core.schemas.FetchError).")
+    error_text: str | None = None
+    stored_at: datetime
+
+    @property
+    def body(self) -> bytes:
+        return zlib.decompress(self.body_zlib) if self.body_zlib else b""
+
+    @classmethod
+    def with_body(cls, body: bytes, cap: int, **fields: object) -> "Result":
+        """A result holding at most `cap` bytes of `body`, compressed; cutting marks it truncated."""
+        if len(body) > cap:
+            body, fields["truncated"] = body[:cap], True
+        return cls(body_zlib=zlib.compress(body, 6) if body else b"", body_size=len(body),
+                   sha256=hashlib.sha256(body).hexdigest(), **fields)  # type: ignore[arg-type]
+
+
+class ResultOutcome(StrEnum):
+    """What recording a delivered result did."""
+
+    paid = "paid"  # stored, repetition done, miner paid from the escrow
+    refunded = "refunded"  # stored (an error no miner can fix), repetition refunded to the customer
+    duplicate = "duplicate"  # a result for this job was stored before: nothing changed
+    closed = "closed"  # the repetition was refunded or failed already: nothing stored
+    unknown = "unknown"  # no such repetition: nothing stored
 
 
 class Transfer(SQLModel):
@@ -242,6 +288,35 @@ class Store(Protocol):
 
     def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
         """Refund queued repetitions that will never run (idempotent); returns coins refunded."""
+
+    # results ---------------------------------------------------------------------------------
+    def record_results(self, results: list[Result]) -> list[ResultOutcome]:
+        """Record results delivered by miners, all in one atomic step (a batch is one round trip).
+
+        For each result, once per job key: store it and settle its repetition. A result
+        without an error marks the repetition done and pays the miner the order's price per
+        run from the escrow (ledger key `reward:{job}`); a result with an error (target
+        refused, robots.txt disallows it, attempts exhausted) marks it refunded and returns
+        the price to the customer (`refund:{job}`). A second delivery of the same job, or one
+        for a repetition already refunded or failed, changes nothing. Returns one outcome per
+        result, in order.
+        """
+
+    def record_result(self, result: Result) -> ResultOutcome:
+        """`record_results` for one result."""
+
+    def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
+        """Count one attempt at a job that ended without a result (miner gone, lease expired).
+
+        When the repetition reaches `max_attempts` it is marked failed and its price refunded
+        to the customer, storing `last` (the final error, if any) as its result — atomically.
+        A repetition that is no longer queued or leased is returned unchanged. None if unknown.
+        """
+
+    def get_result(self, job_key: str) -> Result | None: ...
+
+    def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
+        """The order's results with n > `after_n`, by n ascending (a result client's resume point)."""
 
     # Prefect sync queue --------------------------------------------------------------------
     def request_sync(self, order_id: str, at: datetime) -> None:

@@ -15,7 +15,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Engine, String, TypeDecorator, event, tuple_, update
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Engine,
+    Index,
+    LargeBinary,
+    String,
+    TypeDecorator,
+    event,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -33,6 +45,8 @@ from core.storage.base import (
     LoginSession,
     Order,
     Repetition,
+    Result,
+    ResultOutcome,
     Transfer,
     User,
     job_key,
@@ -150,6 +164,21 @@ class LedgerEntryRow(LedgerEntry, table=True):
     account: str = Field(primary_key=True, max_length=80)
     txn_key: str = Field(primary_key=True, max_length=200)
     created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class ResultRow(Result, table=True):
+    __tablename__ = "results"
+    __table_args__ = (Index("ix_results_order_n", "order_id", "n", unique=True),)
+    job_key: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(max_length=36)
+    miner_id: str = Field(max_length=36)
+    headers: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    body_zlib: bytes = Field(default=b"", sa_type=LargeBinary)
+    fetched_at: datetime = Field(sa_type=UTCDateTime)
+    stored_at: datetime = Field(sa_type=UTCDateTime)
+
+
+_OPEN = (RepetitionState.queued, RepetitionState.leased)
 
 
 def _record(model: type[R], row: SQLModel) -> R:
@@ -597,6 +626,109 @@ class SqlStore:
             if row is None:
                 raise NotFound("order not found")
             return self._refund_rows(s, row, self._repetitions(s, order_id, ns))
+
+    # --- results -----------------------------------------------------------------------
+
+    def _lock_accounts(self, s: Session, accounts: set[str]) -> None:
+        """Row-lock every account a batch will touch, in one sorted order (creating missing ones).
+
+        A batch moves coins between many accounts; taking all their locks up front, sorted,
+        keeps two concurrent batches from locking the same pair in opposite orders.
+        """
+        if not accounts:
+            return
+        stmt = self._insert(AccountRow).values([{"account": a, "balance": 0} for a in sorted(accounts)])
+        s.execute(stmt.on_conflict_do_update(index_elements=["account"], set_={"balance": AccountRow.balance}))
+
+    def _settle(self, s: Session, rep: RepetitionRow, order: OrderRow, result: Result) -> ResultOutcome:
+        s.add(ResultRow.model_validate(result.model_dump()))
+        escrow = ledger.escrow_account(order.id)
+        if result.error is None:
+            rep.state = RepetitionState.done
+            self._transfer(s, ledger.reward_key(rep.key), escrow, ledger.user_account(result.miner_id),
+                           order.price_per_run, "reward", rep.key)
+            return ResultOutcome.paid
+        rep.state = RepetitionState.refunded
+        self._transfer(s, ledger.refund_job_key(rep.key), escrow, ledger.user_account(order.owner_id),
+                       order.price_per_run, "refund", rep.key)
+        return ResultOutcome.refunded
+
+    def record_results(self, results: list[Result]) -> list[ResultOutcome]:
+        if not results:
+            return []
+        keys = sorted({r.job_key for r in results})
+
+        def run() -> list[ResultOutcome]:
+            with self._write() as s:
+                stmt = (select(RepetitionRow).where(col(RepetitionRow.key).in_(keys))
+                        .order_by(col(RepetitionRow.key)).with_for_update())
+                reps = {r.key: r for r in s.exec(stmt)}
+                stored = set(s.exec(select(ResultRow.job_key).where(col(ResultRow.job_key).in_(keys))))
+                order_ids = sorted({r.order_id for r in reps.values()})
+                orders = {o.id: o for o in s.exec(select(OrderRow).where(col(OrderRow.id).in_(order_ids)))}
+                accounts: set[str] = set()
+                for result in results:
+                    rep = reps.get(result.job_key)
+                    if rep is not None and rep.order_id in orders:
+                        order = orders[rep.order_id]
+                        payee = result.miner_id if result.error is None else order.owner_id
+                        accounts |= {ledger.escrow_account(order.id), ledger.user_account(payee)}
+                self._lock_accounts(s, accounts)
+                outcomes: list[ResultOutcome] = []
+                for result in results:
+                    rep = reps.get(result.job_key)
+                    if rep is None or rep.order_id not in orders or (rep.order_id, rep.n) != (result.order_id,
+                                                                                             result.n):
+                        outcomes.append(ResultOutcome.unknown)
+                    elif rep.key in stored:
+                        outcomes.append(ResultOutcome.duplicate)
+                    elif rep.state not in _OPEN:
+                        outcomes.append(ResultOutcome.closed)
+                    else:
+                        outcomes.append(self._settle(s, rep, orders[rep.order_id], result))
+                        stored.add(rep.key)
+                return outcomes
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same result was stored concurrently: now it is a duplicate
+            return self._retrying(run)
+
+    def record_result(self, result: Result) -> ResultOutcome:
+        return self.record_results([result])[0]
+
+    def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
+        def run() -> Repetition | None:
+            with self._write() as s:
+                rep = s.exec(select(RepetitionRow).where(RepetitionRow.key == job_key).with_for_update()).first()
+                if rep is None:
+                    return None
+                if rep.state in _OPEN:
+                    rep.attempts += 1
+                    if rep.attempts >= max_attempts:
+                        order = s.get(OrderRow, rep.order_id)
+                        if order is None:
+                            raise NotFound("order not found")
+                        if last is not None and s.get(ResultRow, job_key) is None:
+                            s.add(ResultRow.model_validate(last.model_dump()))
+                        rep.state = RepetitionState.failed
+                        self._transfer(s, ledger.refund_job_key(rep.key), ledger.escrow_account(order.id),
+                                       ledger.user_account(order.owner_id), order.price_per_run, "refund", rep.key)
+                    s.flush()
+                return _record(Repetition, rep)
+
+        return self._retrying(run)
+
+    def get_result(self, job_key: str) -> Result | None:
+        with self._read() as s:
+            row = s.get(ResultRow, job_key)
+            return _record(Result, row) if row else None
+
+    def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
+        with self._read() as s:
+            stmt = (select(ResultRow).where(ResultRow.order_id == order_id, col(ResultRow.n) > after_n)
+                    .order_by(col(ResultRow.n)).limit(limit))
+            return [_record(Result, r) for r in s.exec(stmt)]
 
     # --- Prefect sync queue ------------------------------------------------------------
 

@@ -3,29 +3,14 @@
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Literal
 
+from core.schemas import FetchError
 from core.urls import IPAddress, forbidden_ip_reason
 
 Method = Literal["GET", "HEAD", "POST"]
 METHODS: tuple[Method, ...] = ("GET", "HEAD", "POST")
 DEFAULT_USER_AGENT = "crawlcoin-miner/0.1 (+volunteer)"
-
-
-class FetchError(StrEnum):
-    """Why a fetch produced no page. An HTTP 4xx/5xx answer is a page, not an error."""
-
-    invalid_url = "invalid_url"  # the URL (or a redirect's Location) does not parse
-    invalid_request = "invalid_request"  # method or headers the fetcher will not send
-    refused_target = "refused_target"  # URL policy, block-list or a forbidden resolved address
-    robots_disallowed = "robots_disallowed"
-    dns_error = "dns_error"
-    connection_error = "connection_error"
-    tls_error = "tls_error"
-    timeout = "timeout"
-    too_many_redirects = "too_many_redirects"
-    http_error = "http_error"  # malformed response: oversized headers, bad encoding, cut-off body
 
 
 @dataclass(frozen=True, slots=True)

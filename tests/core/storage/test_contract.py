@@ -1,5 +1,6 @@
 """One contract suite for every store backend (parametrised by the `store_url` fixture)."""
 
+import hashlib
 import multiprocessing
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from core import ledger
 from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
 from core.schemas import OrderStatus
 from core.storage import Store, open_store
-from core.storage.base import ApiToken, Order, User
+from core.storage.base import ApiToken, Order, Result, ResultOutcome, User
 
 
 @pytest.fixture
@@ -271,10 +272,11 @@ def test_pause_resume_and_cancel_refunds_unclaimed(store: Store) -> None:
 # --- repetitions and the Prefect sync queue -------------------------------------------------
 
 
-def claimable(store: Store, user: User, runs: int = 5, every: int = 10, start: datetime | None = None) -> Order:
+def claimable(store: Store, user: User, runs: int = 5, every: int = 10, start: datetime | None = None,
+              price: int = 1) -> Order:
     from core import schedules
 
-    order = new_order(user, runs=runs)
+    order = new_order(user, runs=runs, price=price)
     order.every_seconds = every
     order.start_at = start or now()
     order.next_due_at = schedules.first_due(order)
@@ -358,3 +360,134 @@ def test_sync_requests_survive_until_finished_and_newer_requests_win(store: Stor
     assert [o for o, _ in store.pending_syncs(10, first + timedelta(seconds=5))] == [order.id], "newer is kept"
     store.finish_sync(order.id, first + timedelta(seconds=5))
     assert store.pending_syncs(10, first + timedelta(days=1)) == []
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+def claimed(store: Store, runs: int = 3, price: int = 1) -> tuple[User, Order]:
+    customer = new_user(store, coins=runs * price)
+    t0 = now()
+    order = claimable(store, customer, runs=runs, every=1, start=t0, price=price)
+    store.claim_repetitions(order.id, f"run-{order.id}", t0 + timedelta(seconds=runs + 1), t0, 60)
+    return customer, order
+
+
+def result_for(order: Order, n: int, miner: User, body: bytes = b"<html>page</html>", cap: int = 1 << 20,
+               error: str | None = None) -> Result:
+    return Result.with_body(
+        body, cap, job_key=f"{order.id}:{n}", order_id=order.id, n=n, miner_id=miner.id, fetched_at=now(),
+        status=None if error else 200, final_url=order.url, headers={"content-type": "text/html"},
+        elapsed_ms=12, error=error, error_text="refused by policy" if error else None, stored_at=now(),
+    )
+
+
+def test_a_delivered_result_is_stored_once_and_paid_once(store: Store) -> None:
+    customer, order = claimed(store, runs=3, price=2)
+    miner, other = new_user(store), new_user(store)
+    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.paid
+    assert store.record_result(result_for(order, 1, other, body=b"different")) is ResultOutcome.duplicate
+    stored = store.get_result(f"{order.id}:1")
+    assert stored is not None and stored.body == b"<html>page</html>" and stored.miner_id == miner.id
+    assert stored.sha256 == hashlib.sha256(b"<html>page</html>").hexdigest() and not stored.truncated
+    assert stored.headers == {"content-type": "text/html"}
+    assert store.get_balance(ledger.user_account(miner.id)) == 2
+    assert store.get_balance(ledger.user_account(other.id)) == 0
+    assert store.get_balance(ledger.escrow_account(order.id)) == 4
+    assert store.get_transfer(ledger.reward_key(f"{order.id}:1")) is not None
+    assert [r.state.value for r in store.get_repetitions(order.id, [1, 2])] == ["done", "queued"]
+
+
+def test_a_batch_of_results_is_recorded_in_one_step(store: Store) -> None:
+    customer, order = claimed(store, runs=4)
+    _, second = claimed(store, runs=2)
+    miner = new_user(store)
+    batch = [result_for(order, 1, miner), result_for(second, 2, miner), result_for(order, 2, miner),
+             result_for(order, 1, miner), result_for(order, 9, miner)]
+    assert store.record_results(batch) == [ResultOutcome.paid, ResultOutcome.paid, ResultOutcome.paid,
+                                           ResultOutcome.duplicate, ResultOutcome.unknown]
+    assert store.get_balance(ledger.user_account(miner.id)) == 3
+    assert store.get_result(f"{order.id}:9") is None
+    assert store.record_results([]) == []
+
+
+def test_concurrent_deliveries_of_the_same_job_pay_once(store: Store) -> None:
+    _, order = claimed(store, runs=2)
+    miners = [new_user(store) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda m: store.record_result(result_for(order, 1, m)), miners))
+    assert outcomes.count(ResultOutcome.paid) == 1 and outcomes.count(ResultOutcome.duplicate) == 7
+    assert sum(store.get_balance(ledger.user_account(m.id)) for m in miners) == 1
+    assert store.get_balance(ledger.escrow_account(order.id)) == 1
+
+
+def test_concurrent_batches_across_orders_neither_deadlock_nor_double_pay(store: Store) -> None:
+    orders = [claimed(store, runs=6)[1] for _ in range(4)]
+    miners = [new_user(store) for _ in range(4)]
+
+    def deliver(i: int) -> list[ResultOutcome]:  # every batch touches every order, in a different order
+        rotated = orders[i:] + orders[:i]
+        return store.record_results([result_for(o, n, miners[i]) for n in range(1, 7) for o in rotated])
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [o for batch in pool.map(deliver, range(4)) for o in batch]
+    assert outcomes.count(ResultOutcome.paid) == 24
+    assert sum(store.get_balance(ledger.user_account(m.id)) for m in miners) == 24
+    assert all(store.get_balance(ledger.escrow_account(o.id)) == 0 for o in orders)
+
+
+def test_an_error_result_refunds_the_customer_instead_of_paying(store: Store) -> None:
+    customer, order = claimed(store, runs=2)
+    miner = new_user(store)
+    assert store.record_result(result_for(order, 1, miner, error="robots_disallowed")) is ResultOutcome.refunded
+    assert store.get_balance(ledger.user_account(miner.id)) == 0
+    assert store.get_balance(ledger.user_account(customer.id)) == 1
+    stored = store.get_result(f"{order.id}:1")
+    assert stored is not None and stored.error == "robots_disallowed" and stored.status is None
+    assert store.get_repetitions(order.id, [1])[0].state.value == "refunded"
+    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.duplicate
+    assert store.get_balance(ledger.user_account(miner.id)) == 0
+
+
+def test_attempts_up_to_the_limit_fail_and_refund_the_repetition(store: Store) -> None:
+    customer, order = claimed(store, runs=2)
+    miner = new_user(store)
+    key = f"{order.id}:1"
+    assert store.fail_attempt(key, max_attempts=3).attempts == 1  # type: ignore[union-attr]
+    assert store.fail_attempt(key, max_attempts=3).state.value == "queued"  # type: ignore[union-attr]
+    last = result_for(order, 1, miner, error="timeout")
+    failed = store.fail_attempt(key, max_attempts=3, last=last)
+    assert failed is not None and failed.state.value == "failed" and failed.attempts == 3
+    assert store.get_balance(ledger.user_account(customer.id)) == 1
+    assert store.get_balance(ledger.escrow_account(order.id)) == 1
+    assert store.get_result(key).error == "timeout"  # type: ignore[union-attr]
+    again = store.fail_attempt(key, max_attempts=3)
+    assert again is not None and again.attempts == 3, "a closed repetition is left alone"
+    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.duplicate
+    assert store.record_result(result_for(order, 2, miner)) is ResultOutcome.paid
+    assert store.fail_attempt(f"{order.id}:2", 3).state.value == "done"  # type: ignore[union-attr]
+    assert store.fail_attempt("nope:1", 3) is None
+    assert store.get_balance(ledger.user_account(customer.id)) + store.get_balance(
+        ledger.user_account(miner.id)) + store.get_balance(ledger.escrow_account(order.id)) == 2
+
+
+def test_a_late_result_for_a_failed_repetition_is_not_stored(store: Store) -> None:
+    _, order = claimed(store, runs=1)
+    miner = new_user(store)
+    store.fail_attempt(f"{order.id}:1", max_attempts=1)
+    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.closed
+    assert store.get_result(f"{order.id}:1") is None
+    assert store.get_balance(ledger.user_account(miner.id)) == 0
+
+
+def test_bodies_are_capped_compressed_and_listed_by_n(store: Store) -> None:
+    _, order = claimed(store, runs=5)
+    miner = new_user(store)
+    big = b"x" * 100_000
+    store.record_results([result_for(order, n, miner, body=big, cap=50_000) for n in (4, 1, 3, 5, 2)])
+    first = store.get_result(f"{order.id}:1")
+    assert first is not None and first.truncated and first.body == big[:50_000] and first.body_size == 50_000
+    assert len(first.body_zlib) < 1_000, "bodies are stored compressed"
+    assert [r.n for r in store.list_results(order.id)] == [1, 2, 3, 4, 5]
+    assert [r.n for r in store.list_results(order.id, after_n=2, limit=2)] == [3, 4]
+    assert store.list_results(order.id, after_n=5) == []
