@@ -17,6 +17,8 @@ log = logging.getLogger("crawlcoin.api.scheduling")
 
 async def _sync_now(request: Request) -> None:
     state = request.app.state
+    if not state.settings.prefect_api_url:
+        return  # no Prefect configured: requests wait for a worker that has one
     try:
         async with prefect_client(state.settings) as client:
             await PrefectSync(client, state.store, JobQueue(state.aredis), state.settings).sync_pending(state.aredis)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.schedules import RRuleSchedule
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -33,6 +33,7 @@ from prefect.states import Scheduled
 from redis.asyncio import Redis
 
 from core import schedules
+from core.errors import ServiceUnavailable
 from core.queue import JobQueue
 from core.schemas import OrderStatus
 from core.settings import Settings
@@ -50,10 +51,13 @@ RETRY_SECONDS = 3
 
 
 def prefect_client(settings: Settings) -> PrefectClient:
-    """A client for the configured Prefect server (PREFECT_API_URL), to use as `async with`."""
-    if settings.prefect_api_url:
-        return PrefectClient(api=settings.prefect_api_url)
-    return get_client()
+    """A client for the configured Prefect server (PREFECT_API_URL), to use as `async with`.
+
+    Without a URL Prefect would start a throw-away in-process server; refuse instead.
+    """
+    if not settings.prefect_api_url:
+        raise ServiceUnavailable("no Prefect server configured: set PREFECT_API_URL")
+    return PrefectClient(api=settings.prefect_api_url)
 
 
 def deployment_name(order_id: str) -> str:
