@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     api_port: int = 8600
     valkey_port: int = 6479
+    dashboard_port: int = 8602
+
+    # Dashboard: where it finds the API, and the addresses it shows to users.
+    api_url: str | None = Field(default=None, description="The API the dashboard calls; default http://{host}:{api_port}.")
+    mining_url: str = Field(default="http://127.0.0.1:8601", description="Mining server address shown in `crawlcoin mine` commands.")
+    results_url: str = Field(default="http://127.0.0.1:8603", description="Result server address shown in `crawlcoin results` commands.")
+    prefect_ui_url: str = Field(default="http://127.0.0.1:4200", description="Prefect UI the dashboard links order deployments to.")
 
     # Accounts and sessions.
     session_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
@@ -85,6 +92,11 @@ class Settings(BaseSettings):
     def resolved_redis_url(self) -> str:
         """The configured Valkey/Redis, else the embedded one `crawlcoin up` starts."""
         return self.redis_url or f"redis://{self.host}:{self.valkey_port}/0"
+
+    @property
+    def resolved_api_url(self) -> str:
+        """The configured API address, else the one `crawlcoin up` serves."""
+        return (self.api_url or f"http://{self.host}:{self.api_port}").rstrip("/")
 
     @property
     def resolved_store_url(self) -> str:

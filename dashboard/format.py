@@ -1,0 +1,96 @@
+"""How the dashboard words things: coins, times, schedules, waits, and the client commands."""
+
+import shlex
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from core.schemas import CronSchedule, IntervalSchedule, OrderOut
+
+LEDGER_KINDS = {
+    "faucet": "Test coins",
+    "hold": "Order placed (held in escrow)",
+    "refund": "Refund",
+    "reward": "Mining reward",
+}
+
+STATUS_COLORS = {"active": "green", "paused": "orange", "completed": "blue", "cancelled": "gray"}
+
+_UNITS = (("day", 86400), ("h", 3600), ("min", 60), ("s", 1))
+
+
+def coins(n: int) -> str:
+    return f"{n:,} coin" if abs(n) == 1 else f"{n:,} coins"
+
+
+def signed_coins(n: int) -> str:
+    return f"+{n:,}" if n > 0 else f"{n:,}"
+
+
+def timezone_of(name: str | None) -> tzinfo:
+    try:
+        return ZoneInfo(name) if name else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def when(dt: datetime | None, tz: tzinfo = UTC) -> str:
+    """An absolute time in the viewer's timezone, e.g. '2030-01-01 09:00 CET'."""
+    if dt is None:
+        return "—"
+    local = dt.astimezone(tz)
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or "")
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '2 h 5 min', '3 days'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    parts: list[str] = []
+    for name, size in _UNITS:
+        value, seconds = divmod(seconds, size)
+        if value:
+            parts.append(f"{value} {name}s" if name == "day" and value != 1 else f"{value} {name}")
+        if len(parts) == 2:
+            break
+    return " ".join(parts)
+
+
+def relative(dt: datetime | None, now: datetime | None = None) -> str:
+    if dt is None:
+        return ""
+    delta = (dt - (now or datetime.now(UTC))).total_seconds()
+    if abs(delta) < 1:
+        return "now"
+    return f"in {duration(delta)}" if delta > 0 else f"{duration(-delta)} ago"
+
+
+def every(seconds: int) -> str:
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"every {name}" if n == 1 else f"every {n} {name}s"
+    return "every second" if seconds == 1 else f"every {seconds} seconds"
+
+
+def schedule_text(schedule: IntervalSchedule | CronSchedule) -> str:
+    if isinstance(schedule, IntervalSchedule):
+        return every(schedule.every_seconds)
+    return f"cron `{schedule.cron}` ({schedule.timezone})"
+
+
+def order_title(order: OrderOut) -> str:
+    return f"{order.method} {order.url}"
+
+
+def short_id(order_id: str) -> str:
+    return order_id.split("-")[0]
+
+
+def mine_command(server: str, token: str) -> str:
+    return shlex.join(["crawlcoin", "mine", "--server", server, "--token", token])
+
+
+def results_command(server: str, token: str, order_id: str, out_dir: str) -> str:
+    return shlex.join(["crawlcoin", "results", "--server", server, "--token", token, "--order", order_id,
+                       "--out", out_dir])

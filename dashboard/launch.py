@@ -1,0 +1,37 @@
+"""How the dashboard is started: `streamlit run dashboard/app.py` with the flags a service needs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from core.settings import Settings
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def streamlit_argv(settings: Settings) -> list[str]:
+    """The command line of the dashboard process (the API address comes from the same settings)."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.headless=true",
+        f"--server.address={settings.host}",
+        f"--server.port={settings.dashboard_port}",
+        "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false",
+        "--client.showErrorDetails=none",
+        "--client.toolbarMode=viewer",
+        "--theme.primaryColor=#c08a1e",
+    ]
+
+
+def url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.dashboard_port}"
+
+
+def health_url(settings: Settings) -> str:
+    return f"{url(settings)}/_stcore/health"
+
+
+def run(settings: Settings | None = None) -> int:
+    """Run the dashboard in the foreground until it exits."""
+    return subprocess.call(streamlit_argv(settings or Settings()))
