@@ -60,9 +60,9 @@ def relative(dt: datetime | None, now: datetime | None = None) -> str:
     if dt is None:
         return ""
     delta = (dt - (now or datetime.now(UTC))).total_seconds()
-    if abs(delta) < 1:
-        return "now"
-    return f"in {duration(delta)}" if delta > 0 else f"{duration(-delta)} ago"
+    if delta >= 1:
+        return f"in {duration(delta)}"
+    return "due now" if delta > -60 else f"due {duration(-delta)} ago"
 
 
 def every(seconds: int) -> str:

@@ -209,10 +209,9 @@ def current_user() -> MeOut:
 
 
 def sidebar() -> None:
+    if not signed_in():
+        return
     with st.sidebar:
-        if not signed_in():
-            st.caption("Recurring web scraping, paid in coins.")
-            return
         me = current_user()
         st.markdown(f"Signed in as **{me.username}**")
         st.metric("Balance", fmt.coins(me.balance))

@@ -130,15 +130,12 @@ def enrolment_step() -> None:
     st.markdown(f"Account **{enrolment['username']}** is created. Every sign-in asks for a code from an "
                 "authenticator app on your phone (Aegis, Google Authenticator, 1Password, …).")
     st.markdown("**1.** Scan this QR code with your authenticator app:")
-    qr_col, key_col = st.columns([1, 2], vertical_alignment="center")
-    with qr_col:
-        qr = _qr_bytes(enrolment["qr_png"])
-        if qr:
-            st.image(qr, width=200, caption="Scan with your authenticator app")
-    with key_col:
-        st.markdown("Can't scan it? Enter this key by hand (time-based, 6 digits, 30 seconds):")
-        st.code(enrolment["secret"], language=None)
-        st.markdown(f"[Open in an authenticator app on this device]({enrolment['otpauth_uri']})")
+    qr = _qr_bytes(enrolment["qr_png"])
+    if qr:
+        st.image(qr, width=220)
+    st.markdown("Can't scan it? Enter this key by hand (time-based, 6 digits, every 30 seconds):")
+    st.code(enrolment["secret"], language=None, wrap_lines=True)
+    st.markdown(f"Or [open it in an authenticator app on this device]({enrolment['otpauth_uri']}).")
     st.markdown("**2.** Enter the code the app now shows:")
     with st.form("confirm_totp", border=False):
         code = st.text_input("Two-factor code", key="enrol_code", max_chars=6, placeholder="123456",

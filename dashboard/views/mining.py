@@ -53,7 +53,7 @@ def new_token(tokens: list[TokenOut]) -> None:
     if created:
         st.success(f"Mining token “{created['name']}” created. Copy the command now: the token is shown only this "
                    "once.", icon=":material/key:")
-        st.code(fmt.mine_command(server, created["token"]), language="bash")
+        st.code(fmt.mine_command(server, created["token"]), language="bash", wrap_lines=True)
         if st.button("Done, I copied it", key="mine_token_done"):
             st.session_state.pop("mine_token", None)
             st.rerun()
@@ -67,7 +67,7 @@ def new_token(tokens: list[TokenOut]) -> None:
             token = ui.api().create_token(name.strip() or "miner", ["mine"])
             st.session_state["mine_token"] = {"name": token.name, "token": token.token}
             st.rerun()
-    st.code(fmt.mine_command(server, "<TOKEN>"), language="bash")
+    st.code(fmt.mine_command(server, "<TOKEN>"), language="bash", wrap_lines=True)
 
 
 def token_list(tokens: list[TokenOut]) -> None:

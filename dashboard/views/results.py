@@ -63,9 +63,9 @@ def result_client(order: OrderOut) -> None:
     if created:
         st.success("Results token created. Copy the command now: the token is shown only this once.",
                    icon=":material/key:")
-        st.code(fmt.results_command(server, created, order.id, out or DEFAULT_OUT), language="bash")
+        st.code(fmt.results_command(server, created, order.id, out or DEFAULT_OUT), language="bash", wrap_lines=True)
     else:
-        st.code(fmt.results_command(server, "<TOKEN>", order.id, out or DEFAULT_OUT), language="bash")
+        st.code(fmt.results_command(server, "<TOKEN>", order.id, out or DEFAULT_OUT), language="bash", wrap_lines=True)
         if st.button("Create a results token for this order", key=f"results_token_{order.id}", type="primary",
                      icon=":material/key:"):
             with ui.reporting("No token was created:"):

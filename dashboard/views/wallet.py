@@ -35,7 +35,7 @@ def faucet(max_amount: int) -> None:
     with st.container(border=True):
         st.markdown("**Test coins**")
         st.caption("This installation runs in test mode: take free coins to try ordering.")
-        amount_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
+        amount_col, button_col = st.columns(2, vertical_alignment="bottom")
         amount = amount_col.number_input("Amount", min_value=1, max_value=max_amount, value=min(100, max_amount),
                                          step=10, key="faucet_amount")
         if button_col.button("Get test coins", key="faucet", type="primary", icon=":material/savings:",

@@ -1,0 +1,186 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, `streamlit run` as a child
+process (started with the same argv as in production), the real API behind it.
+
+Screenshots of every page go to test-artifacts/dashboard/.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+
+from core.settings import Settings
+from dashboard.launch import health_url, streamlit_argv
+from dashboard.launch import url as dashboard_url
+from tests.conftest import backend_unavailable, free_port
+from tests.helpers import PASSWORD
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+WAIT_MS = 30_000
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        backend_unavailable("browser", f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        backend_unavailable("browser", f"the playwright package is missing: {e}")
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        except Exception as e:  # a chromium that cannot start means: no browser here
+            backend_unavailable("browser", f"chromium did not start: {e}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def dashboard_server(api_url: str, tmp_path: Path) -> Iterator[str]:
+    settings = Settings(api_url=api_url, host="127.0.0.1", dashboard_port=free_port())
+    env = {**os.environ, "CRAWLCOIN_API_URL": api_url, "HOME": str(tmp_path)}
+    log = tmp_path / "dashboard.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(streamlit_argv(settings), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the dashboard exited during start-up:\n{log.read_text(errors='replace')}")
+            try:
+                if httpx.get(health_url(settings), timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the dashboard did not answer within 60 s:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield dashboard_url(settings)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server: str) -> None:
+    from playwright.sync_api import Page, expect
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    context = browser.new_context(viewport={"width": 1360, "height": 1000}, timezone_id="UTC")  # type: ignore[attr-defined]
+    page: Page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
+
+    def shot(name: str) -> None:
+        page.wait_for_timeout(1000)  # let charts and tables finish drawing
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def field(name: str):  # noqa: ANN202 - a Playwright locator
+        return page.get_by_role("textbox", name=name, exact=True)
+
+    def main_text(text: str):  # noqa: ANN202 - a Playwright locator
+        return page.get_by_test_id("stMain").get_by_text(text, exact=False).first
+
+    page.goto(dashboard_server)
+    expect(main_text("Recurring web scraping")).to_be_visible()
+    shot("1-sign-in")
+
+    # Sign up and enrol the authenticator with the secret shown as text.
+    username = f"eve-{uuid.uuid4().hex[:6]}"
+    page.get_by_role("tab", name="Create account").click()
+    field("Choose a username").fill(username)
+    field("Choose a password").fill(PASSWORD)
+    field("Repeat the password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(main_text("Set up two-factor sign-in")).to_be_visible()
+    expect(page.get_by_test_id("stImage").locator("img")).to_be_visible()
+    secret = page.get_by_test_id("stCode").first.inner_text().strip()
+    totp = pyotp.TOTP(secret)
+    shot("2-enrolment")
+    field("Two-factor code").fill(totp.at(time.time() - 30))
+    page.get_by_role("button", name="Confirm and sign in").click()
+    expect(main_text(f"Welcome, {username}!")).to_be_visible()
+
+    # Sign out, then sign in with password and the current code.
+    page.get_by_role("button", name="Sign out").click()
+    expect(main_text("You are signed out.")).to_be_visible()
+    field("Username").fill(username)
+    field("Password").fill(PASSWORD)
+    field("Two-factor code").fill(totp.now())
+    page.get_by_role("button", name="Sign in").click()
+    expect(main_text(f"Welcome back, {username}!")).to_be_visible()
+
+    # Wallet: take test coins.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Wallet").click()
+    expect(page.get_by_role("heading", name="Wallet", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Get test coins").click()
+    expect(main_text("100 coins added. Your balance is now 100 coins.")).to_be_visible()
+    shot("3-wallet")
+
+    # Orders: place one and see it listed with its cost.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Orders").click()
+    expect(page.get_by_role("heading", name="Orders", exact=True)).to_be_visible()
+    field("Page URL").fill("https://example.com/prices")
+    field("Page URL").press("Enter")
+    repetitions = page.get_by_role("spinbutton", name="Repetitions", exact=True)
+    repetitions.fill("15")
+    repetitions.press("Enter")
+    preview = page.locator(".st-key-cost_preview")
+    expect(preview.get_by_text("15 coins", exact=True)).to_be_visible()
+    expect(preview.get_by_text("85 coins", exact=True)).to_be_visible()
+    shot("4-new-order")
+    page.get_by_role("button", name="Place order").click()
+    expect(main_text("Order placed: 15 repetitions of https://example.com/prices.")).to_be_visible()
+    card = page.locator("[class*='st-key-order_']").first
+    expect(card.get_by_text("https://example.com/prices")).to_be_visible()
+    expect(card.get_by_text("15 coins", exact=True)).to_be_visible()
+    expect(card.get_by_text("0 of 15")).to_be_visible()
+    expect(card.get_by_text("Active")).to_be_visible()
+    shot("5-orders")
+
+    # Results: the result client command with a fresh results token.
+    card.get_by_role("button", name="Results").click()
+    expect(page.get_by_role("heading", name="Results", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Create a results token for this order").click()
+    expect(main_text("the token is shown only this once")).to_be_visible()
+    command = page.get_by_test_id("stCode").first.inner_text()
+    assert command.startswith("crawlcoin results --server ") and "--order " in command
+    assert "<TOKEN>" not in command
+    shot("6-results")
+
+    # Mining: a mining token and the command to run.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Mining").click()
+    expect(page.get_by_role("heading", name="Mining", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Create mining token").click()
+    expect(main_text("Copy the command now")).to_be_visible()
+    assert page.get_by_test_id("stCode").first.inner_text().startswith("crawlcoin mine --server ")
+    shot("7-mining")
+
+    # The wallet now shows the order's escrow hold in its history.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Wallet").click()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Held for your orders")).to_contain_text("15 coins")
+    shot("8-wallet-history")
+
+    # Nothing on any page was a traceback.
+    assert page.get_by_test_id("stException").count() == 0
+    context.close()
+
