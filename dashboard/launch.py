@@ -1,8 +1,9 @@
 """How the dashboard is started: `streamlit run dashboard/app.py` with the flags a service needs."""
 
-import subprocess
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from core.settings import Settings
 
@@ -32,6 +33,7 @@ def health_url(settings: Settings) -> str:
     return f"{url(settings)}/_stcore/health"
 
 
-def run(settings: Settings | None = None) -> int:
-    """Run the dashboard in the foreground until it exits."""
-    return subprocess.call(streamlit_argv(settings or Settings()))
+def run(settings: Settings | None = None) -> NoReturn:
+    """Become the dashboard process (exec), so that signals reach Streamlit itself."""
+    argv = streamlit_argv(settings or Settings())
+    os.execv(argv[0], argv)

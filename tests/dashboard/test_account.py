@@ -154,3 +154,18 @@ def test_unreachable_api_shows_a_banner(monkeypatch: pytest.MonkeyPatch) -> None
     assert not at.exception
     [banner] = alerts(at, "error")
     assert "The crawlcoin service cannot be reached right now." in banner
+
+
+def test_api_going_away_mid_session_shows_a_banner_not_a_traceback(
+    dashboard: Callable[..., AppTest], api: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import free_port
+
+    account = api.new_account(coins=5)
+    at = dashboard(account)
+    assert at.title[0].value == "Orders"
+    monkeypatch.setenv("CRAWLCOIN_API_URL", f"http://127.0.0.1:{free_port()}")
+    at.run()
+    assert not at.exception
+    assert any("The crawlcoin service cannot be reached right now." in e for e in alerts(at, "error"))
+    assert at.session_state["session"]["username"] == account.username, "the session is kept for when it is back"
