@@ -16,11 +16,48 @@ err = Console(stderr=True)
 
 
 @app.command()
-def up() -> None:
+def up(
+    miner: bool = typer.Option(False, "--miner", help="Also start one local miner (earning for a local volunteer)."),
+) -> None:
     """Start crawlcoin on its embedded defaults (SQLite store, Valkey) and print the URLs."""
     from cli.up import run_stack
 
-    raise typer.Exit(run_stack(_settings()))
+    raise typer.Exit(run_stack(_settings(), miner=miner))
+
+
+@app.command()
+def mine(
+    server: str = typer.Option(None, help="Mining server URL (default: http://CRAWLCOIN_HOST:CRAWLCOIN_MINING_PORT)."),
+    token: str = typer.Option(..., envvar="CRAWLCOIN_MINER_TOKEN", show_envvar=True,
+                              help="An API token with the `mine` scope (create one at /tokens)."),
+    concurrency: int = typer.Option(4, min=1, max=1024, help="Jobs fetched at the same time."),
+    block_domain: list[str] = typer.Option([], "--block-domain", help="Never fetch this domain or its subdomains "
+                                                                      "(repeatable)."),
+    allow_post: bool = typer.Option(False, "--allow-post", help="Also take jobs that POST (they may change "
+                                                                "something on the target site)."),
+    max_body_kib: int = typer.Option(2048, min=1, help="Keep at most this much of each page (KiB)."),
+    allow_private_targets: bool = typer.Option(
+        False, "--allow-private-targets",
+        help="LOCAL TESTING ONLY: let this miner connect to private, loopback and link-local addresses."),
+) -> None:
+    """Mine: fetch pages for customers and earn a coin for each one delivered."""
+    from pydantic import ValidationError
+
+    from miners.client.guard import normalise_domain
+    from miners.client.run import run_miner
+
+    settings = _settings()
+    try:
+        blocked = [normalise_domain(d) for d in block_domain]
+    except ValueError as e:
+        raise CrawlcoinError(f"--block-domain: {e}") from None
+    methods = ["GET", "HEAD", "POST"] if allow_post else ["GET", "HEAD"]
+    url = server or f"http://{settings.host}:{settings.mining_port}"
+    try:
+        code = run_miner(url, token, concurrency, blocked, methods, max_body_kib * 1024, allow_private_targets)
+    except ValidationError as e:
+        raise CrawlcoinError("invalid miner settings: " + "; ".join(x["msg"] for x in e.errors())) from None
+    raise typer.Exit(code)
 
 
 @serve.command("api")
@@ -33,6 +70,19 @@ def serve_api() -> None:
     settings = _settings()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port, proxy_headers=True,
                 log_level="info")
+
+
+@serve.command("mining")
+def serve_mining() -> None:
+    """Run a mining server (Socket.IO) with the settings from the environment."""
+    import uvicorn
+
+    from miners.server.app import MiningServer
+
+    settings = _settings()
+    server = MiningServer(settings)
+    uvicorn.run(server.app, host=settings.host, port=settings.mining_port, proxy_headers=True, log_level="info",
+                ws_max_size=server.max_message_bytes)
 
 
 @app.command()

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,34 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
-def run_stack(settings: Settings) -> int:
+def _local_miner_token(settings: Settings) -> tuple[str, str]:
+    """A fresh `mine` token for the local volunteer account `local-miner` (created on first use)."""
+    from datetime import UTC, datetime
+
+    from core import security
+    from core.storage import open_store
+    from core.storage.base import ApiToken, User
+
+    store = open_store(settings.resolved_store_url)
+    try:
+        user = store.get_user_by_username("local-miner")
+        if user is None:
+            # No password can match "!": the account only ever mines through its tokens.
+            user = User(id=str(uuid.uuid4()), username="local-miner", password_hash="!", created_at=datetime.now(UTC))
+            store.create_user(user)
+        now = datetime.now(UTC)
+        for old in store.list_api_tokens(user.id):
+            if old.name == "crawlcoin up --miner" and old.revoked_at is None:
+                store.revoke_api_token(user.id, old.id, now)
+        token_id, raw, secret_hash = security.new_api_token()
+        store.create_api_token(ApiToken(id=token_id, owner_id=user.id, name="crawlcoin up --miner",
+                                        secret_hash=secret_hash, scopes=["mine"], created_at=now))
+        return user.username, raw
+    finally:
+        store.close()
+
+
+def run_stack(settings: Settings, miner: bool = False) -> int:
     data_dir = settings.data_dir.expanduser().resolve()
     logs = data_dir / "logs"
     env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
@@ -100,6 +128,7 @@ def run_stack(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         _require_port(settings.host, settings.api_port, "CRAWLCOIN_API_PORT", "API")
+        _require_port(settings.host, settings.mining_port, "CRAWLCOIN_MINING_PORT", "mining server")
         if settings.redis_url:
             rows.append(("valkey (external)", settings.redis_url, "-"))
         else:
@@ -116,6 +145,20 @@ def run_stack(settings: Settings) -> int:
         api.start(env)
         api.wait_healthy(timeout=60)
         rows.append(("api", api.url, str(api.log)))
+        mining_url = f"http://{settings.host}:{settings.mining_port}"
+        mining = Child("mining server", [sys.executable, "-m", "cli.main", "serve", "mining"], mining_url,
+                       f"{mining_url}/health", logs / "mining.log")
+        children.append(mining)
+        mining.start(env)
+        mining.wait_healthy(timeout=60)
+        rows.append(("mining server", f"{mining.url} (Socket.IO)", str(mining.log)))
+        if miner:
+            username, token = _local_miner_token(settings)
+            local = Child("miner", [sys.executable, "-m", "cli.main", "mine", "--server", mining_url],
+                          f"earning for {username!r}", "", logs / "miner.log")
+            children.append(local)
+            local.start(dict(env, CRAWLCOIN_MINER_TOKEN=token))
+            rows.append(("miner", local.url, str(local.log)))
         rows.append(("store", _display_store(settings), "-"))
         table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
         for col in ("service", "URL", "log"):

@@ -236,6 +236,67 @@ class FetchError(StrEnum):
     http_error = "http_error"  # malformed response: oversized headers, bad encoding, cut-off body
 
 
+HttpMethod = Literal["GET", "HEAD", "POST"]
+
+
+class MinerPolicy(Request):
+    """What a miner announces after connecting (`hello`): how many jobs at once, which ones."""
+
+    capacity: Annotated[int, Field(ge=1, le=1024, description="Jobs the miner runs at the same time.")] = 4
+    methods: Annotated[list[HttpMethod], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: ["GET", "HEAD"])
+    blocked_domains: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1000)] = (
+        Field(default_factory=list, description="Domains (and their subdomains) the miner never fetches."))
+    max_body_bytes: Annotated[int, Field(ge=1024, description="The miner keeps at most this much of a page.")] = (
+        2 * 1024 * 1024)
+    client: Annotated[str, Field(max_length=100)] = ""
+
+
+class Welcome(BaseModel):
+    """The server's answer to `hello`: the terms this connection mines under."""
+
+    server_id: str
+    miner: str = Field(description="The volunteer's username.")
+    capacity: int
+    max_body_bytes: int
+    lease_seconds: float
+
+
+class JobOffer(BaseModel):
+    """A job leased to one miner (server → miner, event `job`)."""
+
+    key: str
+    url: str
+    method: HttpMethod
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    lease_seconds: float
+
+
+class MinedResult(Request):
+    """What a miner sends back for a job it holds (miner → server, event `result`)."""
+
+    key: Annotated[str, Field(min_length=3, max_length=100)]
+    status: Annotated[int, Field(ge=100, le=599)] | None = None
+    final_url: Annotated[str, Field(max_length=8192)]
+    headers: Annotated[dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=1024)]],
+                       Field(max_length=50)] = Field(default_factory=dict)
+    body: bytes = b""
+    truncated: bool = False
+    elapsed_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] = 0
+    error: Annotated[FetchError, Strict(False)] | None = None
+    error_text: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class ResultAck(BaseModel):
+    """The server's answer to `result`: what became of it, or why it was refused."""
+
+    ok: bool
+    outcome: str | None = Field(default=None, description="paid, refunded, retry, failed, duplicate, closed")
+    coins: int = 0
+    error: str | None = None
+
+
 # --- service --------------------------------------------------------------------------------
 
 

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     catchup_seconds: int = Field(default=600, ge=0, description="Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late.")
     sync_interval_seconds: float = Field(default=5.0, gt=0, description="How often each worker brings Prefect in line with pending order changes.")
 
+    # Mining.
+    mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a miner holds a job before it goes to another.")
+    max_attempts: int = Field(default=3, ge=1, description="Leases of one job that may end without a result before it is refunded.")
+    domain_rate_per_second: float = Field(default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
+    result_body_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Largest page body a result may carry.")
+    miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
         if self.mode is Mode.production:

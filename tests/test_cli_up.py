@@ -16,11 +16,14 @@ from tests.helpers import PASSWORD, ApiClient, interval_order
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
 
 
-def start_up(data_dir: Path, api_port: int, valkey_port: int) -> subprocess.Popen[str]:
+def start_up(data_dir: Path, api_port: int, valkey_port: int, *args: str,
+             mining_port: int | None = None) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
     env.update(CRAWLCOIN_DATA_DIR=str(data_dir), CRAWLCOIN_API_PORT=str(api_port),
-               CRAWLCOIN_VALKEY_PORT=str(valkey_port), COLUMNS="200")
-    return subprocess.Popen([CRAWLCOIN, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               CRAWLCOIN_VALKEY_PORT=str(valkey_port), CRAWLCOIN_MINING_PORT=str(mining_port or free_port()),
+               COLUMNS="200")
+    return subprocess.Popen([CRAWLCOIN, "up", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def wait_for_table(proc: subprocess.Popen[str], timeout: float = 90) -> str:
@@ -32,7 +35,7 @@ def wait_for_table(proc: subprocess.Popen[str], timeout: float = 90) -> str:
         if not line:
             raise AssertionError("crawlcoin up exited early:\n" + "".join(seen))
         seen.append(line)
-        if "/docs" in line:
+        if line.lstrip().startswith("└") and any("/docs" in x for x in seen):  # the table's last line
             return "".join(seen)
     raise AssertionError("no URL table:\n" + "".join(seen))
 
@@ -43,11 +46,13 @@ def stop(proc: subprocess.Popen[str]) -> int:
 
 
 def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> None:
-    api_port, valkey_port = free_port(), free_port()
-    proc = start_up(tmp_path, api_port, valkey_port)
+    api_port, valkey_port, mining_port = free_port(), free_port(), free_port()
+    proc = start_up(tmp_path, api_port, valkey_port, mining_port=mining_port)
     try:
         out = wait_for_table(proc)
         assert f"http://127.0.0.1:{api_port}/docs" in out and f"redis://127.0.0.1:{valkey_port}" in out
+        assert f"http://127.0.0.1:{mining_port}" in out
+        assert httpx.get(f"http://127.0.0.1:{mining_port}/health", timeout=5).json()["status"] == "ok"
         with ApiClient(f"http://127.0.0.1:{api_port}") as api:
             assert api.get("/health").json() == {"status": "ok", "store": "ok", "valkey": "ok"}
             alice = api.new_account(coins=10)
@@ -64,9 +69,14 @@ def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> Non
     except httpx.ConnectError:
         pass
 
-    proc = start_up(tmp_path, api_port, valkey_port)
+    proc = start_up(tmp_path, api_port, valkey_port, "--miner", mining_port=mining_port)
     try:
-        wait_for_table(proc)
+        out = wait_for_table(proc)
+        assert "local-miner" in out, "--miner starts a local miner"
+        deadline = time.monotonic() + 30
+        while httpx.get(f"http://127.0.0.1:{mining_port}/health", timeout=5).json()["miners"] != 1:
+            assert time.monotonic() < deadline, "the local miner never connected"
+            time.sleep(0.2)
         with ApiClient(f"http://127.0.0.1:{api_port}") as api:
             login = api.post("/auth/login", json={"username": alice.username, "password": PASSWORD,
                                                   "code": pyotp.TOTP(alice.secret).at(time.time() + 30)})

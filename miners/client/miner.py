@@ -1,0 +1,252 @@
+"""The volunteer's mining loop: connect, announce a policy, fetch leased jobs, return results.
+
+The connection is a python-socketio AsyncClient on the websocket transport. Reconnecting is
+done here rather than by the library, so that a refusal (bad or revoked token) ends the run
+with its message while an unreachable server is retried with exponential backoff. A lease
+belongs to one connection: jobs in flight when the connection drops are abandoned (the
+server has already given them to someone else).
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+
+from core.errors import AuthenticationFailed, CrawlcoinError
+from core.schemas import JobOffer, MinerPolicy, ResultAck, Welcome
+from miners.client.fetch import Fetcher
+from miners.client.models import FetchPolicy, FetchRequest, FetchResult
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/mine"
+BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+
+
+@dataclass
+class MinerStats:
+    """What the live display shows."""
+
+    server: str
+    state: str = "starting"
+    done: int = 0  # results accepted and paid
+    unpaid: int = 0  # results accepted without pay (refused target, robots.txt, site errors)
+    failed: int = 0  # results the server refused, or that could not be delivered
+    coins: int = 0
+    in_flight: int = 0
+    capacity: int = 0
+    last_problem: str | None = None
+    finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def per_minute(self, window: float = 60.0) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.finished_at if now - t <= window]
+        if not recent:
+            return 0.0
+        return len(recent) * 60.0 / max(min(window, now - recent[0]), 1.0)
+
+
+class Miner:
+    def __init__(self, server_url: str, token: str, policy: MinerPolicy, fetch_policy: FetchPolicy,
+                 stats: MinerStats | None = None) -> None:
+        self.server_url = server_url
+        self.token = token
+        self.policy = policy
+        self.fetch_policy = fetch_policy
+        self.stats = stats or MinerStats(server_url)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._refusal: str | None = None
+        self._fatal: str | None = None
+        self._send_lock = asyncio.Lock()
+        self._disconnected = asyncio.Event()
+        self._fetcher: Fetcher | None = None
+        self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, logger=False,
+                                       engineio_logger=False)
+        self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
+        self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
+        self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
+        self.sio.on("job", self._on_job, namespace=NAMESPACE)
+        self.sio.on("revoke", self._on_revoke, namespace=NAMESPACE)
+        self.sio.on("problem", self._on_problem, namespace=NAMESPACE)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Mine until `stop` is set; then let in-flight jobs finish and return.
+
+        Raises AuthenticationFailed if the server refuses the token.
+        """
+        backoff = BACKOFF_START
+        async with Fetcher(self.fetch_policy) as fetcher:
+            self._fetcher = fetcher
+            while not stop.is_set():
+                self._disconnected.clear()
+                self.stats.state = "connecting"
+                try:
+                    await self.sio.connect(self.server_url, auth={"token": self.token}, namespaces=[NAMESPACE],
+                                           transports=["websocket"], wait_timeout=10)
+                except socketio.exceptions.ConnectionError as e:
+                    await self._close()
+                    if self._refusal is not None:
+                        self.stats.state = "refused"
+                        raise AuthenticationFailed(f"the mining server refused this miner: {self._refusal}") from None
+                    self.stats.state = f"cannot reach the server ({e}); retrying in {backoff:.0f} s"
+                    await _wait(stop, backoff * random.uniform(0.8, 1.2))
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                connected_at = time.monotonic()
+                await _first(stop.wait(), self._disconnected.wait())
+                if stop.is_set():
+                    await self._drain()
+                    break
+                await self._abandon_jobs()
+                if self._fatal is not None:
+                    raise CrawlcoinError(self._fatal)
+                if time.monotonic() - connected_at > BACKOFF_MAX:
+                    backoff = BACKOFF_START
+                self.stats.state = f"disconnected; reconnecting in {backoff:.0f} s"
+                await _wait(stop, backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            self.stats.state = "stopped"
+        self._fetcher = None
+
+    async def _drain(self) -> None:
+        """Ctrl-C: ask for nothing new, finish and deliver what is in flight, then disconnect."""
+        self.stats.state = f"stopping: finishing {len(self._tasks)} job(s) in flight"
+        try:
+            await self.sio.call("drain", {}, namespace=NAMESPACE, timeout=10)
+        except Exception:  # the server may be gone: then in-flight results cannot be delivered anyway
+            pass
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=self.fetch_policy.total_timeout + 15)
+        await self._close()
+
+    async def _close(self) -> None:
+        try:
+            await self.sio.disconnect()
+        except Exception:
+            pass
+
+    async def _abandon_jobs(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def _on_connect(self) -> None:
+        self._refusal = None
+        asyncio.create_task(self._hello())
+
+    async def _hello(self) -> None:
+        try:
+            answer = await self.sio.call("hello", self.policy.model_dump(), namespace=NAMESPACE, timeout=15)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+            await self._close()  # reconnect and try again
+            return
+        try:
+            welcome = Welcome.model_validate(answer)
+        except ValidationError:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            self._fatal = f"the mining server did not accept this miner's policy: {error or answer!r}"[:500]
+            await self._close()
+            return
+        self.stats.capacity = welcome.capacity
+        self.stats.state = f"mining as {welcome.miner} on {welcome.server_id}"
+
+    async def _on_connect_error(self, data: Any = None) -> None:
+        message = data.get("message") if isinstance(data, dict) else data
+        self._refusal = str(message or "connection refused")
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        self._disconnected.set()
+
+    async def _on_problem(self, data: Any = None) -> None:
+        message = data.get("message") if isinstance(data, dict) else str(data)
+        self.stats.last_problem = str(message)[:300]
+        log.warning("mining server: %s", message)
+
+    async def _on_revoke(self, data: Any = None) -> None:
+        key = data.get("key") if isinstance(data, dict) else None
+        task = self._tasks.pop(key, None) if isinstance(key, str) else None
+        if task is not None:
+            task.cancel()
+            self.stats.failed += 1
+
+    async def _on_job(self, data: Any = None) -> None:
+        try:
+            offer = JobOffer.model_validate(data)
+        except ValidationError:
+            self.stats.last_problem = "the server sent an unreadable job"
+            return
+        if offer.key in self._tasks:
+            return
+        task = asyncio.create_task(self._run_job(offer))
+        self._tasks[offer.key] = task
+        task.add_done_callback(lambda t, key=offer.key: self._job_done(key, t))
+
+    def _job_done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        self.stats.in_flight = len(self._tasks)
+
+    async def _send_result(self, payload: dict[str, Any]) -> Any:
+        """`call("result")`, with the sending serialised: a body travels as separate binary
+        frames, and two results sent at once could interleave them."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_ack(*args: Any) -> None:
+            if not answer.done():
+                answer.set_result(args[0] if args else None)
+
+        async with self._send_lock:
+            await self.sio.emit("result", payload, namespace=NAMESPACE, callback=on_ack)
+        return await asyncio.wait_for(answer, timeout=60)
+
+    async def _run_job(self, offer: JobOffer) -> None:
+        assert self._fetcher is not None
+        self.stats.in_flight = len(self._tasks)
+        fetched = await self._fetcher.fetch(FetchRequest(offer.url, offer.method, offer.headers, offer.body))
+        try:
+            ack = ResultAck.model_validate(await self._send_result(_payload(offer.key, fetched)))
+        except (TimeoutError, socketio.exceptions.BadNamespaceError, ValidationError):
+            self.stats.failed += 1
+            return
+        self.stats.finished_at.append(time.monotonic())
+        if not ack.ok:
+            self.stats.failed += 1
+            self.stats.last_problem = ack.error
+        elif ack.coins > 0:
+            self.stats.done += 1
+            self.stats.coins += ack.coins
+        else:
+            self.stats.unpaid += 1
+
+
+def _payload(key: str, r: FetchResult) -> dict[str, Any]:
+    return {
+        "key": key, "status": r.status, "final_url": r.final_url[:8192], "headers": dict(r.headers),
+        "body": r.body, "truncated": r.truncated, "elapsed_ms": r.elapsed_ms,
+        "error": r.error.value if r.error else None, "error_text": (r.error_text or "")[:1000] or None,
+    }
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

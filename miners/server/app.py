@@ -1,0 +1,97 @@
+"""The mining server as an ASGI app: Socket.IO (websocket transport only) plus `/health`.
+
+Everything that opens a connection (store, Valkey) is built at start-up, from the settings.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+import socketio
+from redis.asyncio import Redis
+
+from core.settings import Settings
+from core.storage import Store, open_store
+from miners.server.dispatch import Dispatcher, Held
+from miners.server.namespace import NAMESPACE, MinerNamespace
+from miners.server.stream import JobStream
+from miners.server.writer import ResultWriter
+
+log = logging.getLogger(__name__)
+_FRAME_OVERHEAD = 64 * 1024  # room for the JSON part of a result next to its body
+
+
+def new_server_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class MiningServer:
+    """One mining server process: consumer `server_id` of the job stream's mining group.
+
+    Serve `MiningServer(settings).app` with uvicorn.
+    """
+
+    def __init__(self, settings: Settings, server_id: str | None = None) -> None:
+        self.settings = settings
+        self.server_id = server_id or new_server_id()
+        self.max_message_bytes = settings.result_body_max_bytes + _FRAME_OVERHEAD
+        self.sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"],
+                                        max_http_buffer_size=self.max_message_bytes)
+        self.app = socketio.ASGIApp(self.sio, other_asgi_app=self._http, on_startup=self.start,
+                                    on_shutdown=self.stop)
+        self.redis: Redis | None = None
+        self.store: Store | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.redis = Redis.from_url(settings.resolved_redis_url)
+        self.store = await asyncio.to_thread(open_store, settings.resolved_store_url)
+        stream = JobStream(self.redis, self.server_id, settings.domain_rate_per_second)
+        await stream.ensure_group()
+
+        async def send(event: str, sid: str, payload: dict) -> None:
+            await self.sio.emit(event, payload, to=sid, namespace=NAMESPACE)
+
+        def fail(held: Held, why: str, avoid: str | None) -> None:
+            writer.attempt_failed(held, why, avoid=avoid)
+
+        dispatcher = Dispatcher(settings, stream, send, fail)
+        writer = ResultWriter(settings, self.store, stream, dispatcher)
+        self.dispatcher = dispatcher
+        self.sio.register_namespace(MinerNamespace(settings, self.store, self.server_id, dispatcher, writer))
+        for loop in (dispatcher.run, dispatcher.expire_leases, dispatcher.keep_alive, dispatcher.reclaim, writer.run):
+            self._tasks.append(asyncio.create_task(loop(self._stopping), name=f"mining:{loop.__name__}"))
+        log.info("mining server %s started", self.server_id)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        done, pending = await asyncio.wait(self._tasks, timeout=5) if self._tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.store is not None:
+            self.store.close()
+
+    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/health":
+            miners = len(self.dispatcher.miners) if self.dispatcher else 0
+            status, body = 200, {"status": "ok", "server_id": self.server_id, "miners": miners}
+        else:
+            status, body = 404, {"detail": "not found; miners connect with Socket.IO at /socket.io/"}
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+

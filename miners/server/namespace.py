@@ -1,0 +1,202 @@
+"""The `/mine` Socket.IO namespace: what a miner may say and how each message is checked.
+
+Miner → server: `hello` (its policy; answered with the `Welcome` terms), `result` (for a job
+it holds; answered with a `ResultAck`), `drain` (send me nothing new; I am stopping).
+Server → miner: `job` (a `JobOffer`), `revoke` (a lease ended), `problem` (what was wrong
+with the last message). Anything else, anything malformed and anything about a job the
+connection does not hold is answered with an error and counted; a connection that keeps
+sending such messages, or more messages than any honest miner would, is dropped. Nothing it
+sent is stored and no coin moves.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+from socketio.exceptions import ConnectionRefusedError as SocketRefused
+
+from core.errors import CrawlcoinError
+from core.schemas import FetchError, MinedResult, MinerPolicy, ResultAck, Scope, Welcome
+from core.settings import Settings
+from core.storage import Store
+from core.storage.base import Result
+from core.tokens import authenticate_api_token
+from miners.server.dispatch import Dispatcher, MinerConn
+from miners.server.writer import ResultWriter
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/mine"
+# Errors no other miner could avoid: the result settles the job (and refunds it).
+SETTLING_ERRORS = frozenset({FetchError.refused_target, FetchError.robots_disallowed, FetchError.invalid_url,
+                             FetchError.invalid_request, FetchError.too_many_redirects})
+MAX_STRIKES = 20  # invalid messages one connection may send before it is dropped
+BURST_EVENTS = 200  # messages per connection beyond the refill rate…
+EVENTS_PER_SECOND = 100.0  # …and the refill rate
+
+
+@dataclass(eq=False)
+class Connection:
+    """Per-connection state: who it is and how well it has behaved."""
+
+    user_id: str
+    username: str
+    tokens: float = BURST_EVENTS
+    refilled: float = field(default_factory=time.monotonic)
+    strikes: int = 0
+    announced: bool = False
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST_EVENTS, self.tokens + (now - self.refilled) * EVENTS_PER_SECOND)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "payload"
+    return f"{where}: {err['msg']}"[:300]
+
+
+class MinerNamespace(socketio.AsyncNamespace):
+    def __init__(self, settings: Settings, store: Store, server_id: str, dispatcher: Dispatcher,
+                 writer: ResultWriter) -> None:
+        super().__init__(NAMESPACE)
+        self.settings = settings
+        self.store = store
+        self.server_id = server_id
+        self.dispatcher = dispatcher
+        self.writer = writer
+        self.connections: dict[str, Connection] = {}
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        raw = auth.get("token") if isinstance(auth, dict) else None
+        if not isinstance(raw, str) or not raw:
+            raise SocketRefused("authentication failed: connect with auth {\"token\": \"<mine API token>\"}")
+        try:
+            token = await asyncio.to_thread(authenticate_api_token, self.store, raw, Scope.mine)
+            user = await asyncio.to_thread(self.store.get_user, token.owner_id)
+        except CrawlcoinError as e:
+            raise SocketRefused(f"authentication failed: {e.message}") from None
+        self.connections[sid] = Connection(token.owner_id, user.username if user else token.owner_id)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.connections.pop(sid, None)
+        self.dispatcher.remove_miner(sid)
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        sid = args[0] if args else None
+        conn = self.connections.get(sid) if isinstance(sid, str) else None
+        if conn is None:
+            return None
+        if not conn.take():
+            await self._drop(sid, "too many messages; disconnecting")
+            return None
+        handler = {"hello": self._hello, "result": self._result, "drain": self._drain}.get(event)
+        try:
+            if handler is None:
+                raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends hello, result and drain")
+            if len(args) != 2:
+                raise _Refused(f"{event} takes exactly one argument")
+            answer = await handler(sid, conn, args[1])
+        except _Refused as e:
+            return await self._strike(sid, conn, e.message)
+        except Exception:
+            log.exception("error handling %s from %s", event, sid)
+            return {"ok": False, "error": "internal error; the message was not processed"}
+        return answer
+
+    async def _strike(self, sid: str, conn: Connection, message: str) -> dict:
+        conn.strikes += 1
+        if conn.strikes >= MAX_STRIKES:
+            await self._drop(sid, f"{message} (too many invalid messages; disconnecting)")
+        else:
+            await self.emit("problem", {"message": message}, to=sid)
+        return ResultAck(ok=False, error=message).model_dump()
+
+    async def _drop(self, sid: str, message: str) -> None:
+        log.warning("dropping miner connection %s: %s", sid, message)
+        await self.emit("problem", {"message": message, "fatal": True}, to=sid)
+        await self.disconnect(sid)
+
+    # --- events -------------------------------------------------------------------------------
+
+    async def _hello(self, sid: str, conn: Connection, data: Any) -> dict:
+        if conn.announced:
+            raise _Refused("hello was already sent on this connection")
+        try:
+            policy = MinerPolicy.model_validate(data)
+        except ValidationError as e:
+            raise _Refused(f"invalid policy: {_first_error(e)}") from None
+        blocked = frozenset(d.strip().strip(".").lower() for d in policy.blocked_domains if d.strip().strip("."))
+        miner = MinerConn(sid=sid, user_id=conn.user_id, username=conn.username, policy=policy,
+                          capacity=min(policy.capacity, self.settings.miner_max_capacity),
+                          max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
+                          blocked=blocked)
+        conn.announced = True
+        self.dispatcher.add_miner(miner)
+        return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
+                       max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds).model_dump()
+
+    async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
+        return {"ok": True, "in_flight": self.dispatcher.drain(sid)}
+
+    async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
+        miner = self.dispatcher.miners.get(sid)
+        if miner is None:
+            raise _Refused("send hello before results")
+        if isinstance(data, dict) and isinstance(data.get("body"), bytes | bytearray):
+            size = len(data["body"])
+            if size > miner.max_body_bytes:
+                key = data.get("key")
+                lease = self.dispatcher.lease_of(sid, key) if isinstance(key, str) else None
+                if lease is not None:  # the job goes to another miner
+                    self.dispatcher.end_lease(lease)
+                    self.writer.attempt_failed(lease.held, "the result was too large")
+                raise _Refused(f"result body of {size} bytes exceeds this connection's cap of "
+                               f"{miner.max_body_bytes} bytes; truncate it and set truncated")
+        try:
+            mined = MinedResult.model_validate(data)
+        except ValidationError as e:
+            raise _Refused(f"malformed result: {_first_error(e)}") from None
+        if mined.error is None and mined.status is None:
+            raise _Refused("malformed result: a result without an error needs a status")
+        lease = self.dispatcher.lease_of(sid, mined.key)
+        if lease is None:
+            raise _Refused(f"job {mined.key[:100]!r} is not leased to this connection")
+        self.dispatcher.end_lease(lease)
+        job = lease.held.job
+        now = datetime.now(UTC)
+        result = Result.with_body(
+            mined.body, miner.max_body_bytes, job_key=job.key, order_id=job.order_id, n=job.n,
+            miner_id=miner.user_id, fetched_at=now - timedelta(milliseconds=mined.elapsed_ms), status=mined.status,
+            final_url=mined.final_url, headers=mined.headers, truncated=mined.truncated,
+            elapsed_ms=mined.elapsed_ms, error=mined.error.value if mined.error else None,
+            error_text=mined.error_text, stored_at=now,
+        )
+        if mined.error is None or mined.error in SETTLING_ERRORS:
+            ack = await self.writer.record(lease.held, result)
+        else:  # the site or this miner's network failed: another miner tries
+            ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
+                                                   last=result, avoid=sid)
+        return ack.model_dump()
+
+
+class _Refused(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
