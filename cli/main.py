@@ -1,6 +1,7 @@
 """`crawlcoin` entry point. Each subcommand imports its role's code only when it runs."""
 
 import sys
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -83,6 +84,34 @@ def serve_mining() -> None:
     server = MiningServer(settings)
     uvicorn.run(server.app, host=settings.host, port=settings.mining_port, proxy_headers=True, log_level="info",
                 ws_max_size=server.max_message_bytes)
+
+
+@serve.command("results")
+def serve_results() -> None:
+    """Run a result server (Socket.IO) with the settings from the environment."""
+    import uvicorn
+
+    from result_server.app import ResultServer
+
+    settings = _settings()
+    uvicorn.run(ResultServer(settings).app, host=settings.host, port=settings.results_port, proxy_headers=True,
+                log_level="info")
+
+
+@app.command()
+def results(
+    token: str = typer.Option(..., envvar="CRAWLCOIN_RESULTS_TOKEN", show_envvar=True,
+                              help="An API token with the `results` scope (create one at /tokens)."),
+    order: list[str] = typer.Option(..., "--order", help="An order whose results to write (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the results into (created if missing)."),
+    server: str = typer.Option(None, help="Result server URL (default: http://CRAWLCOIN_HOST:CRAWLCOIN_RESULTS_PORT)."),
+    once: bool = typer.Option(False, "--once", help="Write what is there now, then exit (for scripts and cron)."),
+) -> None:
+    """Write every result of your orders to files: backlog first, then live; resumes where it stopped."""
+    from result_client.cli import run_results
+
+    settings = _settings()
+    run_results(server or f"http://{settings.host}:{settings.results_port}", token, order, out, once)
 
 
 @app.command()

@@ -22,6 +22,8 @@ PREFIX = "crawlcoin"
 DUE = f"{PREFIX}:due"
 PAYLOADS = f"{PREFIX}:due:payload"
 JOBS_STREAM = f"{PREFIX}:jobs"
+RESULTS_STREAM = f"{PREFIX}:results"
+"""Notices of stored results (job key, order id, n, outcome), read by every result server."""
 RELEASED_TTL_SECONDS = 7 * 24 * 3600
 
 

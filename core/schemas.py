@@ -297,6 +297,35 @@ class ResultAck(BaseModel):
     error: str | None = None
 
 
+# --- results (result server → result client) ---------------------------------------------
+
+
+class ResultMessage(BaseModel):
+    """One result as the result server sends it; the body travels beside it as bytes."""
+
+    key: str
+    order_id: str
+    n: int
+    miner_id: str
+    fetched_at: datetime
+    status: int | None
+    final_url: str
+    headers: dict[str, str]
+    body_size: int
+    truncated: bool
+    sha256: str
+    elapsed_ms: int
+    error: str | None
+    error_text: str | None
+
+
+class Subscribe(BaseModel):
+    """A result client's subscription: order id → last repetition n it has (None: ask the server)."""
+
+    model_config = ConfigDict(extra="forbid")
+    orders: Annotated[dict[str, Annotated[int, Field(ge=0)] | None], Field(min_length=1, max_length=100)]
+
+
 # --- service --------------------------------------------------------------------------------
 
 

@@ -318,6 +318,13 @@ class Store(Protocol):
     def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
         """The order's results with n > `after_n`, by n ascending (a result client's resume point)."""
 
+    # delivery cursors ----------------------------------------------------------------------
+    def get_delivery_cursor(self, token_id: str, order_id: str) -> int:
+        """The highest repetition n the result client of `token_id` acknowledged for the order; 0 if none."""
+
+    def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
+        """Move the cursor forward to `n`; never backwards."""
+
     # Prefect sync queue --------------------------------------------------------------------
     def request_sync(self, order_id: str, at: datetime) -> None:
         """Note that the order's Prefect deployment must be brought in line with the order.

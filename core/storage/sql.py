@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     TypeDecorator,
+    case,
     event,
     tuple_,
     update,
@@ -138,6 +139,13 @@ class DispatchClaimRow(SQLModel, table=True):
     first_n: int
     last_n: int
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class DeliveryCursorRow(SQLModel, table=True):
+    __tablename__ = "delivery_cursors"
+    token_id: str = Field(primary_key=True, max_length=36)
+    order_id: str = Field(primary_key=True, max_length=36)
+    last_n: int = 0
 
 
 class SyncRequestRow(SQLModel, table=True):
@@ -754,3 +762,21 @@ class SqlStore:
             row = s.get(SyncRequestRow, order_id)
             if row is not None and row.requested_at <= requested_at:
                 s.delete(row)
+
+    # --- delivery cursors --------------------------------------------------------------
+
+    def get_delivery_cursor(self, token_id: str, order_id: str) -> int:
+        with self._read() as s:
+            row = s.get(DeliveryCursorRow, (token_id, order_id))
+            return row.last_n if row else 0
+
+    def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
+        with self._write() as s:
+            s.execute(
+                self._insert(DeliveryCursorRow)
+                .values(token_id=token_id, order_id=order_id, last_n=n)
+                .on_conflict_do_update(
+                    index_elements=["token_id", "order_id"],
+                    set_={"last_n": case((DeliveryCursorRow.last_n < n, n), else_=DeliveryCursorRow.last_n)},
+                )
+            )

