@@ -9,7 +9,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from api import errors
 from api.limits import BodySizeLimit
-from api.routes import auth, orders, service, tokens, wallet
+from api.routes import auth, orders, results, service, tokens, wallet
 from core.security import Passwords
 from core.settings import Settings
 from core.storage import open_store
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (auth.router, tokens.router, wallet.router, orders.router, service.router):
+    for router in (auth.router, tokens.router, wallet.router, orders.router, results.router, service.router):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -326,6 +326,29 @@ class Subscribe(BaseModel):
     orders: Annotated[dict[str, Annotated[int, Field(ge=0)] | None], Field(min_length=1, max_length=100)]
 
 
+class ResultOut(BaseModel):
+    """A result as the API lists it (the body is downloaded separately)."""
+
+    n: int
+    key: str
+    status: int | None
+    final_url: str
+    headers: dict[str, str]
+    body_size: int
+    truncated: bool
+    sha256: str
+    fetched_at: datetime
+    stored_at: datetime
+    elapsed_ms: int
+    error: str | None
+    error_text: str | None
+
+
+class ResultPage(BaseModel):
+    items: list[ResultOut]
+    next_cursor: str | None = Field(description="Pass as `before` to get the next (older) page.")
+
+
 # --- service --------------------------------------------------------------------------------
 
 

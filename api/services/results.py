@@ -1,0 +1,38 @@
+"""Listing an order's results and downloading one body."""
+
+from api.services.orders import get_own
+from core.errors import NotFound
+from core.schemas import ResultOut, ResultPage
+from core.storage import Store
+from core.storage.base import Result, User, job_key
+
+
+def result_out(r: Result) -> ResultOut:
+    return ResultOut(n=r.n, key=r.job_key, status=r.status, final_url=r.final_url, headers=r.headers,
+                     body_size=r.body_size, truncated=r.truncated, sha256=r.sha256, fetched_at=r.fetched_at,
+                     stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text)
+
+
+def list_page(store: Store, user: User, order_id: str, limit: int, before: int | None) -> ResultPage:
+    """Newest first: the results of repetitions numbered below `before` (default: all), `limit` at a time."""
+    order = get_own(store, user, order_id)
+    top = order.runs_claimed if before is None else min(before - 1, order.runs_claimed)
+    items: list[Result] = []
+    while top > 0 and len(items) < limit:
+        low = max(0, top - limit)
+        chunk = [r for r in store.list_results(order.id, low, top - low) if r.n <= top]
+        items.extend(reversed(chunk))
+        top = low
+    items = items[:limit]
+    more = len(items) == limit and items[-1].n > 1
+    return ResultPage(items=[result_out(r) for r in items], next_cursor=str(items[-1].n) if more else None)
+
+
+def body(store: Store, user: User, order_id: str, n: int) -> tuple[bytes, str]:
+    order = get_own(store, user, order_id)
+    result = store.get_result(job_key(order.id, n))
+    if result is None:
+        raise NotFound(f"repetition {n} has no result yet")
+    content_type = next((v for k, v in result.headers.items() if k.lower() == "content-type"),
+                        "application/octet-stream")
+    return result.body, content_type

@@ -1,0 +1,39 @@
+"""An order's results over the API: listed newest first, bodies downloaded, owners only."""
+
+from datetime import UTC, datetime
+
+from core.settings import Settings
+from core.storage import open_store
+from core.storage.base import Result
+from tests.helpers import ApiClient, interval_order
+
+
+def test_list_and_download_results(api: ApiClient, api_settings: Settings) -> None:
+    alice, bob = api.new_account(coins=10), api.new_account()
+    order = api.post("/orders", json=interval_order(every=1, runs=5), headers=alice.headers).json()
+    store = open_store(api_settings.resolved_store_url)
+    try:
+        now = datetime.now(UTC)
+        store.claim_repetitions(order["id"], "run", now.replace(year=now.year + 1), now, 10**6)
+        pages = {n: f"<p>page {n}</p>".encode() for n in (1, 2, 4, 5)}
+        store.record_results([Result.with_body(body, 1 << 20, job_key=f"{order['id']}:{n}", order_id=order["id"],
+                                               n=n, miner_id=bob.id, fetched_at=now, status=200,
+                                               final_url="https://example.com/page",
+                                               headers={"content-type": "text/html"}, stored_at=now)
+                              for n, body in pages.items()])
+    finally:
+        store.close()
+    first = api.get(f"/orders/{order['id']}/results", params={"limit": 3}, headers=alice.headers).json()
+    assert [r["n"] for r in first["items"]] == [5, 4, 2]
+    rest = api.get(f"/orders/{order['id']}/results", params={"limit": 3, "before": first["next_cursor"]},
+                   headers=alice.headers).json()
+    assert [r["n"] for r in rest["items"]] == [1] and rest["next_cursor"] is None
+    r = api.get(f"/orders/{order['id']}/results/4/body", headers=alice.headers)
+    assert r.status_code == 200 and r.content == b"<p>page 4</p>" and r.headers["content-type"].startswith("text/html")
+    missing = api.get(f"/orders/{order['id']}/results/3/body", headers=alice.headers)
+    assert missing.status_code == 404 and "no result yet" in missing.json()["detail"]
+    for path in (f"/orders/{order['id']}/results", f"/orders/{order['id']}/results/4/body"):
+        r = api.get(path, headers=bob.headers)
+        assert r.status_code == 404 and r.json()["detail"] == "order not found"
+    assert api.get(f"/orders/{order['id']}/results/0/body", headers=alice.headers).status_code == 422
+    assert api.balance(bob) == 4, "the miner was paid once per result"
