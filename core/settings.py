@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     # Mining.
     mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")
     results_port: int = Field(default=8603, description="Port of the result server (Socket.IO).")
+    prefect_port: int = Field(default=4200, description="Port of the Prefect server `crawlcoin up` starts (UI and API).")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a miner holds a job before it goes to another.")
     max_attempts: int = Field(default=3, ge=1, description="Leases of one job that may end without a result before it is refunded.")
     domain_rate_per_second: float = Field(default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
