@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.passwords = Passwords(settings)
         app.state.store = open_store(settings.resolved_store_url)
+        app.state.store.recover_pending()  # finish what a crashed process left half done
         app.state.redis = Redis.from_url(settings.resolved_redis_url, socket_timeout=5, health_check_interval=30)
         app.state.aredis = AsyncRedis.from_url(settings.resolved_redis_url, socket_timeout=5)
         try:

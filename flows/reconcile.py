@@ -16,6 +16,9 @@ async def reconcile() -> str:
     store = open_store(settings.resolved_store_url)
     redis = Redis.from_url(settings.resolved_redis_url)
     try:
+        recovered = store.recover_pending()  # operations a crashed process left half done
+        if recovered:
+            print(f"finished {recovered} interrupted store operation(s)")
         async with prefect_client(settings) as client:
             synced = await PrefectSync(client, store, JobQueue(redis), settings).sync_pending(redis)
         print(f"synced {synced} order(s)")

@@ -233,6 +233,14 @@ class Store(Protocol):
     def list_entries(self, account: str, limit: int, before: Cursor | None = None) -> list[LedgerEntry]:
         """The account's ledger entries, newest first, strictly older than `before`."""
 
+    def recover_pending(self) -> int:
+        """Finish the multi-step operations a crashed process left half done; returns how many it found.
+
+        A backend whose operations are single transactions has none (SQL returns 0). Cassandra
+        completes pending transfers, order creations, claims, settlements and cancellations:
+        each one is completed or, if it never took effect, removed. Safe to run at any time.
+        """
+
     # orders ------------------------------------------------------------------------------
     def create_order(self, order: Order) -> tuple[Order, bool]:
         """Store the order and hold its cost in escrow, atomically.

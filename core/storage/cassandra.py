@@ -114,7 +114,7 @@ class CassandraStore:
         except Exception:
             self._cluster.shutdown()
             raise
-        self._q = Statements(self._session)
+        self._q = Statements(self._session, self.url.keyspace)
         self.ledger = CassandraLedger(self._session, self._q)
         self._one, self._rows, self._cas = self.ledger.one, self.ledger.rows, self.ledger.cas
         self._checkpoint = self.ledger.checkpoint
@@ -123,7 +123,7 @@ class CassandraStore:
         self._cluster.shutdown()
 
     def ping(self) -> None:
-        self._session.execute("SELECT release_version FROM system.local")
+        self._session.execute(self._q("SELECT release_version FROM system.local"))
 
     def _exec(self, cql: str, params: tuple[Any, ...]) -> None:
         self._session.execute(self._q(cql), params)

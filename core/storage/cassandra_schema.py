@@ -7,11 +7,14 @@
 - `local_dc`: the datacenter whose replicas answer LOCAL_QUORUM/LOCAL_SERIAL requests; by
   default the datacenter of the first contact point that answers.
 - `timeout`: request timeout in seconds (default 12).
+- `serial`: `local` (LOCAL_SERIAL, the default) or `global` (SERIAL: Paxos over every
+  datacenter, for clusters where several datacenters take writes for the same accounts).
 
 Every datetime is stored as a bigint of microseconds since the epoch: Cassandra's `timestamp`
 keeps milliseconds only, and records must read back exactly as they were written.
 """
 
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on how the driver was built
     from cassandra.io.asyncioreactor import AsyncioConnection as _Connection  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
+_TABLE = re.compile(r"\b(FROM|INTO|UPDATE)\s+(\w+)\b(?!\.)")
 SERIAL = "serial"
 """Execution profile of linearizable reads (LOCAL_SERIAL): they also finish any in-flight Paxos round."""
 
@@ -96,6 +100,7 @@ class CassandraUrl:
     username: str | None = None
     password: str | None = None
     timeout: float = 12.0
+    serial_global: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -126,7 +131,7 @@ class CassandraUrl:
         return cls(hosts=hosts, port=ports.pop() if ports else 9042, keyspace=keyspace.lower(),
                    replication=replication_map(query.get("replication", "simple:1")),
                    local_dc=query.get("local_dc"), username=user, password=password,
-                   timeout=float(query.get("timeout", 12)))
+                   timeout=float(query.get("timeout", 12)), serial_global=query.get("serial") == "global")
 
 
 def replication_map(spec: str) -> dict[str, str]:
@@ -141,10 +146,12 @@ def replication_map(spec: str) -> dict[str, str]:
 
 
 def connect(url: CassandraUrl) -> tuple[Cluster, Session]:
+    serial = ConsistencyLevel.SERIAL if url.serial_global else ConsistencyLevel.LOCAL_SERIAL
+
     def profile(consistency: int) -> ExecutionProfile:
         return ExecutionProfile(
             load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=url.local_dc)),
-            consistency_level=consistency, serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            consistency_level=consistency, serial_consistency_level=serial,
             request_timeout=url.timeout, row_factory=dict_factory,
         )
 
@@ -155,7 +162,7 @@ def connect(url: CassandraUrl) -> tuple[Cluster, Session]:
         # ledger resolves by a serial read; v5's CasWriteUnknown has no exception class in the driver.
         protocol_version=ProtocolVersion.V4,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile(ConsistencyLevel.LOCAL_QUORUM),
-                            SERIAL: profile(ConsistencyLevel.LOCAL_SERIAL)},
+                            SERIAL: profile(serial)},
         schema_metadata_enabled=False, connect_timeout=10,
     )
     try:
@@ -169,10 +176,9 @@ def create_schema(session: Session, url: CassandraUrl) -> None:
     """Create the keyspace and tables if missing (idempotent) and check the schema version."""
     options = ", ".join(f"'{k}': '{v}'" for k, v in url.replication.items())
     session.execute(f"CREATE KEYSPACE IF NOT EXISTS {url.keyspace} WITH replication = {{{options}}}")
-    session.set_keyspace(url.keyspace)
     row = None
     try:
-        row = session.execute("SELECT version FROM schema_version WHERE id = 1").one()
+        row = session.execute(f"SELECT version FROM {url.keyspace}.schema_version WHERE id = 1").one()
     except Exception:  # the keyspace is new: no table yet
         row = None
     if row is not None and row["version"] == SCHEMA_VERSION:
@@ -181,15 +187,16 @@ def create_schema(session: Session, url: CassandraUrl) -> None:
         raise RuntimeError(f"the store has schema version {row['version']}, newer than this crawlcoin "
                            f"({SCHEMA_VERSION}); upgrade crawlcoin")
     for table in TABLES:
-        session.execute(f"CREATE TABLE IF NOT EXISTS {table}")
-    session.execute("INSERT INTO schema_version (id, version) VALUES (1, %s)", (SCHEMA_VERSION,))
+        session.execute(f"CREATE TABLE IF NOT EXISTS {url.keyspace}.{table}")
+    session.execute(f"INSERT INTO {url.keyspace}.schema_version (id, version) VALUES (1, %s)", (SCHEMA_VERSION,))
 
 
 class Statements:
-    """Prepared statements, prepared once per session on first use."""
+    """Prepared statements, prepared once per session on first use, with keyspace-qualified table names."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, keyspace: str) -> None:
         self._session = session
+        self._keyspace = keyspace
         self._cache: dict[str, PreparedStatement] = {}
         self._lock = threading.Lock()
 
@@ -197,6 +204,7 @@ class Statements:
         stmt = self._cache.get(cql)
         if stmt is None:
             with self._lock:
-                stmt = self._cache.get(cql) or self._session.prepare(cql)
+                qualified = _TABLE.sub(lambda m: f"{m[1]} {self._keyspace}.{m[2]}", cql)
+                stmt = self._cache.get(cql) or self._session.prepare(qualified)
                 self._cache[cql] = stmt
         return stmt

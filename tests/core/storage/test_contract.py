@@ -501,3 +501,37 @@ def test_delivery_cursors_only_move_forward(store: Store) -> None:
     assert store.get_delivery_cursor("other-token", "order") == 0
     store.advance_delivery_cursor("tok", "order", 6)
     assert store.get_delivery_cursor("tok", "order") == 6
+
+
+def _transfer_until_killed(store_url: str, src: str, dst: str, started: "multiprocessing.Queue[int]") -> None:
+    store = open_store(store_url)
+    started.put(0)
+    for i in range(100_000):
+        store.transfer(f"killed-{i}", src, dst, 1, "t")
+
+
+def test_a_process_killed_mid_transfer_leaves_the_ledger_whole(store: Store, store_url: str) -> None:
+    import random
+    import time
+
+    a, b = new_user(store, coins=100_000), new_user(store)
+    src, dst = ledger.user_account(a.id), ledger.user_account(b.id)
+    ctx = multiprocessing.get_context("spawn")
+    started: multiprocessing.Queue[int] = ctx.Queue()
+    proc = ctx.Process(target=_transfer_until_killed, args=(store_url, src, dst, started))
+    proc.start()
+    started.get(timeout=120)
+    time.sleep(random.uniform(0.3, 0.6))
+    proc.kill()  # SIGKILL: no cleanup, possibly between the two halves of a transfer
+    proc.join(timeout=30)
+    store.recover_pending()
+    done = 0
+    while store.get_transfer(f"killed-{done}") is not None:
+        done += 1
+    assert done > 0
+    assert store.get_balance(dst) == done, "every recorded transfer moved its coin, and only those"
+    assert store.get_balance(src) == 100_000 - done
+    assert len(store.list_entries(dst, 100_000)) == done
+    store.transfer(f"killed-{done}", src, dst, 1, "t")
+    store.transfer(f"killed-{done}", src, dst, 1, "t")
+    assert store.get_balance(dst) == done + 1 and store.get_balance(src) + store.get_balance(dst) == 100_000
