@@ -59,6 +59,7 @@ class Lease:
     held: Held
     sid: str
     deadline: float
+    delivered: bool = False  # the result is in; the lease (and the miner's slot) ends once it is written
 
 
 @dataclass(eq=False)
@@ -109,7 +110,8 @@ class Dispatcher:
             return
         for lease in list(conn.leases.values()):
             self.end_lease(lease)
-            self._fail(lease.held, "the miner disconnected", None)
+            if not lease.delivered:  # a delivered result is being written already
+                self._fail(lease.held, "the miner disconnected", None)
 
     def drain(self, sid: str) -> int:
         conn = self.miners.get(sid)
@@ -249,7 +251,7 @@ class Dispatcher:
         while not stopping.is_set():
             await asyncio.sleep(min(0.5, self.settings.lease_seconds / 4))
             now = time.monotonic()
-            for lease in [lease for lease in self.leases.values() if lease.deadline <= now]:
+            for lease in [lease for lease in self.leases.values() if lease.deadline <= now and not lease.delivered]:
                 self.end_lease(lease)
                 try:
                     await self._send("revoke", lease.sid, {"key": lease.held.job.key,

@@ -177,7 +177,8 @@ class MinerNamespace(socketio.AsyncNamespace):
         lease = self.dispatcher.lease_of(sid, mined.key)
         if lease is None:
             raise _Refused(f"job {mined.key[:100]!r} is not leased to this connection")
-        self.dispatcher.end_lease(lease)
+        # The slot stays taken until the result is written: miners cannot outrun the store.
+        lease.delivered = True
         job = lease.held.job
         now = datetime.now(UTC)
         result = Result.with_body(
@@ -187,11 +188,14 @@ class MinerNamespace(socketio.AsyncNamespace):
             elapsed_ms=mined.elapsed_ms, error=mined.error.value if mined.error else None,
             error_text=mined.error_text, stored_at=now,
         )
-        if mined.error is None or mined.error in SETTLING_ERRORS:
-            ack = await self.writer.record(lease.held, result)
-        else:  # the site or this miner's network failed: another miner tries
-            ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
-                                                   last=result, avoid=sid)
+        try:
+            if mined.error is None or mined.error in SETTLING_ERRORS:
+                ack = await self.writer.record(lease.held, result)
+            else:  # the site or this miner's network failed: another miner tries
+                ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
+                                                       last=result, avoid=sid)
+        finally:
+            self.dispatcher.end_lease(lease)
         return ack.model_dump()
 
 
