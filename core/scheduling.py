@@ -48,6 +48,7 @@ RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SYNC_LOCK = "crawlcoin:lock:prefect-sync"
 RETRY_SECONDS = 3
+LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
 
 
 def prefect_client(settings: Settings) -> PrefectClient:
@@ -103,7 +104,10 @@ class PrefectSync:
             await self._drop_deployment(order)
             waiting, last_due = await self.queue.queued_for(order.id)
             if waiting:
-                self.store.request_sync(order.id, datetime.fromtimestamp(last_due or 0, UTC) + timedelta(seconds=1))
+                # Look again once the last job is due; never earlier than a second from now, so
+                # the request this sync is finishing cannot swallow the new one.
+                again = max(datetime.fromtimestamp(last_due or 0, UTC), datetime.now(UTC)) + timedelta(seconds=1)
+                self.store.request_sync(order.id, again)
             else:
                 self.store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.completed)
             return
@@ -158,7 +162,7 @@ class PrefectSync:
 
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
         """Work through the sync requests if no other process is; returns orders synced."""
-        lock = redis.lock(SYNC_LOCK, timeout=120, blocking=False)
+        lock = redis.lock(SYNC_LOCK, timeout=LOCK_SECONDS, blocking=False)
         if not await lock.acquire():
             return 0
         done = failures = 0
@@ -183,6 +187,6 @@ class PrefectSync:
                         continue
                     self.store.finish_sync(order_id, requested_at)
                     done += 1
-                    await lock.extend(120, replace_ttl=True)
+                    await lock.extend(LOCK_SECONDS, replace_ttl=True)
         finally:
             await lock.release()

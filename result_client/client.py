@@ -45,7 +45,9 @@ class ResultClient:
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
 
     async def _on_connect_error(self, data: Any) -> None:
-        self.refused = str(data.get("message") if isinstance(data, dict) else data)
+        # Only the server's refusal carries {"message": …}; a transport failure is retried.
+        if isinstance(data, dict) and data.get("message"):
+            self.refused = str(data["message"])
 
     async def _subscribe(self) -> None:
         cursors = {o: self.files.cursors.get(o) for o in self.orders}

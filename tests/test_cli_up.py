@@ -17,12 +17,13 @@ CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
 
 
 def start_up(data_dir: Path, api_port: int, valkey_port: int, *args: str,
-             mining_port: int | None = None) -> subprocess.Popen[str]:
+             mining_port: int | None = None, **extra: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))}
     env.update(CRAWLCOIN_DATA_DIR=str(data_dir), CRAWLCOIN_API_PORT=str(api_port),
                CRAWLCOIN_VALKEY_PORT=str(valkey_port), CRAWLCOIN_MINING_PORT=str(mining_port or free_port()),
                CRAWLCOIN_RESULTS_PORT=str(free_port()), CRAWLCOIN_DASHBOARD_PORT=str(free_port()),
                CRAWLCOIN_PREFECT_PORT=str(free_port()), COLUMNS="200")
+    env.update(extra)
     return subprocess.Popen([CRAWLCOIN, "up", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

@@ -160,8 +160,10 @@ class Miner:
         self.stats.state = f"mining as {welcome.miner} on {welcome.server_id}"
 
     async def _on_connect_error(self, data: Any = None) -> None:
-        message = data.get("message") if isinstance(data, dict) else data
-        self._refusal = str(message or "connection refused")
+        # The server's refusal of the namespace carries {"message": …}; a transport failure
+        # (server down, restarting) is a plain string and must only lead to a retry.
+        if isinstance(data, dict) and data.get("message"):
+            self._refusal = str(data["message"])
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         self._disconnected.set()

@@ -1,0 +1,137 @@
+"""The whole product on one machine, as a new user meets it: `crawlcoin up` and public interfaces only.
+
+A customer registers with TOTP, takes test coins and orders a local page every 2 s × 5; a
+volunteer runs `crawlcoin mine`; the customer runs `crawlcoin results`. Halfway through,
+`crawlcoin up` is stopped and started again on the same data directory. In the end: five files
+whose hashes match the pages served, the customer paid 5, the miner earned 5, the escrow is
+empty, the order is completed and its Prefect deployment schedules nothing more.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+from tests.flows.conftest import wait_for
+from tests.helpers import ApiClient
+from tests.test_cli_up import start_up, stop, wait_for_table
+
+CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
+
+
+class Pages(http.server.ThreadingHTTPServer):
+    """The page to scrape: a different body on every request, each one remembered."""
+
+    def __init__(self) -> None:
+        self.served: list[bytes] = []
+        pages = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/robots.txt":
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = f"<html><body>fetch #{len(pages.served) + 1} at {time.time()}</body></html>".encode()
+                pages.served.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def client_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))} | {"COLUMNS": "120"}
+
+
+def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path) -> None:
+    pages = Pages()
+    ports = {name: free_port() for name in ("api", "valkey", "mining", "results", "dashboard", "prefect")}
+    up_env = dict(CRAWLCOIN_RESULTS_PORT=str(ports["results"]), CRAWLCOIN_DASHBOARD_PORT=str(ports["dashboard"]),
+                  CRAWLCOIN_PREFECT_PORT=str(ports["prefect"]), CRAWLCOIN_ALLOW_PRIVATE_TARGETS="true",
+                  CRAWLCOIN_LEASE_SECONDS="10")
+
+    def up() -> subprocess.Popen[str]:
+        proc = start_up(tmp_path / "data", ports["api"], ports["valkey"], mining_port=ports["mining"], **up_env)
+        wait_for_table(proc)
+        return proc
+
+    proc = up()
+    api = ApiClient(f"http://127.0.0.1:{ports['api']}")
+    miner_proc = results_proc = None
+    try:
+        customer = api.new_account()
+        assert api.post("/wallet/faucet", json={"amount": 10}, headers=customer.headers).status_code == 200
+        volunteer = api.new_account()
+        mine_token = api.post("/tokens", json={"scopes": ["mine"]}, headers=volunteer.headers).json()["token"]
+        start = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()
+        order = api.post("/orders", headers=customer.headers, json={
+            "url": f"http://127.0.0.1:{pages.server_port}/page", "max_runs": 5, "start_at": start,
+            "schedule": {"kind": "interval", "every_seconds": 2}})
+        assert order.status_code == 201, order.text
+        oid = order.json()["id"]
+        results_token = api.post("/tokens", json={"scopes": ["results"], "order_id": oid},
+                                 headers=customer.headers).json()["token"]
+        out = tmp_path / "results"
+        miner_proc = subprocess.Popen(
+            [CRAWLCOIN, "mine", "--server", f"http://127.0.0.1:{ports['mining']}", "--token", mine_token,
+             "--allow-private-targets"], env=client_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        results_proc = subprocess.Popen(
+            [CRAWLCOIN, "results", "--server", f"http://127.0.0.1:{ports['results']}", "--token", results_token,
+             "--order", oid, "--out", str(out)], env=client_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+        def files() -> list[dict]:
+            folder = out / oid
+            return [json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.meta.json"))] if folder.exists() else []
+
+        wait_for(lambda: len(files()) >= 2, 180, "the first results on disk", poll=0.5)
+        assert stop(proc) == 0  # the whole stack goes down mid-order …
+        proc = up()             # … and comes back on the same data directory
+        wait_for(lambda: len(files()) == 5, 240, "all five results on disk", poll=0.5)
+
+        metas = files()
+        assert [m["n"] for m in metas] == [1, 2, 3, 4, 5]
+        served = {hashlib.sha256(b).hexdigest() for b in pages.served}
+        for meta in metas:
+            body = (out / oid / meta["body"]).read_bytes()
+            assert hashlib.sha256(body).hexdigest() == meta["sha256"] and meta["sha256"] in served
+
+        login_again = api.new_account  # sessions survive restarts; the accounts' own tokens still work
+        assert login_again
+        assert api.balance(customer) == 5, "the customer paid 5 coins, once"
+        assert api.balance(volunteer) == 5, "the miner earned 5 coins, once"
+        wait_for(lambda: api.get(f"/orders/{oid}", headers=customer.headers).json()["status"] == "completed", 150,
+                 "the order to complete")
+        assert api.get(f"/orders/{oid}", headers=customer.headers).json()["escrow_balance"] == 0
+        deployments = httpx.post(f"http://127.0.0.1:{ports['prefect']}/api/deployments/filter",
+                                 json={"deployments": {"name": {"any_": [f"order-{oid}"]}}}, timeout=10).json()
+        assert deployments == [], "the order's deployment no longer schedules runs"
+    finally:
+        for p in (miner_proc, results_proc):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        stop(proc)
+        api.close()
+        pages.shutdown()
