@@ -1,5 +1,7 @@
 """Listing an order's results and downloading one body."""
 
+from datetime import datetime
+
 from api.services.orders import get_own
 from core.errors import NotFound
 from core.schemas import ResultOut, ResultPage
@@ -7,9 +9,10 @@ from core.storage import Store
 from core.storage.base import Result, User, job_key
 
 
-def result_out(r: Result) -> ResultOut:
+def result_out(r: Result, due_at: datetime | None = None) -> ResultOut:
     return ResultOut(n=r.n, key=r.job_key, status=r.status, final_url=r.final_url, headers=r.headers,
-                     body_size=r.body_size, truncated=r.truncated, sha256=r.sha256, fetched_at=r.fetched_at,
+                     body_size=r.body_size, truncated=r.truncated, sha256=r.sha256, due_at=due_at,
+                     fetched_at=r.fetched_at,
                      stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text)
 
 
@@ -25,7 +28,9 @@ def list_page(store: Store, user: User, order_id: str, limit: int, before: int |
         top = low
     items = items[:limit]
     more = len(items) == limit and items[-1].n > 1
-    return ResultPage(items=[result_out(r) for r in items], next_cursor=str(items[-1].n) if more else None)
+    due = {rep.n: rep.due_at for rep in store.get_repetitions(order.id, [r.n for r in items])}
+    return ResultPage(items=[result_out(r, due.get(r.n)) for r in items],
+                      next_cursor=str(items[-1].n) if more else None)
 
 
 def body(store: Store, user: User, order_id: str, n: int) -> tuple[bytes, str]:

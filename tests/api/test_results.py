@@ -25,6 +25,7 @@ def test_list_and_download_results(api: ApiClient, api_settings: Settings) -> No
         store.close()
     first = api.get(f"/orders/{order['id']}/results", params={"limit": 3}, headers=alice.headers).json()
     assert [r["n"] for r in first["items"]] == [5, 4, 2]
+    assert all(r["due_at"] is not None for r in first["items"]), "each result says when it was due"
     rest = api.get(f"/orders/{order['id']}/results", params={"limit": 3, "before": first["next_cursor"]},
                    headers=alice.headers).json()
     assert [r["n"] for r in rest["items"]] == [1] and rest["next_cursor"] is None
