@@ -19,11 +19,13 @@ err = Console(stderr=True)
 @app.command()
 def up(
     miner: bool = typer.Option(False, "--miner", help="Also start one local miner (earning for a local volunteer)."),
+    demo: bool = typer.Option(False, "--demo", help="Also order a local demo page and run a miner and a result "
+                                                    "client: the whole path in a minute."),
 ) -> None:
-    """Start crawlcoin on its embedded defaults (SQLite store, Valkey) and print the URLs."""
+    """Start every crawlcoin service on embedded defaults (SQLite, Valkey, Prefect) and print the URLs."""
     from cli.up import run_stack
 
-    raise typer.Exit(run_stack(_settings(), miner=miner))
+    raise typer.Exit(run_stack(_settings(), miner=miner, demo=demo))
 
 
 @app.command()

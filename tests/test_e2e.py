@@ -135,3 +135,21 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path) -> N
         stop(proc)
         api.close()
         pages.shutdown()
+
+
+def test_demo_shows_results_arriving(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("api", "valkey", "mining", "results", "dashboard", "prefect")}
+    proc = start_up(tmp_path, ports["api"], ports["valkey"], "--demo", mining_port=ports["mining"],
+                    CRAWLCOIN_RESULTS_PORT=str(ports["results"]), CRAWLCOIN_DASHBOARD_PORT=str(ports["dashboard"]),
+                    CRAWLCOIN_PREFECT_PORT=str(ports["prefect"]))
+    try:
+        out = wait_for_table(proc)
+        assert "demo page" in out and "result client" in out and "miner" in out
+
+        def written() -> list[Path]:
+            return sorted((tmp_path / "demo-results").glob("*/[0-9]*.html"))
+
+        wait_for(lambda: len(written()) >= 2, 120, "demo results on disk", poll=0.5)
+        assert all(b"Hello from the crawlcoin demo page" in p.read_bytes() for p in written())
+    finally:
+        assert stop(proc) == 0
