@@ -3,7 +3,7 @@ back: the result is stored once, the miner is paid from the order's escrow, resu
 
 from redis import Redis
 
-from miners.server.stream import RESULTS_STREAM
+from core.queue import RESULTS_STREAM
 from tests.miners.server.conftest import Market, PageServer, Processes, wait_for
 
 
