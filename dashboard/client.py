@@ -13,6 +13,8 @@ from core.schemas import (
     OrderOut,
     OrderPage,
     Registered,
+    ResultOut,
+    ResultPage,
     SessionOut,
     TokenCreated,
     TokenOut,
@@ -56,6 +58,13 @@ class Api:
 
     def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None, auth: bool = True) -> Any:
+        r = self._send(method, path, json=json, params=params, headers=headers, auth=auth)
+        if r.status_code == 204 or not r.content:
+            return None
+        return r.json()
+
+    def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+              headers: dict[str, str] | None = None, auth: bool = True) -> httpx.Response:
         sent_headers = dict(headers or {})
         if auth and self.token:
             sent_headers["Authorization"] = f"Bearer {self.token}"
@@ -67,9 +76,7 @@ class Api:
             raise ApiUnreachable(str(self.http.base_url), type(e).__name__) from None
         if r.status_code >= 400:
             raise _error_of(r, session_sent="Authorization" in sent_headers)
-        if r.status_code == 204 or not r.content:
-            return None
-        return r.json()
+        return r
 
     # --- accounts ---------------------------------------------------------------------------
 
@@ -178,6 +185,32 @@ class Api:
 
     def cancel(self, order_id: str) -> CancelOut:
         return CancelOut.model_validate(self._request("POST", f"/orders/{order_id}/cancel"))
+
+    # --- results ----------------------------------------------------------------------------
+
+    def results_page(self, order_id: str, limit: int = 20, before: str | None = None) -> ResultPage:
+        """Newest repetition first; `before` is the previous page's `next_cursor`."""
+        params: dict[str, Any] = {"limit": limit}
+        if before:
+            params["before"] = before
+        return ResultPage.model_validate(self._request("GET", f"/orders/{order_id}/results", params=params))
+
+    def recent_results(self, order_id: str, max_results: int = 100) -> list[ResultOut]:
+        """The newest `max_results` results of an order, newest first."""
+        results: list[ResultOut] = []
+        cursor: str | None = None
+        while len(results) < max_results:
+            page = self.results_page(order_id, min(100, max_results - len(results)), cursor)
+            results.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return results
+
+    def result_body(self, order_id: str, n: int) -> tuple[bytes, str]:
+        """The page a repetition fetched, and its content type."""
+        r = self._send("GET", f"/orders/{order_id}/results/{n}/body")
+        return r.content, r.headers.get("content-type", "application/octet-stream")
 
 
 def _error_of(r: httpx.Response, session_sent: bool) -> ApiError:

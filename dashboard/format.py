@@ -2,15 +2,29 @@
 
 import shlex
 from datetime import UTC, datetime, tzinfo
+from http import HTTPStatus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.schemas import CronSchedule, IntervalSchedule, OrderOut
+from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut
 
 LEDGER_KINDS = {
     "faucet": "Test coins",
     "hold": "Order placed (held in escrow)",
     "refund": "Refund",
     "reward": "Mining reward",
+}
+
+FETCH_ERRORS = {
+    "invalid_url": "Invalid URL",
+    "invalid_request": "Request not sendable",
+    "refused_target": "Target refused by policy",
+    "robots_disallowed": "Disallowed by robots.txt",
+    "dns_error": "DNS lookup failed",
+    "connection_error": "Connection failed",
+    "tls_error": "TLS error",
+    "timeout": "Timed out",
+    "too_many_redirects": "Too many redirects",
+    "http_error": "Malformed HTTP response",
 }
 
 STATUS_COLORS = {"active": "green", "paused": "orange", "completed": "blue", "cancelled": "gray"}
@@ -94,3 +108,44 @@ def mine_command(server: str, token: str) -> str:
 def results_command(server: str, token: str, order_id: str, out_dir: str) -> str:
     return shlex.join(["crawlcoin", "results", "--server", server, "--token", token, "--order", order_id,
                        "--out", out_dir])
+
+
+def latency(seconds: float | None) -> str:
+    """A delivery or fetch time: '850 ms', '2.4 s', '3 min 20 s'."""
+    if seconds is None:
+        return "—"
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return duration(seconds)
+
+
+def size(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def http_status(code: int) -> str:
+    """'200 OK', '404 Not Found'; the bare number for codes without a standard phrase."""
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def result_status(result: ResultOut) -> str:
+    """The HTTP status a repetition got, or why it got no page."""
+    if result.error:
+        return FETCH_ERRORS.get(result.error, result.error.replace("_", " ").capitalize())
+    if result.status is None:
+        return "No answer"
+    return http_status(result.status)
+
+
+def result_ok(result: ResultOut) -> bool:
+    return not result.error and result.status is not None and result.status < 400

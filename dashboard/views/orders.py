@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import streamlit as st
 
 from core.schemas import MetaOut, OrderOut
+from dashboard import delivery
 from dashboard import format as fmt
 from dashboard import ui
 
@@ -178,6 +179,13 @@ def _act(order: OrderOut, action: str) -> None:
         st.rerun()
 
 
+def _delivery(order: OrderOut) -> None:
+    """The last result's status and the delivery latency over the order's newest results."""
+    with ui.reporting("The results of this order could not be loaded:"):
+        recent = ui.api().recent_results(order.id, delivery.RECENT) if order.runs_claimed else []
+        delivery.metrics(order, delivery.Delivery(recent))
+
+
 def order_card(order: OrderOut) -> None:
     tz = ui.viewer_timezone()
     with st.container(border=True, key=f"order_{order.id}"):
@@ -199,6 +207,7 @@ def order_card(order: OrderOut) -> None:
                 order.status.value, "This order has no more runs."))
         cost_col.metric("Cost", fmt.coins(order.cost), help=f"{fmt.coins(order.price_per_run)} per repetition.")
         cost_col.caption(f"{fmt.coins(order.escrow_balance)} still in escrow")
+        _delivery(order)
 
         if st.session_state.get("confirm_cancel") == order.id:
             refund = order.runs_left * order.price_per_run

@@ -1,13 +1,19 @@
 """Dashboard tests: the Streamlit app (AppTest, in-process) against a real API server over HTTP."""
 
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from streamlit.runtime.media_file_storage import MediaFileKind
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Button, Widget
 
 from core.storage import Store, open_store
+from core.storage.base import Result
 from tests.helpers import Account
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -46,6 +52,22 @@ def store(store_url: str, api_url: str) -> Iterator[Store]:
     s.close()
 
 
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[bytes, str]]:
+    """What the dashboard's download buttons hand to the browser: file name → (bytes, MIME type)."""
+    offered: dict[str, tuple[bytes, str]] = {}
+    load = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self: MemoryMediaFileStorage, path_or_data: str | bytes, mimetype: str, kind: MediaFileKind,
+                  filename: str | None = None) -> str:
+        if kind == MediaFileKind.DOWNLOADABLE and isinstance(path_or_data, bytes) and filename:
+            offered[filename] = (path_or_data, mimetype)
+        return load(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return offered
+
+
 def button(at: AppTest, label: str) -> Button:
     matches = [b for b in at.button if b.label == label]
     assert matches, f"no button {label!r}; buttons: {[b.label for b in at.button]}"
@@ -76,3 +98,22 @@ def metric(at: AppTest, label: str) -> str:
 
 def alerts(at: AppTest, kind: str) -> list[str]:
     return [str(e.value) for e in getattr(at, kind)]
+
+
+def deliver(store: Store, order_id: str, miner_id: str, results: dict[int, dict[str, Any]]) -> None:
+    """What miners would have delivered: claims the order's repetitions (as the dispatch flow does) and records
+    one result per entry of `results` (n → Result fields, plus `body` bytes, `latency` seconds after the
+    repetition's scheduled time, and `cap` for the body), like tests/api/test_results.py."""
+    now = datetime.now(UTC)
+    store.claim_repetitions(order_id, f"run-{uuid.uuid4().hex[:8]}", now + timedelta(days=3650), now, 10**9)
+    due = {rep.n: rep.due_at for rep in store.get_repetitions(order_id, list(results))}
+    recorded = []
+    for n, spec in results.items():
+        fields = dict(spec)
+        body = fields.pop("body", b"")
+        stored_at = due[n] + timedelta(seconds=fields.pop("latency", 1.0))
+        fields.setdefault("final_url", "https://example.com/page")
+        fields.setdefault("fetched_at", stored_at - timedelta(milliseconds=100))
+        recorded.append(Result.with_body(body, fields.pop("cap", 1 << 20), job_key=f"{order_id}:{n}",
+                                         order_id=order_id, n=n, miner_id=miner_id, stored_at=stored_at, **fields))
+    store.record_results(recorded)

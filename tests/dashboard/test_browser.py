@@ -17,10 +17,12 @@ import pyotp
 import pytest
 
 from core.settings import Settings
+from core.storage import Store
 from dashboard.launch import health_url, streamlit_argv
 from dashboard.launch import url as dashboard_url
 from tests.conftest import backend_unavailable, free_port
-from tests.helpers import PASSWORD
+from tests.dashboard.conftest import deliver
+from tests.helpers import PASSWORD, ApiClient
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -80,12 +82,14 @@ def dashboard_server(api_url: str, tmp_path: Path) -> Iterator[str]:
             process.wait()
 
 
-def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server: str) -> None:
+def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server: str, store: Store,
+                                              api: ApiClient) -> None:
     from playwright.sync_api import Page, expect
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    context = browser.new_context(viewport={"width": 1360, "height": 1000}, timezone_id="UTC")  # type: ignore[attr-defined]
+    context = browser.new_context(  # type: ignore[attr-defined]
+        viewport={"width": 1360, "height": 1000}, timezone_id="UTC", accept_downloads=True)
     page: Page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
@@ -179,6 +183,29 @@ def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server:
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Wallet").click()
     expect(page.get_by_test_id("stMetric").filter(has_text="Held for your orders")).to_contain_text("15 coins")
     shot("8-wallet-history")
+
+    # Results arrive (recorded in the store as the result path does): the order's card shows the last status and
+    # the delivery latency, the results page lists them, shows a page and downloads it.
+    order_id = command.split("--order ")[1].split()[0]
+    page_html = b"<!doctype html><html><body><h1>Prices</h1><p>Coffee 3.20</p></body></html>"
+    deliver(store, order_id, api.new_account().id, {
+        n: {"status": 200, "body": page_html, "headers": {"content-type": "text/html; charset=utf-8"},
+            "latency": latency, "elapsed_ms": 180 + 20 * n} for n, latency in ((1, 1.2), (2, 0.8), (3, 2.4))})
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Orders").click()
+    card = page.locator("[class*='st-key-order_']").first
+    expect(card.get_by_test_id("stMetric").filter(has_text="Last result")).to_contain_text("200 OK")
+    expect(card.get_by_test_id("stMetric").filter(has_text="Delivery latency p50")).to_contain_text("1.2 s")
+    shot("9-orders-with-results")
+    card.get_by_role("button", name="Results").click()
+    expect(main_text("Repetitions #3 to #1, newest first")).to_be_visible()
+    expect(page.locator(".st-key-result_body")).to_contain_text("Coffee 3.20")
+    with page.expect_download() as download:
+        page.get_by_test_id("stDownloadButton").get_by_role("button").click()
+    saved = Path(download.value.path())
+    assert saved.read_bytes() == page_html and download.value.suggested_filename.endswith("-3.html")
+    page.set_viewport_size({"width": 1360, "height": 2000})  # the whole page in one picture
+    shot("10-results-with-pages")
+    page.set_viewport_size({"width": 1360, "height": 1000})
 
     # Nothing on any page was a traceback.
     assert page.get_by_test_id("stException").count() == 0

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.storage import Store
-from tests.dashboard.conftest import alerts, button, metric, texts, widget
+from tests.dashboard.conftest import alerts, button, deliver, metric, texts, widget
 from tests.helpers import ApiClient, interval_order
 
 
@@ -178,3 +178,27 @@ def test_results_button_opens_the_orders_results(dashboard: Callable[..., AppTes
     assert at.title[0].value == "Results"
     assert at.selectbox[0].value != second["id"]
     assert metric(at, "Repetitions left") == "2"
+
+
+def test_cards_show_last_result_and_delivery_latency(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store
+) -> None:
+    account, miner = api.new_account(coins=30), api.new_account()
+    busy = api.post("/orders", json=interval_order(url="https://example.com/busy", runs=12),
+                    headers=account.headers).json()
+    latencies = [0.4, 0.8, 1.5, 2.5, 3.0, 3.5, 4.0, 6.0, 9.0, 45.0]  # p50 3.0 s, p95 45 s (nearest rank)
+    results = {n: {"status": 200, "body": b"ok", "latency": latency} for n, latency in enumerate(latencies, start=1)}
+    results[11] = {"status": 503, "body": b"busy", "latency": 0.25}
+    deliver(store, busy["id"], miner.id, results)
+    api.post("/orders", json=interval_order(url="https://example.com/quiet", runs=3), headers=account.headers)
+
+    at = dashboard(account)
+    # Newest order first: the quiet one has no results yet.
+    assert [m.value for m in at.metric if m.label == "Last result"] == ["—", "503 Service Unavailable"]
+    assert [m.value for m in at.metric if m.label == "Delivery latency p50"] == ["—", "3.0 s"]
+    assert [m.value for m in at.metric if m.label == "Delivery latency p95"] == ["—", "45 s"]
+    assert [m.value for m in at.metric if m.label == "Failed"] == ["—", "1 of 11"]
+    assert "No results yet" in texts(at)
+    assert "median, over the newest 11 results" in texts(at)
+    assert any(c.value.startswith("#11 · fetched ") for c in at.caption)
+    assert not at.exception

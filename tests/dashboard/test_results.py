@@ -1,10 +1,13 @@
-"""Results page: how far an order got, and the result client command with a fresh results token."""
+"""Results page: how far an order got, its results with status and timings, a page's body to read and
+download, and the result client command with a fresh results token."""
 
+import json
 from collections.abc import Callable
 
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboard.conftest import alerts, button, metric, widget
+from core.storage import Store
+from tests.dashboard.conftest import alerts, button, deliver, metric, texts, widget
 from tests.helpers import ApiClient, interval_order
 
 RESULTS = "views/results.py"
@@ -26,6 +29,8 @@ def test_progress_command_and_results_token(dashboard: Callable[..., AppTest], a
     reps = at.dataframe[0].value
     assert list(reps["State"]) == ["Next", "Waiting"]
     assert list(reps["Repetitions"]) == ["#1", "#2 – #4"]
+    assert any("No repetition has run yet, so there are no results" in i for i in alerts(at, "info"))
+    assert not at.download_button
     placeholder = at.code[0].value
     assert placeholder == (f"crawlcoin results --server http://127.0.0.1:8603 --token '<TOKEN>' "
                            f"--order {order['id']} --out crawlcoin-results")
@@ -58,3 +63,105 @@ def test_cancelled_order_shows_refunded_repetitions(dashboard: Callable[..., App
     at = dashboard(account, RESULTS)
     assert metric(at, "Status") == "Cancelled"
     assert list(at.dataframe[0].value["State"]) == ["Refunded (order cancelled)"]
+
+
+def test_results_with_status_latency_body_and_download(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store, downloads: dict[str, tuple[bytes, str]]
+) -> None:
+    account, miner = api.new_account(coins=10), api.new_account()
+    order = api.post("/orders", json=interval_order(url="https://example.com/prices", runs=5),
+                     headers=account.headers).json()
+    html = "<html><body><h1>Prices</h1><p>Kaffee 3,20 €</p></body></html>".encode()
+    deliver(store, order["id"], miner.id, {
+        1: {"status": 200, "body": html, "headers": {"content-type": "text/html; charset=utf-8"}, "latency": 2,
+            "elapsed_ms": 120},
+        2: {"status": 404, "body": b"not here", "headers": {"content-type": "text/plain"}, "latency": 4},
+        3: {"error": "timeout", "error_text": "no answer within 30 s", "latency": 30, "elapsed_ms": 30000},
+        4: {"status": 200, "body": json.dumps({"price": 3.2}).encode(), "headers": {"content-type": "application/json"},
+            "latency": 1, "elapsed_ms": 340, "final_url": "https://example.com/prices?page=1"},
+    })  # repetition 5 has started, its result has not arrived
+    at = dashboard(account, RESULTS)
+    assert metric(at, "Repetitions done") == "5 of 5"
+    assert metric(at, "Last result") == "200 OK"
+    assert metric(at, "Delivery latency p50") == "2.0 s"  # of 1, 2, 4 and 30 s
+    assert metric(at, "Delivery latency p95") == "30 s"
+    assert metric(at, "Failed") == "2 of 4"
+    assert "median, over the newest 4 results" in texts(at)
+
+    table = at.dataframe[1].value
+    assert list(table["#"]) == [4, 3, 2, 1], "newest first"
+    assert list(table["Status"]) == ["200 OK", "Timed out: no answer within 30 s", "404 Not Found", "200 OK"]
+    assert list(table["Delivery latency"]) == ["1.0 s", "30 s", "4.0 s", "2.0 s"]
+    assert list(table["Fetch time"]) == ["340 ms", "30 s", "0 ms", "120 ms"]
+    assert list(table["Size"]) == ["14 B", "0 B", "8 B", f"{len(html)} B"]
+    assert list(table["Truncated"]) == [False] * 4
+    assert table["Final URL"][0] == "https://example.com/prices?page=1"
+    assert "Repetitions #4 to #1, newest first (5 started so far)." in texts(at)
+    assert button(at, "Newer").disabled and button(at, "Older").disabled
+
+    # The newest page is shown, and offered for download.
+    [download] = at.download_button
+    assert download.label == "Download page #4 (14 B)"
+    short = order["id"].split("-")[0]
+    assert downloads[f"{short}-4.json"] == (b'{"price": 3.2}', "application/json")
+    assert at.code[0].value == '{"price": 3.2}' and at.code[0].language == "json"
+
+    widget(at.selectbox, "Repetition").select(1)
+    at.run()
+    assert at.code[0].value == html.decode() and at.code[0].language == "html"
+    assert at.download_button[0].label == f"Download page #1 ({len(html)} B)"
+    assert downloads[f"{short}-1.html"] == (html, "text/html")
+
+    widget(at.selectbox, "Repetition").select(3)
+    at.run()
+    assert "Repetition #3 has no page: timed out (no answer within 30 s)." in alerts(at, "warning")
+    assert not at.download_button
+
+    widget(at.selectbox, "Repetition").select(2)
+    at.run()
+    assert at.code[0].value == "not here" and at.download_button[0].label == "Download page #2 (8 B)"
+    assert not at.exception
+
+
+def test_paging_long_truncated_and_binary_pages(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store, downloads: dict[str, tuple[bytes, str]]
+) -> None:
+    account, miner = api.new_account(coins=30), api.new_account()
+    order = api.post("/orders", json=interval_order(runs=25), headers=account.headers).json()
+    long_page = ("".join(f"line {i}: {'x' * 60}\n" for i in range(2000))).encode()  # about 140 KB
+    binary = bytes(range(256)) * 8
+    results: dict[int, dict] = {n: {"status": 200, "body": f"page {n}".encode(),
+                                    "headers": {"content-type": "text/plain"}} for n in range(1, 24)}
+    results[24] = {"status": 200, "body": binary, "headers": {"content-type": "application/octet-stream"}}
+    results[25] = {"status": 200, "body": long_page, "cap": 100 * 1024, "headers": {"content-type": "text/plain"}}
+    deliver(store, order["id"], miner.id, results)
+
+    at = dashboard(account, RESULTS)
+    table = at.dataframe[1].value
+    assert list(table["#"]) == list(range(25, 5, -1))
+    assert list(table["Truncated"][:2]) == [True, False]
+    assert list(table["Size"][:2]) == ["100.0 KB", "2.0 KB"]
+    assert "The page was longer than the body limit; the first 100.0 KB were kept." in texts(at)
+    assert "Showing the first 64.0 KB of 100.0 KB (text/plain); download the page for all of it." in texts(at)
+    shown = at.code[0].value
+    assert shown.startswith("line 0: xxx") and len(shown.encode()) == 64 * 1024
+    assert at.download_button[0].label == "Download page #25 (100.0 KB)"
+    short = order["id"].split("-")[0]
+    assert downloads[f"{short}-25.txt"] == (long_page[:100 * 1024], "text/plain")
+
+    widget(at.selectbox, "Repetition").select(24)
+    at.run()
+    assert "This page is not text (application/octet-stream, 2.0 KB). Download it to open it." in alerts(at, "info")
+    assert downloads[f"{short}-24.bin"] == (binary, "application/octet-stream")
+
+    assert button(at, "Newer").disabled
+    button(at, "Older").click()
+    at.run()
+    assert list(at.dataframe[1].value["#"]) == [5, 4, 3, 2, 1]
+    assert "Repetitions #5 to #1, newest first (25 started so far)." in texts(at)
+    assert button(at, "Older").disabled
+    assert at.code[0].value == "page 5", "the newest repetition of the page is shown"
+    button(at, "Newer").click()
+    at.run()
+    assert list(at.dataframe[1].value["#"])[0] == 25
+    assert not at.exception
