@@ -194,9 +194,11 @@ class Dispatcher:
         free = {sid: m.free for sid, m in self.miners.items()}
         picks: list[tuple[Held, MinerConn]] = []
         for held in list(self.backlog):
-            if held.not_before > now or not any(free.values()):
+            if held.not_before > now:
                 continue
-            conn = self._choose(held, free)
+            # No free miner here may also mean no miner at all (a restarted server holding the
+            # jobs it took over): such jobs must still go back to the stream for other servers.
+            conn = self._choose(held, free) if any(free.values()) else None
             if conn is None:
                 if now - held.since > self.settings.lease_seconds and not any(
                         m.accepts(held) for m in self.miners.values()):
