@@ -10,9 +10,13 @@ from core import schedules
 from core.errors import NotFound
 from core.queue import JobQueue
 from core.scheduling import PrefectSync, prefect_client
-from core.schemas import Job, OrderStatus
+from core.schemas import Job, OrderStatus, RepetitionState
 from core.settings import Settings
 from core.storage import Store, open_store
+
+
+RECHECK_MAX = 1000  # most recent claims looked at again per run
+RECHECK_CRON = 50
 
 
 @dataclass
@@ -46,10 +50,16 @@ async def dispatch_order(
         raise NotFound(f"order {order_id} not found")
     period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
     horizon = now + timedelta(seconds=settings.dispatch_lead_seconds + period)
+    # A run that died between claiming and queueing (worker killed) left repetitions claimed but
+    # never queued: queue again whatever the last runs claimed that is still waiting. Enqueueing
+    # is idempotent (a job queued or ever released is not added again), so this is always safe.
+    per_run = period // order.every_seconds if order.every_seconds else RECHECK_CRON
+    recent = list(range(max(1, order.runs_claimed - min(2 * per_run, RECHECK_MAX) + 1), order.runs_claimed + 1))
+    stale = [r for r in store.get_repetitions(order_id, recent) if r.state is RepetitionState.queued]
     claim = store.claim_repetitions(order_id, flow_run_id, horizon, now, settings.catchup_seconds)
     o = claim.order
     jobs = [Job(key=r.key, order_id=o.id, n=r.n, url=o.url, method=o.method, headers=o.headers, body=o.body,
-                due_at=r.due_at) for r in claim.queued]
+                due_at=r.due_at) for r in stale + claim.queued]
     added = await queue.enqueue(jobs)
     return Dispatched(order_id, [r.n for r in claim.queued], [r.n for r in claim.refunded], added, claim.replay,
                       o.status)

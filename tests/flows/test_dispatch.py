@@ -180,3 +180,38 @@ def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, rel
     assert asyncio.run(twice()) == (4, 0)
     assert [n for n, _ in released(redis, "o1")] == [1, 2, 3, 4]
     store.close()
+
+
+def test_repetitions_claimed_by_a_run_that_died_before_queueing_are_queued_by_the_next(sched_settings,
+                                                                                       redis: Redis) -> None:
+    from core import ledger, schedules
+    from core.queue import JobQueue
+    from core.storage import open_store
+    from core.storage.base import Order, User
+    from flows.dispatch import dispatch_order
+    from redis.asyncio import Redis as AsyncRedis
+
+    store = open_store(sched_settings.resolved_store_url)
+    store.create_user(User(id="u2", username="u2", password_hash="x", created_at=datetime.now(UTC)))
+    store.transfer("grant2", ledger.MINT, ledger.user_account("u2"), 10, "grant")
+    now = datetime.now(UTC)
+    order = Order(id="o2", owner_id="u2", url="https://example.com/", method="GET", schedule_kind="interval",
+                  every_seconds=60, start_at=now, max_runs=6, price_per_run=1, request_hash="h",
+                  created_at=now, updated_at=now)
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
+    # A worker claims repetitions 1-2 and is killed before it queues them.
+    store.claim_repetitions("o2", "dead-run", now + timedelta(seconds=90), now, 600)
+
+    async def next_run() -> list[int]:
+        aredis = AsyncRedis.from_url(sched_settings.resolved_redis_url)
+        queue = JobQueue(aredis)
+        later = now + timedelta(seconds=120)
+        await dispatch_order(store, queue, sched_settings.model_copy(update={"dispatch_window_seconds": 60}), "o2",
+                             "next-run", later)
+        await queue.release_due(time.time() + 10_000)
+        await aredis.aclose()
+        return [n for n, _ in released(redis, "o2")]
+
+    assert asyncio.run(next_run()) == [1, 2, 3, 4], "the dead run's repetitions are queued, once, with the new ones"
+    store.close()
