@@ -7,10 +7,17 @@ repetitions due / enqueued / fetched / delivered to disk, scheduled time → fil
 p50/p95/p99, jobs/s at the peak (best 10 s), CPU-seconds per repetition and peak RSS per
 process kind.
 
-    python bench/e2e.py [--orders 1000] [--miners 4] [--minutes 5]
+    python bench/e2e.py [--orders 1000] [--miners 4] [--minutes 5] [--with-celery]
+
+--with-celery then runs bench/celery_baseline.py (Celery beat + a prefork worker on Valkey, the
+same orders as beat entries) with the same orders and minutes, prints its figures and the
+ratios crawlcoin/Celery: on-time orders (every due repetition delivered at most --on-time
+seconds after its slot), p99 scheduled → file and CPU-seconds per repetition. Needs
+`pip install celery` (a benchmark-only dependency).
 """
 
 import argparse
+import bisect
 import http.server
 import json
 import os
@@ -47,20 +54,21 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
-def kind_of(proc: psutil.Process) -> str | None:
+def kind_of(proc: psutil.Process, kinds: list[tuple[str, str]] = KINDS) -> str | None:
     try:
         cmd = " ".join(proc.cmdline()) + " "
     except psutil.Error:
         return None
-    return next((k for k, marker in KINDS if marker in cmd), None)
+    return next((k for k, marker in kinds if marker in cmd), None)
 
 
 class Sampler(threading.Thread):
-    """CPU seconds and peak RSS per process kind, sampled every second."""
+    """CPU seconds and peak RSS per process kind (kind: first marker found in the command line),
+    sampled every second over the given processes and their descendants."""
 
-    def __init__(self, roots: list[int]) -> None:
+    def __init__(self, roots: list[int], kinds: list[tuple[str, str]] = KINDS) -> None:
         super().__init__(daemon=True)
-        self.roots, self.stop = roots, threading.Event()
+        self.roots, self.kinds, self.stop = roots, kinds, threading.Event()
         self.cpu: dict[int, tuple[str, float]] = {}
         self.rss: dict[str, int] = defaultdict(int)
 
@@ -75,7 +83,7 @@ class Sampler(threading.Thread):
                     pass
             per_kind: dict[str, int] = defaultdict(int)
             for p in procs:
-                kind = kind_of(p)
+                kind = kind_of(p, self.kinds)
                 if kind is None:
                     continue
                 try:
@@ -86,6 +94,16 @@ class Sampler(threading.Thread):
                     pass
             for kind, rss in per_kind.items():
                 self.rss[kind] = max(self.rss[kind], rss)
+
+    def cpu_total(self) -> float:
+        return sum(c for _, c in self.cpu.values())
+
+    def per_kind(self) -> dict[str, tuple[int, float]]:
+        """kind → (peak RSS bytes, CPU seconds), in the order of `kinds`."""
+        cpu: dict[str, float] = defaultdict(float)
+        for kind, c in self.cpu.values():
+            cpu[kind] += c
+        return {kind: (self.rss[kind], cpu[kind]) for kind, _ in self.kinds if kind in self.rss}
 
 
 def page_server() -> http.server.ThreadingHTTPServer:
@@ -106,6 +124,63 @@ def page_server() -> http.server.ThreadingHTTPServer:
     return server
 
 
+def slot(first: datetime, orders: int, index: int, n: int) -> datetime:
+    """Scheduled time of repetition n (1-based) of order `index`: starts staggered over one minute."""
+    return first + timedelta(seconds=60 * index / orders + 60 * (n - 1))
+
+
+def delivery(files: list[tuple[int, int, float]], first: datetime, orders: int, end: datetime,
+             on_time_s: float) -> dict:
+    """Figures from the files on disk, each (order index, n, time renamed into place): repetitions
+    due by `end`, delivered (due ones), lateness, on-time orders, peak jobs/s (best 10 s)."""
+    n_due = [sum(1 for n in range(1, int((end - first).total_seconds() // 60) + 3)
+                 if slot(first, orders, i, n) <= end) for i in range(orders)]
+    lat, late_by_order = [], defaultdict(list)
+    for index, n, mtime in files:
+        scheduled = slot(first, orders, index, n)
+        if scheduled <= end:
+            lat.append(mtime - scheduled.timestamp())
+            late_by_order[index].append(lat[-1])
+    arrivals = sorted(mtime for _, _, mtime in files)
+    peak = max((bisect.bisect_left(arrivals, t + 10) - k for k, t in enumerate(arrivals)), default=0) / 10
+    on_time = sum(1 for i in range(orders)
+                  if len(late_by_order[i]) >= n_due[i] and all(x <= on_time_s for x in late_by_order[i]))
+    return {"due": sum(n_due), "delivered": len(lat), "lat": lat, "on_time": on_time, "on_time_s": on_time_s,
+            "peak": peak, "files": len(files)}
+
+
+def report(fig: dict) -> None:
+    """Print one run's figures (the same lines for crawlcoin and for the Celery baseline)."""
+    lat = fig["lat"]
+    print(f"cores: {os.cpu_count()}; {fig['orders']} orders × every 60 s, {fig['setup']}, "
+          f"{fig['minutes']:.0f} min window (at {fig['at']:%H:%M:%S} UTC)")
+    print(f"repetitions due {fig['due']}, enqueued {fig['enqueued']}, fetched {fig['fetched']}, "
+          f"delivered to disk {fig['delivered']} (due ones)")
+    print(f"scheduled → file renamed: p50 {pct(lat, 50):.2f} s, p95 {pct(lat, 95):.2f} s, p99 {pct(lat, 99):.2f} s")
+    print(f"on-time orders (every due repetition on disk ≤ {fig['on_time_s']:g} s after its slot): "
+          f"{fig['on_time']} of {fig['orders']}")
+    print(f"peak delivery: {fig['peak']:.1f} jobs/s (best 10 s)")
+    print(f"CPU-seconds per delivered repetition (all processes{fig.get('cpu_note', '')}): {fig['cpu_per_rep']:.3f}")
+    for kind, (rss, cpu) in fig["kinds"].items():
+        print(f"  {kind:14} peak RSS {rss / 2**20:7.0f} MiB   CPU {cpu:7.1f} s")
+    for line in fig.get("notes", ()):
+        print(line)
+
+
+def compare(ours: dict, celery: dict) -> None:
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b else "n/a"
+
+    p99 = pct(ours["lat"], 99), pct(celery["lat"], 99)
+    print(f"crawlcoin / Celery ({ours['orders']} orders × every 60 s, {ours['minutes']:g} min window):")
+    print(f"  {'':22} {'crawlcoin':>10} {'Celery':>10} {'ratio':>9}")
+    print(f"  {'on-time orders':22} {ours['on_time']:>10} {celery['on_time']:>10} "
+          f"{ratio(ours['on_time'], celery['on_time']):>9}   (higher is better)")
+    print(f"  {'p99 scheduled → file':22} {p99[0]:>9.3f}s {p99[1]:>9.3f}s {ratio(*p99):>9}   (lower is better)")
+    print(f"  {'CPU-s per repetition':22} {ours['cpu_per_rep']:>10.3f} {celery['cpu_per_rep']:>10.3f} "
+          f"{ratio(ours['cpu_per_rep'], celery['cpu_per_rep']):>9}   (lower is better)")
+
+
 def account(api: httpx.Client) -> dict[str, str]:
     name, pw = f"bench-{os.urandom(4).hex()}", "bench password 123"
     secret = api.post("/auth/register", json={"username": name, "password": pw}).json()["totp"]["secret"]
@@ -114,20 +189,15 @@ def account(api: httpx.Client) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--orders", type=int, default=1000)
-    p.add_argument("--miners", type=int, default=4)
-    p.add_argument("--minutes", type=float, default=5)
-    p.add_argument("--lead", type=float, default=90, help="seconds before the first order starts")
-    args = p.parse_args()
+def run(args: argparse.Namespace) -> dict:
+    """crawlcoin's whole stack under the given load; returns the figures for `report`."""
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-e2e-"))
     ports = {k: free_port() for k in ("api", "valkey", "mining", "results", "dashboard", "prefect")}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))}
     env.update({f"CRAWLCOIN_{k.upper()}_PORT": str(v) for k, v in ports.items()},
                CRAWLCOIN_DATA_DIR=str(tmp / "data"), CRAWLCOIN_ALLOW_PRIVATE_TARGETS="true",
                CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000", CRAWLCOIN_MAX_RUNS_CAP="100000")
-    pages = page_server()
+    pages = getattr(args, "pages", None) or page_server()
     up = subprocess.Popen([str(BIN / "crawlcoin"), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=ROOT)
     assert up.stdout is not None
@@ -149,7 +219,7 @@ def main() -> None:
         order_ids = []
         for i in range(args.orders):
             body = {"url": f"http://127.0.0.1:{pages.server_port}/o{i}", "max_runs": runs,
-                    "start_at": (first + timedelta(seconds=60 * i / args.orders)).isoformat(),
+                    "start_at": slot(first, args.orders, i, 1).isoformat(),
                     "schedule": {"kind": "interval", "every_seconds": 60}}
             r = api.post("/orders", json=body, headers=customer)
             r.raise_for_status()
@@ -170,40 +240,24 @@ def main() -> None:
                  "--allow-private-targets", "--concurrency", "16"], env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         sampler.roots += [c.pid for c in clients]
-        cpu_start = sum(c for _, c in sampler.cpu.values())
+        cpu_start = sampler.cpu_total()
         end = first + timedelta(minutes=args.minutes)
         while datetime.now(UTC) < end + timedelta(seconds=30):
             time.sleep(5)
         now = datetime.now(UTC)
-        due = sum(1 for i in range(args.orders) for n in range(runs)
-                  if first + timedelta(seconds=60 * i / args.orders + 60 * n) <= end)
         orders = [api.get(f"/orders/{oid}", headers=customer).json() for oid in order_ids]
         enqueued = sum(o["runs_claimed"] for o in orders)
         fetched = sum(o["runs_claimed"] - o["escrow_balance"] for o in orders)
-        lat, arrivals = [], []
+        index = {oid: i for i, oid in enumerate(order_ids)}
+        files = []
         for path in out.glob("*/[0-9]*.meta.json"):
             meta = json.loads(path.read_text())
-            order_index = order_ids.index(meta["order_id"])
-            scheduled = first + timedelta(seconds=60 * order_index / args.orders + 60 * (meta["n"] - 1))
-            if scheduled <= end:
-                lat.append(path.stat().st_mtime - scheduled.timestamp())
-            arrivals.append(path.stat().st_mtime)
-        arrivals.sort()
-        peak = max((sum(1 for a in arrivals if t <= a < t + 10) / 10 for t in arrivals), default=0.0)
-        cpu_total = sum(c for _, c in sampler.cpu.values()) - cpu_start
-        print(f"cores: {os.cpu_count()}; {args.orders} orders × every 60 s, {args.miners} miners, "
-              f"{args.minutes:.0f} min window (at {now:%H:%M:%S} UTC)")
-        print(f"repetitions due {due}, enqueued {enqueued}, fetched {fetched}, delivered to disk {len(lat)} (due ones)")
-        print(f"scheduled → file renamed: p50 {pct(lat, 50):.2f} s, p95 {pct(lat, 95):.2f} s, p99 {pct(lat, 99):.2f} s")
-        print(f"peak delivery: {peak:.1f} jobs/s (best 10 s)")
-        print(f"CPU-seconds per delivered repetition (all processes, incl. clients): "
-              f"{cpu_total / max(len(arrivals), 1):.3f}")
-        cpu_kind: dict[str, float] = defaultdict(float)
-        for kind, c in sampler.cpu.values():
-            cpu_kind[kind] += c
-        for kind, _ in KINDS:
-            if kind in sampler.rss:
-                print(f"  {kind:14} peak RSS {sampler.rss[kind] / 2**20:7.0f} MiB   CPU {cpu_kind[kind]:7.1f} s")
+            files.append((index[meta["order_id"]], meta["n"], path.stat().st_mtime))
+        fig = delivery(files, first, args.orders, end, args.on_time)
+        fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
+                   enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
+                   cpu_per_rep=(sampler.cpu_total() - cpu_start) / max(fig["files"], 1), kinds=sampler.per_kind())
+        return fig
     finally:
         sampler.stop.set()
         for c in clients:
@@ -215,7 +269,35 @@ def main() -> None:
                 c.kill()
         up.send_signal(signal.SIGINT)
         up.wait(timeout=120)
-        pages.shutdown()
+        if getattr(args, "pages", None) is None:
+            pages.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--orders", type=int, default=1000)
+    p.add_argument("--miners", type=int, default=4)
+    p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--lead", type=float, default=90, help="seconds before the first order starts")
+    p.add_argument("--on-time", type=float, default=2.0, metavar="SECONDS",
+                   help="an order is on time if every due repetition is on disk this soon after its slot")
+    p.add_argument("--with-celery", action="store_true",
+                   help="then run bench/celery_baseline.py with the same load and print the ratios")
+    args = p.parse_args()
+    args.pages = page_server()
+    try:
+        ours = run(args)
+        print("== crawlcoin ==")
+        report(ours)
+        if args.with_celery:
+            import celery_baseline
+
+            theirs = celery_baseline.run(args.orders, args.minutes, args.on_time, pages=args.pages)
+            print("== Celery baseline ==")
+            report(theirs)
+            compare(ours, theirs)
+    finally:
+        args.pages.shutdown()
 
 
 if __name__ == "__main__":
