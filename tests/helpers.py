@@ -10,6 +10,17 @@ import pyotp
 PASSWORD = "correct horse battery staple"
 
 
+def fresh_totp_step(margin: float = 3.0) -> None:
+    """Wait, if needed, until `margin` seconds remain in the current 30-s TOTP step.
+
+    A code of the previous step is accepted only during the current one; a request that crosses
+    a step boundary between computing such a code and the server checking it would fail.
+    """
+    into = time.time() % 30
+    if into > 30 - margin:
+        time.sleep(30 - into + 0.1)
+
+
 @dataclass
 class Account:
     id: str
@@ -37,6 +48,7 @@ class ApiClient(httpx.Client):
         body = r.json()
         secret = body["totp"]["secret"]
         totp = pyotp.TOTP(secret)
+        fresh_totp_step()
         confirm = self.post("/auth/totp/confirm",
                             json={"username": username, "password": PASSWORD, "code": totp.at(time.time() - 30)})
         assert confirm.status_code == 200, confirm.text

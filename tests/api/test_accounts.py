@@ -8,7 +8,7 @@ import pytest
 
 from core import security
 from core.settings import Settings
-from tests.helpers import PASSWORD, ApiClient
+from tests.helpers import PASSWORD, ApiClient, fresh_totp_step
 
 
 def test_register_enrol_login_and_me(api: ApiClient) -> None:
@@ -27,6 +27,7 @@ def test_register_enrol_login_and_me(api: ApiClient) -> None:
     assert early.status_code == 403 and "enrolment" in early.json()["detail"]
 
     totp = pyotp.TOTP(secret)
+    fresh_totp_step()
     confirm = api.post("/auth/totp/confirm", json={"username": username, "password": PASSWORD,
                                                    "code": totp.at(time.time() - 30)})
     assert confirm.status_code == 200, confirm.text

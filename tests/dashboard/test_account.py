@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from core import security
 from core.settings import Settings
 from tests.dashboard.conftest import alerts, button, texts, widget
-from tests.helpers import PASSWORD, ApiClient
+from tests.helpers import PASSWORD, ApiClient, fresh_totp_step
 
 
 def register(at: AppTest, username: str, password: str = PASSWORD, repeat: str | None = None) -> None:
@@ -49,6 +49,7 @@ def test_sign_up_enrol_sign_out_and_sign_in(dashboard: Callable[..., AppTest], a
     at.run()
     assert any("Wrong two-factor code" in e for e in alerts(at, "error"))
 
+    fresh_totp_step(10)
     widget(at.text_input, "Two-factor code").input(totp.at(time.time() - 30))
     button(at, "Confirm and sign in").click()
     at.run()

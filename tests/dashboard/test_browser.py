@@ -22,7 +22,7 @@ from dashboard.launch import health_url, streamlit_argv
 from dashboard.launch import url as dashboard_url
 from tests.conftest import backend_unavailable, free_port
 from tests.dashboard.conftest import deliver
-from tests.helpers import PASSWORD, ApiClient
+from tests.helpers import PASSWORD, ApiClient, fresh_totp_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
@@ -120,6 +120,7 @@ def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server:
     secret = page.get_by_test_id("stCode").first.inner_text().strip()
     totp = pyotp.TOTP(secret)
     shot("2-enrolment")
+    fresh_totp_step(15)
     field("Two-factor code").fill(totp.at(time.time() - 30))
     page.get_by_role("button", name="Confirm and sign in").click()
     expect(main_text(f"Welcome, {username}!")).to_be_visible()
