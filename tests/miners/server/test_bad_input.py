@@ -174,9 +174,16 @@ def test_a_message_larger_than_the_transport_allows_drops_the_connection(market:
         return True
 
     assert asyncio.run(oversize())
-    assert market.store.list_results(order.id) == [] and market.escrow(order) == 1
+
+    def attempt() -> object:
+        [rep] = market.store.get_repetitions(order.id, [1])
+        return rep if rep.attempts else None
+
+    # the server records the failed attempt after it saw the disconnect, a moment after the miner did
+    wait_for(attempt, 15, "the failed attempt to be recorded")
     [rep] = market.store.get_repetitions(order.id, [1])
     assert rep.state.value == "queued" and rep.attempts == 1, "the job went back for another miner"
+    assert market.store.list_results(order.id) == [] and market.escrow(order) == 1
 
 
 def test_a_lease_that_expires_goes_to_another_miner_and_the_late_result_is_refused(
