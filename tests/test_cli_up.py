@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -58,7 +59,9 @@ def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> Non
         with ApiClient(f"http://127.0.0.1:{api_port}") as api:
             assert api.get("/health").json() == {"status": "ok", "store": "ok", "valkey": "ok"}
             alice = api.new_account(coins=10)
-            order = api.post("/orders", json=interval_order(runs=3), headers=alice.headers)
+            # due in an hour: the restarted stack (worker, miner) must not touch it during the test
+            start = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            order = api.post("/orders", json=interval_order(runs=3, start_at=start), headers=alice.headers)
             assert order.status_code == 201
     finally:
         code = stop(proc)

@@ -126,6 +126,8 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
             assert hashlib.sha256(body).hexdigest() == meta["sha256"] and meta["sha256"] in served
 
         assert api.balance(customer) == 5, "the customer paid 5 coins, once"
+        # on Cassandra the payment is written just after the result it pays for
+        wait_for(lambda: api.balance(volunteer) >= 5, 30, "the miner's pay for the fifth result")
         assert api.balance(volunteer) == 5, "the miner earned 5 coins, once"
         wait_for(lambda: api.get(f"/orders/{oid}", headers=customer.headers).json()["status"] == "completed", 150,
                  "the order to complete")

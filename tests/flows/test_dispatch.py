@@ -105,7 +105,9 @@ def test_pause_resume_cancel(sched_settings, api_for, start_worker, redis: Redis
 
     cancel = api.post(f"/orders/{oid}/cancel", headers=alice.headers)
     assert cancel.status_code == 200, cancel.text
-    time.sleep(3)
+    # the queued jobs are withdrawn by the sync path, a moment after the answer
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["escrow_balance"]
+             == len(released(redis, oid)), 30, "queued jobs to be withdrawn and refunded")
     final = len(released(redis, oid))
     time.sleep(3)
     assert len(released(redis, oid)) == final, "nothing is released after cancelling"

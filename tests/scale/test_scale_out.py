@@ -180,7 +180,8 @@ def test_two_of_each_behind_haproxy_survive_sigkills(tmp_path: Path, haproxy: No
         assert sum(earned) == ORDERS * RUNS, f"each repetition paid exactly once: {earned}"
         assert api.balance(customer) == 0
         assert api.balance(customer) + sum(earned) == total, "coins are conserved"
-        assert haproxy_servers(stats_url)["mining-1"]["status"] == "UP", "the killed mining server is back"
+        wait_for(lambda: haproxy_servers(stats_url)["mining-1"]["status"] == "UP", 60,
+                 "the killed mining server to be back in HAProxy")
     finally:
         for p in clients:
             if p.poll() is None:

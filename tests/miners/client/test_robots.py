@@ -76,11 +76,11 @@ async def test_a_missing_robots_txt_allows_everything(net: Net, status: int) -> 
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_an_unreachable_robots_txt_disallows_for_now(net: Net, status: int) -> None:
     net.public.robots["public.test"] = (status, "")
-    async with net.fetcher(robots_error_ttl=0.2) as fetcher:
+    async with net.fetcher(robots_error_ttl=1.5) as fetcher:
         first = await fetcher.fetch(FetchRequest(net.public.url("/x")))
         again = await fetcher.fetch(FetchRequest(net.public.url("/x")))
         net.public.robots["public.test"] = (200, "User-agent: *\nAllow: /\n")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.7)
         later = await fetcher.fetch(FetchRequest(net.public.url("/x")))
     assert first.error is FetchError.robots_disallowed and f"HTTP {status}" in (first.error_text or "")
     assert again.error is FetchError.robots_disallowed

@@ -23,6 +23,7 @@ def test_a_job_reaches_a_miner_whose_result_is_stored_and_paid(market: Market, m
     assert market.balance(miner) == 1, "the miner earned the order's price per run"
     assert market.escrow(order) == 0 and market.balance(customer) == 4
     assert market.states(order) == {"done": 1}
+    wait_for(lambda: redis.xlen(RESULTS_STREAM) == 1, 15, "the notice to result servers")  # sent after the commit
     [(_, notice)] = redis.xrange(RESULTS_STREAM)
     assert notice[b"key"] == f"{order.id}:1".encode() and notice[b"order_id"] == order.id.encode()
     assert proc.stop() == 0, proc.output()

@@ -20,7 +20,10 @@ def test_jobs_for_one_domain_wait_for_its_request_budget(market: Market, mining_
     times = sorted(t for path, t in pages.requests if path == "/page/polite")
     assert len(times) == 4
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) >= 0.45, f"2 requests/s per domain means ≥ 0.5 s between requests, got {gaps}"
+    # The budget is booked when a job is handed out; the request itself comes a little later (the
+    # first one after robots.txt), so a gap can shrink by that jitter, never to near 0.
+    assert min(gaps) >= 0.35, f"2 requests/s per domain means ~0.5 s between requests, got {gaps}"
+    assert times[-1] - times[0] >= 1.35, f"4 requests at 2/s span ≥ 1.5 s, got {gaps}"
 
 
 def test_a_url_robots_txt_disallows_is_reported_and_refunded_not_paid(market: Market, mining_server: str,
