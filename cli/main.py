@@ -128,7 +128,9 @@ def results(
 @app.command()
 def worker(
     pool: str = typer.Option(None, help="Prefect work pool (default: CRAWLCOIN_WORK_POOL)."),
-    limit: int = typer.Option(8, min=1, help="Flow runs executed at the same time."),
+    limit: int = typer.Option(100, min=1, help="Flow runs held at the same time. A run claimed ahead of its "
+                              "start waits inside the worker as a cheap coroutine, so keep this well above "
+                              "runs per second × (prefetch + run time)."),
     name: str = typer.Option(None, help="Worker name shown in the Prefect UI."),
     prefetch: float = typer.Option(10.0, min=0, help="Seconds ahead of their start that runs are claimed."),
 ) -> None:
