@@ -23,7 +23,9 @@ DUE = f"{PREFIX}:due"
 PAYLOADS = f"{PREFIX}:due:payload"
 JOBS_STREAM = f"{PREFIX}:jobs"
 RESULTS_STREAM = f"{PREFIX}:results"
-"""Notices of stored results (job key, order id, n, outcome), read by every result server."""
+"""Notices for result servers: a result was stored (job key, order id, n, outcome), or an order's
+repetitions were refunded or the order ended (order id, outcome). Each wakes that order's deliveries."""
+RESULTS_STREAM_MAXLEN = 100_000
 RELEASED_TTL_SECONDS = 7 * 24 * 3600
 
 
@@ -110,6 +112,12 @@ class JobQueue:
         taken = await self._withdraw(keys=[DUE, PAYLOADS, _order_set(order_id)])
         return sorted(int(k.decode().rsplit(":", 1)[1] if isinstance(k, bytes) else k.rsplit(":", 1)[1])
                       for k in taken)
+
+    async def announce(self, order_id: str, outcome: str) -> None:
+        """Tell result servers that repetitions of the order became final without a result (refunded) or
+        that the order ended, so its deliveries move on now instead of at their next safety poll."""
+        await self.redis.xadd(RESULTS_STREAM, {"order_id": order_id, "outcome": outcome},
+                              maxlen=RESULTS_STREAM_MAXLEN, approximate=True)
 
     async def next_due_in(self, now: float | None = None) -> float | None:
         """Seconds until the earliest queued job is due (≤ 0: overdue), or None if none is queued."""

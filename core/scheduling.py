@@ -108,13 +108,14 @@ class PrefectSync:
                 # the request this sync is finishing cannot swallow the new one.
                 again = max(datetime.fromtimestamp(last_due or 0, UTC), datetime.now(UTC)) + timedelta(seconds=1)
                 self.store.request_sync(order.id, again)
-            else:
-                self.store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.completed)
+            elif self.store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.completed):
+                await self.queue.announce(order.id, OrderStatus.completed.value)
             return
         if order.status is OrderStatus.paused:
             self.store.unclaim(order.id, await self.queue.withdraw(order.id))
         elif order.status is OrderStatus.cancelled:
             self.store.refund_repetitions(order.id, await self.queue.withdraw(order.id))
+            await self.queue.announce(order.id, OrderStatus.cancelled.value)
         if order.status is OrderStatus.paused and order.deployment_id is not None:
             try:
                 await self.client.pause_deployment(order.deployment_id)

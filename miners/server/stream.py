@@ -15,11 +15,10 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from core.queue import JOBS_STREAM, PREFIX, RESULTS_STREAM
+from core.queue import JOBS_STREAM, PREFIX, RESULTS_STREAM, RESULTS_STREAM_MAXLEN
 from core.schemas import Job
 
 GROUP = "mining"
-RESULTS_STREAM_MAXLEN = 100_000
 _BUDGET = f"{PREFIX}:budget:"
 
 # KEYS: the domain's budget key; ARGV: microseconds between two requests.

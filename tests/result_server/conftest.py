@@ -60,13 +60,20 @@ class Customer:
                                              scopes=list(scopes), order_id=order_id, created_at=datetime.now(UTC)))
         return raw
 
-    def order(self, runs: int) -> Order:
+    def new_order(self, runs: int, every: int = 1) -> Order:
+        """An order starting now, paid into escrow, nothing claimed yet."""
         now = datetime.now(UTC)
         order = Order(id=str(uuid.uuid4()), owner_id=self.user.id, url="https://example.com/", method="GET",
-                      schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, price_per_run=1,
+                      schedule_kind="interval", every_seconds=every, start_at=now, max_runs=runs, price_per_run=1,
                       request_hash="h", created_at=now, updated_at=now)
         order.next_due_at = schedules.first_due(order)
         self.store.create_order(order)
+        return order
+
+    def order(self, runs: int) -> Order:
+        """An order every second with every repetition claimed."""
+        order = self.new_order(runs)
+        now = datetime.now(UTC)
         self.store.claim_repetitions(order.id, f"run-{order.id}", now + timedelta(seconds=runs + 5), now, 600)
         return order
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core import ledger
 from tests.flows.conftest import wait_for
 
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
@@ -108,3 +109,54 @@ def test_tokens_only_reach_their_own_orders(result_server, customer, other_custo
                "bad token": "unknown API token"}[case]
     assert message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "out" / order_y.id).exists()
+
+
+def test_a_live_client_ends_as_soon_as_its_order_is_cancelled(result_server, customer, settings, redis,
+                                                               tmp_path, monkeypatch) -> None:
+    """Cancelling refunds the queued repetitions: the result server learns it from a notice, not a poll."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from redis.asyncio import Redis as AsyncRedis
+
+    from core.queue import JobQueue
+    from core.scheduling import PrefectSync
+    from flows.dispatch import dispatch_order
+    from result_server import delivery
+
+    monkeypatch.setattr(delivery, "SAFETY_POLL_SECONDS", 3600.0)  # only a notice can wake a delivery now
+    order = customer.new_order(runs=5, every=60)
+
+    async def dispatch() -> None:
+        aredis = AsyncRedis.from_url(settings.resolved_redis_url)
+        queue = JobQueue(aredis)
+        await dispatch_order(customer.store, queue, settings, order.id, "run-1")  # claims and queues 1-5
+        assert await queue.release_due(datetime.now(UTC).timestamp() + 1) == 1  # 1 is due now, 2-5 later
+        await aredis.aclose()
+
+    asyncio.run(dispatch())
+    customer.deliver(order, [1])
+    out = tmp_path / "out"
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", customer.token(), "--out", str(out),
+            "--order", order.id]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: len(sidecars(out, order.id)) == 1, 30, "the first result")
+        assert customer.store.cancel_order(order.id) is not None
+
+        async def sync_cancel() -> None:  # what the API's sync path does next (no deployment to delete)
+            aredis = AsyncRedis.from_url(settings.resolved_redis_url)
+            cancelled = customer.store.get_order(order.id)
+            assert cancelled is not None and cancelled.deployment_id is None
+            await PrefectSync(None, customer.store, JobQueue(aredis), settings).sync_order(cancelled)  # type: ignore[arg-type]
+            await aredis.aclose()
+
+        asyncio.run(sync_cancel())
+        code = proc.wait(timeout=30)  # finished: it exits by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert code == 0, output
+    assert [m["n"] for m in sidecars(out, order.id)] == [1]
+    assert customer.store.get_balance(ledger.escrow_account(order.id)) == 0, "repetitions 2-5 were refunded"
