@@ -8,9 +8,12 @@ API change (in the background: placing an order never waits on Prefect), after a
 completes an order, periodically by every crawlcoin worker and by the `reconcile` flow — so a
 Prefect outage only delays it. Each sync is idempotent: it makes Prefect match the order.
 
-- active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that starts
-  `lead` seconds before the next due repetition and repeats every dispatch period; if that
-  first run is already in the past, one run is started at once.
+- active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that repeats
+  every dispatch period. Its first run (`lead` seconds before the next due repetition, or now if
+  that is past) is created here, explicitly, and the RRule starts one period later: Prefect's
+  scheduler only creates runs that are still in the future when its loop comes round, so a
+  first run close to the deployment's creation could otherwise be skipped (measured with
+  bench/e2e.py: dispatch runs started up to 2 min late when syncs fell behind a burst of orders).
 - paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
   counter; the deployment is paused (which drops its future runs).
 - active with every repetition claimed → the deployment is deleted (nothing left to
@@ -65,9 +68,15 @@ def deployment_name(order_id: str) -> str:
     return f"order-{order_id}"
 
 
+def first_run_at(settings: Settings, next_due: datetime) -> datetime:
+    """When the dispatch run covering the next due repetition should start."""
+    return (next_due - timedelta(seconds=settings.dispatch_lead_seconds)).astimezone(UTC)
+
+
 def dispatch_rrule(order: Order, settings: Settings, first_due: datetime) -> str:
+    """The schedule of the runs after the first one (which `PrefectSync` creates itself)."""
     period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
-    start = (first_due - timedelta(seconds=settings.dispatch_lead_seconds)).astimezone(UTC)
+    start = first_run_at(settings, first_due) + timedelta(seconds=period)
     return f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL={period}"
 
 
@@ -154,12 +163,12 @@ class PrefectSync:
             self.store.set_deployment_id(order.id, str(deployment_id))
         else:
             await self.client.resume_deployment(deployment_id)
-        first_run = order.next_due_at - timedelta(seconds=self.settings.dispatch_lead_seconds)
-        if first_run <= datetime.now(UTC) + timedelta(seconds=2):
-            # Prefect schedules only future runs: start the first look-ahead now.
-            await self.client.create_flow_run_from_deployment(
-                deployment_id, state=Scheduled(), idempotency_key=f"kick:{order.id}:{order.next_due_at.isoformat()}",
-            )
+        first_run = max(first_run_at(self.settings, order.next_due_at), datetime.now(UTC))
+        await self.client.create_flow_run_from_deployment(
+            deployment_id, state=Scheduled(scheduled_time=first_run),
+            # once per activation (created, resumed): a retried sync does not start it twice
+            idempotency_key=f"first:{order.id}:{order.updated_at.isoformat()}:{order.next_due_at.isoformat()}",
+        )
 
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
         """Work through the sync requests if no other process is; returns orders synced."""
