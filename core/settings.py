@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")
     results_port: int = Field(default=8603, description="Port of the result server (Socket.IO).")
     prefect_port: int = Field(default=4200, description="Port of the Prefect server `crawlcoin up` starts (UI and API).")
+    prefect_database: Literal["postgres", "sqlite"] = Field(
+        default="postgres",
+        description="Database of the Prefect server `crawlcoin up` starts: an embedded PostgreSQL, or SQLite (locks under bursts).")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a miner holds a job before it goes to another.")
     max_attempts: int = Field(default=3, ge=1, description="Leases of one job that may end without a result before it is refunded.")
     domain_rate_per_second: float = Field(default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
