@@ -67,6 +67,9 @@ def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> Non
         code = stop(proc)
     assert code == 0
     assert (tmp_path / "crawlcoin.db").exists() and (tmp_path / "logs" / "api.log").exists()
+    assert "prefect database" in out and (tmp_path / "prefect-postgres" / "PG_VERSION").exists(), \
+        "Prefect runs on the embedded PostgreSQL"
+    assert not (tmp_path / "prefect-postgres" / "postmaster.pid").exists(), "Ctrl-C stopped PostgreSQL too"
     assert (tmp_path / "valkey" / "appendonlydir").is_dir(), "Valkey runs with AOF persistence"
     try:
         httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2)
