@@ -17,11 +17,12 @@ from core.storage import open_store
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    passwords = Passwords(settings)  # here, so a bad key setting stops `serve api` with its message
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.passwords = Passwords(settings)
+        app.state.passwords = passwords
         app.state.store = open_store(settings.resolved_store_url)
         app.state.store.recover_pending()  # finish what a crashed process left half done
         app.state.redis = Redis.from_url(settings.resolved_redis_url, socket_timeout=5, health_check_interval=30)

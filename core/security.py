@@ -1,5 +1,6 @@
 """Passwords (argon2id), TOTP codes, signed session tokens and API token secrets."""
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -12,8 +13,11 @@ import pyotp
 import segno
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from core.errors import AuthenticationFailed, InvalidInput
+from core.errors import AuthenticationFailed, CrawlcoinError, InvalidInput, ServiceUnavailable
 from core.settings import Settings
 
 TOTP_ISSUER = "crawlcoin"
@@ -21,10 +25,46 @@ TOTP_PERIOD = 30
 API_TOKEN_PREFIX = "cc"
 
 
-class Passwords:
-    """argon2id hashing with the cost from settings."""
+class TotpSecrets:
+    """TOTP secrets at rest: Fernet tokens (AES-128-CBC + HMAC-SHA256), so a copy of the store alone
+    does not let anyone compute a user's codes.
+
+    Keys: `CRAWLCOIN_TOTP_KEYS`, comma-separated Fernet keys (the first encrypts, every one decrypts, so
+    keys can be rotated); if unset, one key derived from `CRAWLCOIN_SECRET_KEY` with HKDF-SHA256.
+    A stored value without the prefix is a secret stored in clear by an older version and read as is.
+    """
+
+    PREFIX = "fernet:"
 
     def __init__(self, settings: Settings) -> None:
+        keys = [k.strip() for k in (settings.totp_keys or "").split(",") if k.strip()]
+        if not keys:
+            derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"crawlcoin totp secrets")
+            keys = [base64.urlsafe_b64encode(derived.derive(settings.secret_key.encode())).decode()]
+        try:
+            self._fernet = MultiFernet([Fernet(k) for k in keys])
+        except ValueError:
+            raise CrawlcoinError("invalid configuration: CRAWLCOIN_TOTP_KEYS must be Fernet keys (32 url-safe "
+                                 "base64-encoded bytes each), separated by commas") from None
+
+    def seal(self, secret: str) -> str:
+        return self.PREFIX + self._fernet.encrypt(secret.encode()).decode()
+
+    def open(self, stored: str) -> str:
+        if not stored.startswith(self.PREFIX):
+            return stored
+        try:
+            return self._fernet.decrypt(stored.removeprefix(self.PREFIX).encode()).decode()
+        except InvalidToken:
+            raise ServiceUnavailable("two-factor codes cannot be checked: the stored secret does not open with "
+                                     "the configured keys (CRAWLCOIN_TOTP_KEYS / CRAWLCOIN_SECRET_KEY)") from None
+
+
+class Passwords:
+    """Credentials at rest: argon2id password hashes with the cost from settings, sealed TOTP secrets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.totp = TotpSecrets(settings)
         self._hasher = PasswordHasher(time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib)
         self._min_length = settings.password_min_length
         # Verifying against this when the user does not exist keeps the timing the same.

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     mode: Mode = Mode.dev
     data_dir: Path = Field(default=Path.home() / ".crawlcoin", description="Where embedded services keep their files.")
     secret_key: str = Field(default=DEV_SECRET, description="Signs session tokens; must be set in production.")
+    totp_keys: str | None = Field(default=None, description="Fernet keys (comma-separated; the first encrypts) sealing TOTP secrets in the store; default: derived from secret_key.")
 
     # External services: set a URL to use that one; leave empty to start an embedded one.
     store_url: str | None = Field(default=None, description="sqlite:///path, postgresql+psycopg://… ; default: SQLite file in data_dir.")

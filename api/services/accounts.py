@@ -45,7 +45,7 @@ def register(store: Store, passwords: Passwords, req: RegisterRequest) -> Regist
         id=str(uuid.uuid4()),
         username=username,
         password_hash=passwords.hash(req.password),
-        totp_secret=secret,
+        totp_secret=passwords.totp.seal(secret),
         created_at=datetime.now(UTC),
     )
     store.create_user(user)
@@ -63,8 +63,9 @@ def _check_password(
     return user
 
 
-def _check_code(store: Store, throttle: LoginThrottle, user: User, code: str, client: str) -> None:
-    step = security.totp_step_of(user.totp_secret or "", code) if user.totp_secret else None
+def _check_code(store: Store, passwords: Passwords, throttle: LoginThrottle, user: User, code: str,
+                client: str) -> None:
+    step = security.totp_step_of(passwords.totp.open(user.totp_secret), code) if user.totp_secret else None
     if step is None:
         throttle.record_failure(user.username, client)
         raise AuthenticationFailed("wrong two-factor code")
@@ -91,7 +92,7 @@ def totp_setup(
 ) -> TotpEnrolment:
     user = _check_password(store, passwords, throttle, req, client)
     secret = security.new_totp_secret()
-    if not store.set_totp_secret(user.id, secret):
+    if not store.set_totp_secret(user.id, passwords.totp.seal(secret)):
         raise Conflict("two-factor authentication is already enabled for this account")
     return _enrolment(secret, user.username)
 
@@ -107,7 +108,7 @@ def totp_confirm(
     user = _check_password(store, passwords, throttle, req, client)
     if user.totp_enabled:
         raise Conflict("two-factor authentication is already enabled; log in instead")
-    _check_code(store, throttle, user, req.code, client)
+    _check_code(store, passwords, throttle, user, req.code, client)
     store.enable_totp(user.id)
     throttle.reset_account(user.username)
     return _new_session(store, settings, user)
@@ -119,7 +120,7 @@ def login(
     user = _check_password(store, passwords, throttle, req, client)
     if not user.totp_enabled:
         raise PermissionDenied("two-factor enrolment is not finished: confirm a code at POST /auth/totp/confirm")
-    _check_code(store, throttle, user, req.code, client)
+    _check_code(store, passwords, throttle, user, req.code, client)
     throttle.reset_account(user.username)
     return _new_session(store, settings, user)
 
