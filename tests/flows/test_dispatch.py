@@ -11,6 +11,7 @@ from redis import Redis
 
 from core.scheduling import deployment_name
 from core.settings import Settings
+from core.storage import Store
 from tests.flows.conftest import released, wait_for
 from tests.helpers import interval_order
 
@@ -25,6 +26,20 @@ def deployment_exists(settings: Settings, order_id: str) -> bool:
                 return False
 
     return asyncio.run(check())
+
+
+def seed_order(store: Store, suffix: str, every: int, runs: int, now: datetime) -> None:
+    """User `u<suffix>` with 10 coins and interval order `o<suffix>` starting now, straight in the store."""
+    from core import ledger, schedules
+    from core.storage.base import Order, User
+
+    store.create_user(User(id=f"u{suffix}", username=f"u{suffix}", password_hash="x", created_at=now))
+    store.transfer(f"grant{suffix}", ledger.MINT, ledger.user_account(f"u{suffix}"), 10, "grant")
+    order = Order(id=f"o{suffix}", owner_id=f"u{suffix}", url="https://example.com/", method="GET",
+                  schedule_kind="interval", every_seconds=every, start_at=now, max_runs=runs, price_per_run=1,
+                  request_hash="h", created_at=now, updated_at=now)
+    order.next_due_at = schedules.first_due(order)
+    store.create_order(order)
 
 
 def start_in(seconds: float) -> str:
@@ -150,23 +165,13 @@ def test_prefect_down_at_order_time(sched_settings, api_for, start_worker, redis
 
 @pytest.mark.parametrize("released_first", [False, True])
 def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, released_first: bool) -> None:
-    from core import ledger, schedules
     from core.queue import JobQueue
     from core.storage import open_store
-    from core.storage.base import Order, User
     from flows.dispatch import dispatch_order
     from redis.asyncio import Redis as AsyncRedis
 
     store = open_store(sched_settings.resolved_store_url)
-    user = User(id="u1", username="u1", password_hash="x", created_at=datetime.now(UTC))
-    store.create_user(user)
-    store.transfer("grant", ledger.MINT, ledger.user_account("u1"), 10, "grant")
-    now = datetime.now(UTC)
-    order = Order(id="o1", owner_id="u1", url="https://example.com/", method="GET", schedule_kind="interval",
-                  every_seconds=1, start_at=now, max_runs=4, price_per_run=1, request_hash="h",
-                  created_at=now, updated_at=now)
-    order.next_due_at = schedules.first_due(order)
-    store.create_order(order)
+    seed_order(store, "1", every=1, runs=4, now=datetime.now(UTC))
 
     async def twice() -> tuple[int, int]:
         aredis = AsyncRedis.from_url(sched_settings.resolved_redis_url)
@@ -186,22 +191,14 @@ def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, rel
 
 def test_repetitions_claimed_by_a_run_that_died_before_queueing_are_queued_by_the_next(sched_settings,
                                                                                        redis: Redis) -> None:
-    from core import ledger, schedules
     from core.queue import JobQueue
     from core.storage import open_store
-    from core.storage.base import Order, User
     from flows.dispatch import dispatch_order
     from redis.asyncio import Redis as AsyncRedis
 
     store = open_store(sched_settings.resolved_store_url)
-    store.create_user(User(id="u2", username="u2", password_hash="x", created_at=datetime.now(UTC)))
-    store.transfer("grant2", ledger.MINT, ledger.user_account("u2"), 10, "grant")
     now = datetime.now(UTC)
-    order = Order(id="o2", owner_id="u2", url="https://example.com/", method="GET", schedule_kind="interval",
-                  every_seconds=60, start_at=now, max_runs=6, price_per_run=1, request_hash="h",
-                  created_at=now, updated_at=now)
-    order.next_due_at = schedules.first_due(order)
-    store.create_order(order)
+    seed_order(store, "2", every=60, runs=6, now=now)
     # A worker claims repetitions 1-2 and is killed before it queues them.
     store.claim_repetitions("o2", "dead-run", now + timedelta(seconds=90), now, 600)
 
