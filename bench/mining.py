@@ -15,6 +15,7 @@ on the machine (read shared/reference/transport-measurements.md); the ratio is t
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,15 +30,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.e2e import free_port, stop_processes  # noqa: E402
+
 PAYLOAD = "x" * 2048
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- helper processes ---------------------------------------------------------------------------
@@ -231,7 +227,7 @@ def main() -> None:
     store_url = f"sqlite:///{tmp / 'store.db'}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        page_port, bare_port, mining_port = _free_port(), _free_port(), _free_port()
+        page_port, bare_port, mining_port = free_port(), free_port(), free_port()
         procs.append(_spawn([sys.executable, __file__, "--page-server", str(page_port)]))
         procs.append(_spawn([sys.executable, __file__, "--bare-server", str(bare_port)]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
@@ -261,13 +257,7 @@ def main() -> None:
               f"{'ok' if escrow == args.jobs - stored else 'MISMATCH'}")
         store.close()
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, signal.SIGTERM, timeout=10)
         valkey.stop()
 
 

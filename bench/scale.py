@@ -13,7 +13,6 @@ read the ratio together with the CPU count.
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,26 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.mining import _free_port, _spawn, _wait_http, seed_market, serve_pages  # noqa: E402
+from bench.e2e import free_port, stop_processes  # noqa: E402
+from bench.mining import _spawn, _wait_http, seed_market, serve_pages  # noqa: E402
 
 CRAWLCOIN = [sys.executable, "-m", "cli.main"]
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def measure(servers: int, env: dict[str, str], tokens: list[str], args: argparse.Namespace,
             paid: Callable[[], int]) -> float:
-    ports = [_free_port() for _ in range(servers)]
+    ports = [free_port() for _ in range(servers)]
     procs = [_spawn(CRAWLCOIN + ["serve", "mining"], dict(env, CRAWLCOIN_MINING_PORT=str(p))) for p in ports]
     miners: list[subprocess.Popen[bytes]] = []
     try:
@@ -58,8 +46,8 @@ def measure(servers: int, env: dict[str, str], tokens: list[str], args: argparse
         time.sleep(args.seconds)
         return (paid() - start_paid) / (time.monotonic() - start)
     finally:
-        _stop(miners)
-        _stop(procs)
+        stop_processes(miners)
+        stop_processes(procs)
 
 
 def main() -> None:
@@ -86,7 +74,7 @@ def main() -> None:
     valkey.start(timeout=30)
     redis_url = f"redis://127.0.0.1:{valkey.port}/0"
     store_url = f"sqlite:///{tmp / 'store.db'}"
-    page_port = _free_port()
+    page_port = free_port()
     pages = _spawn([sys.executable, __file__, "--page-server", str(page_port)])
     try:
         _wait_http(f"http://127.0.0.1:{page_port}/robots.txt")
@@ -112,7 +100,7 @@ def main() -> None:
         print(f"check: {stored} results stored, {paid()} paid: {'ok' if stored == paid() else 'MISMATCH'}")
         store.close()
     finally:
-        _stop([pages])
+        stop_processes([pages])
         valkey.stop()
 
 

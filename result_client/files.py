@@ -26,7 +26,8 @@ def extension(content_type: str | None) -> str:
     return _EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, rename into place: readers see all or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -78,14 +79,14 @@ class ResultFiles:
         files = {}
         if msg.error is None or body:
             body_path = folder / f"{stem}{extension(content_type)}"
-            _atomic_write(body_path, body)
+            atomic_write(body_path, body)
             files["body"] = body_path.name
         meta = msg.model_dump(mode="json") | files
         sidecar = folder / f"{stem}.meta.json"
-        _atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
+        atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
         return sidecar, True
 
     def advance(self, order_id: str, n: int) -> None:
         if n > self.cursors.get(order_id, 0):
             self.cursors[order_id] = n
-            _atomic_write(self._cursor_path, json.dumps(self.cursors, sort_keys=True).encode())
+            atomic_write(self._cursor_path, json.dumps(self.cursors, sort_keys=True).encode())
