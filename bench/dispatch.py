@@ -40,8 +40,7 @@ from core import ledger, schedules  # noqa: E402
 from core.embedded import prefect_env, prefect_server  # noqa: E402
 from core.queue import JOBS_STREAM  # noqa: E402
 from core.scheduling import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
-from core.storage import open_store  # noqa: E402
-from core.storage.base import Order, User  # noqa: E402
+from core.storage import Order, User, open_store  # noqa: E402
 
 
 

@@ -164,8 +164,7 @@ def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miner
     from core import ledger, schedules, security
     from core.queue import JobQueue
     from core.schemas import Job
-    from core.storage import open_store
-    from core.storage.base import ApiToken, Order, User
+    from core.storage import ApiToken, Order, User, open_store
 
     store = open_store(store_url)
     now = datetime.now(UTC)

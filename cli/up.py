@@ -136,8 +136,7 @@ def _local_miner_token(settings: Settings) -> tuple[str, str]:
     from datetime import UTC, datetime
 
     from core import security
-    from core.storage import open_store
-    from core.storage.base import ApiToken, User
+    from core.storage import ApiToken, User, open_store
 
     store = open_store(settings.resolved_store_url)
     try:

@@ -40,8 +40,7 @@ from core.errors import ServiceUnavailable
 from core.queue import JobQueue
 from core.schemas import OrderStatus
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Order
+from core.storage import Order, Store
 
 log = logging.getLogger("crawlcoin.scheduling")
 

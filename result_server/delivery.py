@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from anyio import to_thread
 
 from core.schemas import OrderStatus, RepetitionState, ResultMessage
-from core.storage import Store
-from core.storage.base import Result
+from core.storage import Result, Store
 
 log = logging.getLogger("crawlcoin.results")
 

@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
 from core.schemas import ResultMessage, Scope, Subscribe
-from core.storage import Store
-from core.storage.base import ApiToken
+from core.storage import ApiToken, Store
 from core.tokens import authenticate_api_token
 from result_server.delivery import OrderDelivery
 

@@ -18,8 +18,7 @@ from core.schemas import (
 )
 from core.security import Passwords
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import LoginSession, User
+from core.storage import LoginSession, Store, User
 from core.throttle import LoginThrottle
 
 

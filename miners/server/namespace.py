@@ -23,8 +23,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketRefused
 from core.errors import CrawlcoinError
 from core.schemas import FetchError, MinedResult, MinerPolicy, ResultAck, Scope, Welcome
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Result
+from core.storage import Result, Store
 from core.tokens import authenticate_api_token
 from miners.server.dispatch import Dispatcher, MinerConn
 from miners.server.writer import ResultWriter

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 from core.schemas import RepetitionState, ResultAck
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Repetition, Result, ResultOutcome
+from core.storage import Recorded, Repetition, Result, ResultOutcome, Store
 from miners.server.dispatch import Dispatcher, Held
 from miners.server.stream import JobStream
 
@@ -47,7 +46,6 @@ class ResultWriter:
         self.stream = stream
         self.dispatcher = dispatcher
         self._queue: asyncio.Queue[_Record | _Attempt] = asyncio.Queue()
-        self._prices: dict[str, int] = {}
 
     def record(self, held: Held, result: Result) -> asyncio.Future[ResultAck]:
         """Store a result that settles its job (a page, or an error no other miner could avoid)."""
@@ -127,7 +125,7 @@ class ResultWriter:
             return []
         results = [r.result for r in records]
         try:
-            outcomes: list[ResultOutcome | BaseException] = list(self.store.record_results(results))
+            outcomes: list[Recorded | BaseException] = list(self.store.record_results(results))
         except Exception:  # one bad result must not hold up the others: write them one by one
             outcomes = []
             for result in results:
@@ -135,7 +133,7 @@ class ResultWriter:
                     outcomes.append(self.store.record_result(result))
                 except Exception as e:
                     outcomes.append(e)
-        return [(o, self._price(r.order_id) if o is ResultOutcome.paid else 0) for o, r in zip(outcomes, results)]
+        return [(o, 0) if isinstance(o, BaseException) else (o.outcome, o.coins) for o in outcomes]
 
     def _store_attempts(self, attempts: list[_Attempt]) -> list[Repetition | None | BaseException]:
         out: list[Repetition | None | BaseException] = []
@@ -145,16 +143,6 @@ class ResultWriter:
             except Exception as e:
                 out.append(e)
         return out
-
-    def _price(self, order_id: str) -> int:
-        price = self._prices.get(order_id)
-        if price is None:
-            order = self.store.get_order(order_id)
-            price = order.price_per_run if order else 0
-            if len(self._prices) > 10_000:
-                self._prices.clear()
-            self._prices[order_id] = price
-        return price
 
 
 _NOT_STORED = "the server could not store this result; the job will be fetched again"

@@ -31,7 +31,7 @@ def deployment_exists(settings: Settings, order_id: str) -> bool:
 def seed_order(store: Store, suffix: str, every: int, runs: int, now: datetime) -> None:
     """User `u<suffix>` with 10 coins and interval order `o<suffix>` starting now, straight in the store."""
     from core import ledger, schedules
-    from core.storage.base import Order, User
+    from core.storage import Order, User
 
     store.create_user(User(id=f"u{suffix}", username=f"u{suffix}", password_hash="x", created_at=now))
     store.transfer(f"grant{suffix}", ledger.MINT, ledger.user_account(f"u{suffix}"), 10, "grant")

@@ -14,8 +14,7 @@ from core import ledger, schedules
 from core.queue import RESULTS_STREAM
 from core.security import new_api_token
 from core.settings import Settings
-from core.storage import Store, open_store
-from core.storage.base import ApiToken, Order, Result, User
+from core.storage import ApiToken, Order, Result, Store, User, open_store
 from result_server.app import ResultServer
 from tests.conftest import ThreadedServer, make_settings
 

@@ -1,7 +1,7 @@
 """The coin ledger on Cassandra: per-account logs appended by Paxos, transfers in two halves.
 
-See the module docstring of `core.storage.cassandra` for the scheme and why it keeps every
-invariant of the SQL ledger.
+See the docstring of the `core.storage.cassandra` package for the scheme and why it keeps every
+invariant of the SQL ledger. `CassandraLedgerMethods` is the Store's face of it.
 """
 
 import zlib
@@ -13,8 +13,8 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Session
 
 from core import ledger
 from core.errors import IdempotencyConflict, InsufficientFunds, InvalidInput
-from core.storage.base import Cursor, LedgerEntry, Transfer
-from core.storage.cassandra_schema import SERIAL, Statements, dt, us
+from core.storage.cassandra.schema import SERIAL, Statements, dt, us
+from core.storage.records import Cursor, LedgerEntry, Transfer
 
 PENDING_BUCKETS = 16
 STALE_PENDING_SECONDS = 60
@@ -246,3 +246,23 @@ class CassandraLedger:
 def _transfer(row: dict[str, Any]) -> Transfer:
     return Transfer(key=row["key"], from_account=row["from_account"], to_account=row["to_account"],
                     amount=row["amount"], kind=row["kind"], reference=row["reference"], created_at=dt(row["created_at"]))
+
+
+class CassandraLedgerMethods:
+    """The ledger methods of the Store protocol, answered by the store's `CassandraLedger`."""
+
+    ledger: CassandraLedger
+
+    def transfer(
+        self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None
+    ) -> Transfer:
+        return self.ledger.transfer(key, from_account, to_account, amount, kind, reference)
+
+    def get_transfer(self, key: str) -> Transfer | None:
+        return self.ledger.get_transfer(key)
+
+    def get_balance(self, account: str) -> int:
+        return self.ledger.get_balance(account)
+
+    def list_entries(self, account: str, limit: int, before: Cursor | None = None) -> list[LedgerEntry]:
+        return self.ledger.list_entries(account, limit, before)

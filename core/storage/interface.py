@@ -7,173 +7,35 @@ order together with its refund, accepting a TOTP step once — are single method
 backend can make them atomic in its own way (a transaction in SQL, lightweight transactions
 and a pending-transfer record in Cassandra).
 
-Records are plain (non-table) SQLModel models; backends copy them in and out. Datetimes are timezone-aware UTC.
+`Store` is the whole interface; it is composed of one Protocol per domain (accounts, ledger,
+orders, results, sync outbox), so a piece of code that needs only one domain can say so.
+Records (`core.storage.records`) are plain pydantic models; backends copy them in and out.
+Datetimes are timezone-aware UTC. The rules every backend applies the same way (what a
+delivered result settles, which repetitions a claim takes, what a cancel refunds) are
+written once, in `core.storage.rules`.
 """
 
-import hashlib
-import zlib
 from datetime import datetime
-from enum import StrEnum
 from typing import Protocol
 
-from sqlmodel import Field, SQLModel
-
-from core.schemas import OrderStatus, RepetitionState
-
-Cursor = tuple[datetime, str]
-"""Position in a newest-first listing: (created_at, id) of the last item already seen."""
-
-
-class User(SQLModel):
-    id: str
-    username: str
-    password_hash: str
-    totp_secret: str | None = None
-    totp_enabled: bool = False
-    totp_last_step: int = 0
-    created_at: datetime
+from core.schemas import OrderStatus
+from core.storage.records import (
+    ApiToken,
+    Claim,
+    Cursor,
+    LedgerEntry,
+    LoginSession,
+    Order,
+    Recorded,
+    Repetition,
+    Result,
+    Transfer,
+    User,
+)
 
 
-class LoginSession(SQLModel):
-    id: str
-    user_id: str
-    created_at: datetime
-    expires_at: datetime
-    revoked_at: datetime | None = None
-
-
-class ApiToken(SQLModel):
-    id: str
-    owner_id: str
-    name: str
-    secret_hash: str
-    scopes: list[str]
-    order_id: str | None = None
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-
-class Order(SQLModel):
-    id: str
-    owner_id: str
-    url: str
-    method: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None
-    schedule_kind: str
-    every_seconds: int | None = None
-    cron: str | None = None
-    timezone: str | None = None
-    start_at: datetime
-    max_runs: int
-    runs_claimed: int = 0
-    next_due_at: datetime | None = Field(default=None, description="Due time of repetition runs_claimed + 1.")
-    status: OrderStatus = OrderStatus.active
-    price_per_run: int
-    deployment_id: str | None = None
-    request_hash: str = Field(description="Fingerprint of the create request, to recognise an idempotent retry.")
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def cost(self) -> int:
-        return self.max_runs * self.price_per_run
-
-
-class Repetition(SQLModel):
-    key: str = Field(description='"{order_id}:{n}", the idempotency key of everything downstream.')
-    order_id: str
-    n: int
-    due_at: datetime
-    flow_run_id: str
-    state: RepetitionState = RepetitionState.queued
-    attempts: int = 0
-    created_at: datetime
-
-
-class Claim(SQLModel):
-    """What one dispatch run claimed of an order."""
-
-    order: Order
-    queued: list[Repetition] = Field(default_factory=list, description="To enqueue, in due order.")
-    refunded: list[Repetition] = Field(default_factory=list, description="Missed by more than the catch-up limit.")
-    replay: bool = Field(default=False, description="This flow run had claimed before; same repetitions again.")
-
-
-def job_key(order_id: str, n: int) -> str:
-    return f"{order_id}:{n}"
-
-
-class Result(SQLModel):
-    """What a miner delivered for one repetition. One per job key, written once."""
-
-    job_key: str
-    order_id: str
-    n: int
-    miner_id: str = Field(description="The user id of the volunteer who fetched it.")
-    fetched_at: datetime
-    status: int | None = Field(default=None, description="HTTP status; None when the fetch failed.")
-    final_url: str
-    headers: dict[str, str] = Field(default_factory=dict, description="Selected response headers.")
-    body_zlib: bytes = Field(default=b"", description="The body, zlib-compressed.")
-    body_size: int = Field(default=0, description="Length of the body before compression.")
-    truncated: bool = Field(default=False, description="The page was longer than the body cap.")
-    sha256: str = Field(description="Hex digest of the (uncompressed, capped) body.")
-    elapsed_ms: int = 0
-    error: str | None = Field(default=None, description="Why there is no page (core.schemas.FetchError).")
-    error_text: str | None = None
-    stored_at: datetime
-
-    @property
-    def body(self) -> bytes:
-        return zlib.decompress(self.body_zlib) if self.body_zlib else b""
-
-    @classmethod
-    def with_body(cls, body: bytes, cap: int, **fields: object) -> "Result":
-        """A result holding at most `cap` bytes of `body`, compressed; cutting marks it truncated."""
-        if len(body) > cap:
-            body, fields["truncated"] = body[:cap], True
-        return cls(body_zlib=zlib.compress(body, 6) if body else b"", body_size=len(body),
-                   sha256=hashlib.sha256(body).hexdigest(), **fields)  # type: ignore[arg-type]
-
-
-class ResultOutcome(StrEnum):
-    """What recording a delivered result did."""
-
-    paid = "paid"  # stored, repetition done, miner paid from the escrow
-    refunded = "refunded"  # stored (an error no miner can fix), repetition refunded to the customer
-    duplicate = "duplicate"  # a result for this job was stored before: nothing changed
-    closed = "closed"  # the repetition was refunded or failed already: nothing stored
-    unknown = "unknown"  # no such repetition: nothing stored
-
-
-class Transfer(SQLModel):
-    key: str
-    from_account: str
-    to_account: str
-    amount: int
-    kind: str
-    reference: str | None = None
-    created_at: datetime
-
-
-class LedgerEntry(SQLModel):
-    account: str
-    txn_key: str
-    delta: int
-    balance_after: int
-    kind: str
-    reference: str | None = None
-    created_at: datetime
-
-
-class Store(Protocol):
-    """Durable state of crawlcoin. Implementations must be safe to share between threads."""
-
-    def close(self) -> None: ...
-
-    def ping(self) -> None:
-        """Raise if the backend cannot be reached."""
+class AccountStore(Protocol):
+    """Users, their login sessions and their API tokens."""
 
     # users -------------------------------------------------------------------------------
     def create_user(self, user: User) -> None:
@@ -213,7 +75,10 @@ class Store(Protocol):
     def revoke_api_token(self, owner_id: str, token_id: str, at: datetime) -> bool:
         """Revoke the owner's token; False if the owner has no such token."""
 
-    # ledger ------------------------------------------------------------------------------
+
+class LedgerStore(Protocol):
+    """Coin balances, moved only by idempotent transfers between two accounts."""
+
     def transfer(
         self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None
     ) -> Transfer:
@@ -240,6 +105,10 @@ class Store(Protocol):
         completes pending transfers, order creations, claims, settlements and cancellations:
         each one is completed or, if it never took effect, removed. Safe to run at any time.
         """
+
+
+class OrderStore(Protocol):
+    """Orders, with their escrow, and the repetitions dispatch runs claim of them."""
 
     # orders ------------------------------------------------------------------------------
     def create_order(self, order: Order) -> tuple[Order, bool]:
@@ -297,8 +166,12 @@ class Store(Protocol):
     def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
         """Refund queued repetitions that will never run (idempotent); returns coins refunded."""
 
+
+class ResultStore(Protocol):
+    """What miners delivered, the pay it settles, and how far each result client has read."""
+
     # results ---------------------------------------------------------------------------------
-    def record_results(self, results: list[Result]) -> list[ResultOutcome]:
+    def record_results(self, results: list[Result]) -> list[Recorded]:
         """Record results delivered by miners, all in one atomic step (a batch is one round trip).
 
         For each result, once per job key: store it and settle its repetition. A result
@@ -306,11 +179,12 @@ class Store(Protocol):
         run from the escrow (ledger key `reward:{job}`); a result with an error (target
         refused, robots.txt disallows it, attempts exhausted) marks it refunded and returns
         the price to the customer (`refund:{job}`). A second delivery of the same job, or one
-        for a repetition already refunded or failed, changes nothing. Returns one outcome per
-        result, in order.
+        for a repetition already refunded or failed, changes nothing. Returns one `Recorded`
+        per result, in order: its outcome and the coins this call paid the miner for it (the
+        price per run when the outcome is `paid`, else 0).
         """
 
-    def record_result(self, result: Result) -> ResultOutcome:
+    def record_result(self, result: Result) -> Recorded:
         """`record_results` for one result."""
 
     def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
@@ -333,7 +207,10 @@ class Store(Protocol):
     def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
         """Move the cursor forward to `n`; never backwards."""
 
-    # Prefect sync queue --------------------------------------------------------------------
+
+class SyncOutbox(Protocol):
+    """Orders whose Prefect deployment must be brought in line with them (the Prefect sync queue)."""
+
     def request_sync(self, order_id: str, at: datetime) -> None:
         """Note that the order's Prefect deployment must be brought in line with the order.
 
@@ -345,3 +222,12 @@ class Store(Protocol):
 
     def finish_sync(self, order_id: str, requested_at: datetime) -> None:
         """Drop the request unless a newer one came in after `requested_at`."""
+
+
+class Store(AccountStore, LedgerStore, OrderStore, ResultStore, SyncOutbox, Protocol):
+    """Durable state of crawlcoin. Implementations must be safe to share between threads."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise if the backend cannot be reached."""
