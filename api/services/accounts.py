@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from api.login_throttle import LoginThrottle
 from core import ledger, security
 from core.errors import AuthenticationFailed, Conflict, PermissionDenied
 from core.schemas import (
@@ -20,7 +21,6 @@ from core.security import Passwords
 from core.settings import Settings
 from core.storage import Store
 from core.storage.base import LoginSession, User
-from core.throttle import LoginThrottle
 
 
 def user_out(user: User) -> UserOut:
