@@ -9,9 +9,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 from redis import Redis
 
-from core.scheduling import deployment_name
 from core.settings import Settings
 from core.storage import Store
+from flows.prefect_sync import deployment_name
 from tests.flows.conftest import released, wait_for
 from tests.helpers import interval_order
 
