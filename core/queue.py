@@ -26,6 +26,9 @@ RESULTS_STREAM = f"{PREFIX}:results"
 """Notices for result servers: a result was stored (job key, order id, n, outcome), or an order's
 repetitions were refunded or the order ended (order id, outcome). Each wakes that order's deliveries."""
 RESULTS_STREAM_MAXLEN = 100_000
+SYNC_WAKEUP = f"{PREFIX}:sync-wakeup"
+"""Pub/sub channel: an order change and its sync request are stored; every worker's sync loop
+wakes up and applies pending changes to Prefect now instead of at its next interval."""
 RELEASED_TTL_SECONDS = 7 * 24 * 3600
 
 
@@ -136,6 +139,11 @@ class JobQueue:
 
     async def queued_count(self) -> int:
         return int(await self.redis.zcard(DUE))
+
+
+async def wake_sync(redis: Redis) -> None:
+    """Wake the workers' sync loops (the change's sync request must already be in the store)."""
+    await redis.publish(SYNC_WAKEUP, b"1")
 
 
 async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:

@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from api.login_throttle import LoginThrottle
 from core import ledger, security
 from core.errors import AuthenticationFailed, Conflict, PermissionDenied
 from core.schemas import (
@@ -19,7 +20,6 @@ from core.schemas import (
 from core.security import Passwords
 from core.settings import Settings
 from core.storage import LoginSession, Store, User
-from core.throttle import LoginThrottle
 
 
 def user_out(user: User) -> UserOut:

@@ -4,10 +4,10 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 
+from api.order_rules import check_order
 from api.pagination import decode_cursor, encode_cursor
 from core import ledger, schedules
 from core.errors import Conflict, NotFound
-from core.orders import check_order
 from core.schemas import CancelOut, CronSchedule, IntervalSchedule, OrderCreate, OrderOut, OrderPage, OrderStatus
 from core.settings import Settings
 from core.storage import Order, Store, User

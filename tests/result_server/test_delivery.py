@@ -120,8 +120,8 @@ def test_a_live_client_ends_as_soon_as_its_order_is_cancelled(result_server, cus
     from redis.asyncio import Redis as AsyncRedis
 
     from core.queue import JobQueue
-    from core.scheduling import PrefectSync
     from flows.dispatch import dispatch_order
+    from flows.prefect_sync import PrefectSync
     from result_server import delivery
 
     monkeypatch.setattr(delivery, "SAFETY_POLL_SECONDS", 3600.0)  # only a notice can wake a delivery now

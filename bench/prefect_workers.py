@@ -11,7 +11,7 @@ flow; only the way runs are scheduled and executed differs.
 Prints repetitions claimed per second, CPU-seconds per repetition (worker tree + Prefect
 server), due → released lateness p50/p99 and how many active 60-s orders stayed on time.
 
-    python bench/dispatch.py [--orders 300] [--stock-runs 8] [--observe 120]
+    python bench/prefect_workers.py [--orders 300] [--stock-runs 8] [--observe 120]
 """
 
 import argparse
@@ -35,12 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.e2e import free_port, pct, stop_processes  # noqa: E402
-
+from cli.embedded import prefect_env, prefect_server  # noqa: E402
 from core import ledger, schedules  # noqa: E402
-from core.embedded import prefect_env, prefect_server  # noqa: E402
 from core.queue import JOBS_STREAM  # noqa: E402
-from core.scheduling import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 from core.storage import Order, User, open_store  # noqa: E402
+from flows.prefect_sync import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 
 
 

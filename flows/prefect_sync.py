@@ -3,10 +3,12 @@
 Every order change that Prefect must learn about (created, paused, resumed, cancelled,
 completed) writes a sync request into the store in the same transaction. `sync_pending`
 works through those requests under a Valkey lock, so only one process at a time writes to
-Prefect (Prefect on SQLite answers concurrent writes with 503s). It is called right after an
-API change (in the background: placing an order never waits on Prefect), after a dispatch
-completes an order, periodically by every crawlcoin worker and by the `reconcile` flow — so a
-Prefect outage only delays it. Each sync is idempotent: it makes Prefect match the order.
+Prefect (Prefect on SQLite answers concurrent writes with 503s). Every crawlcoin worker calls
+it when the API wakes it after a change (`core.queue.SYNC_WAKEUP`; placing an order never
+waits on Prefect) and at least every `sync_interval_seconds`; a dispatch that completes an
+order and the `reconcile` flow call it too — so a Prefect outage only delays it. Each sync is
+idempotent: it makes Prefect match the order. The store is synchronous: its calls run in a
+thread, off the event loop the worker's flow runs share.
 
 - active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that repeats
   every dispatch period. Its first run (`lead` seconds before the next due repetition, or now if
@@ -22,15 +24,15 @@ Prefect outage only delays it. Each sync is idempotent: it makes Prefect match t
   is deleted.
 """
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
 from prefect.client.schemas.schedules import RRuleSchedule
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Scheduled
 from redis.asyncio import Redis
@@ -42,12 +44,12 @@ from core.schemas import OrderStatus
 from core.settings import Settings
 from core.storage import Order, Store
 
-log = logging.getLogger("crawlcoin.scheduling")
+log = logging.getLogger("crawlcoin.prefect_sync")
 
 DISPATCH_FLOW = "dispatch"
 DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
 RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their entrypoints from here
 SYNC_LOCK = "crawlcoin:lock:prefect-sync"
 RETRY_SECONDS = 3
 LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
@@ -115,20 +117,21 @@ class PrefectSync:
                 # Look again once the last job is due; never earlier than a second from now, so
                 # the request this sync is finishing cannot swallow the new one.
                 again = max(datetime.fromtimestamp(last_due or 0, UTC), datetime.now(UTC)) + timedelta(seconds=1)
-                self.store.request_sync(order.id, again)
-            elif self.store.set_order_status(order.id, {OrderStatus.active}, OrderStatus.completed):
+                await asyncio.to_thread(self.store.request_sync, order.id, again)
+            elif await asyncio.to_thread(self.store.set_order_status, order.id, {OrderStatus.active},
+                                         OrderStatus.completed):
                 await self.queue.announce(order.id, OrderStatus.completed.value)
             return
         if order.status is OrderStatus.paused:
-            self.store.unclaim(order.id, await self.queue.withdraw(order.id))
+            await asyncio.to_thread(self.store.unclaim, order.id, await self.queue.withdraw(order.id))
         elif order.status is OrderStatus.cancelled:
-            self.store.refund_repetitions(order.id, await self.queue.withdraw(order.id))
+            await asyncio.to_thread(self.store.refund_repetitions, order.id, await self.queue.withdraw(order.id))
             await self.queue.announce(order.id, OrderStatus.cancelled.value)
         if order.status is OrderStatus.paused and order.deployment_id is not None:
             try:
                 await self.client.pause_deployment(order.deployment_id)
             except ObjectNotFound:
-                self.store.set_deployment_id(order.id, None)
+                await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
         elif order.status is not OrderStatus.paused:
             await self._drop_deployment(order)
 
@@ -139,7 +142,7 @@ class PrefectSync:
             await self.client.delete_deployment(UUID(order.deployment_id))
         except ObjectNotFound:
             pass
-        self.store.set_deployment_id(order.id, None)
+        await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
 
     async def _activate(self, order: Order) -> None:
         assert order.next_due_at is not None
@@ -159,7 +162,7 @@ class PrefectSync:
             description=f"Dispatches the repetitions of order {order.id} ({order.url}).",
         )
         if order.deployment_id != str(deployment_id):
-            self.store.set_deployment_id(order.id, str(deployment_id))
+            await asyncio.to_thread(self.store.set_deployment_id, order.id, str(deployment_id))
         else:
             await self.client.resume_deployment(deployment_id)
         first_run = max(first_run_at(self.settings, order.next_due_at), datetime.now(UTC))
@@ -177,24 +180,25 @@ class PrefectSync:
         done = failures = 0
         try:
             while True:
-                pending = self.store.pending_syncs(batch, datetime.now(UTC))
+                pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
                 if not pending:
                     return done
                 for order_id, requested_at in pending:
-                    order = self.store.get_order(order_id)
+                    order = await asyncio.to_thread(self.store.get_order, order_id)
                     try:
                         if order is not None:
                             await self.sync_order(order)
                     except Exception:
                         # Retry this order a little later; give up the pass if Prefect seems down.
-                        self.store.request_sync(order_id, datetime.now(UTC) + timedelta(seconds=RETRY_SECONDS))
+                        await asyncio.to_thread(self.store.request_sync, order_id,
+                                                datetime.now(UTC) + timedelta(seconds=RETRY_SECONDS))
                         failures += 1
                         if failures >= 3:
                             raise
                         log.warning("sync of order %s failed; retrying in %s s", order_id, RETRY_SECONDS,
                                     exc_info=True)
                         continue
-                    self.store.finish_sync(order_id, requested_at)
+                    await asyncio.to_thread(self.store.finish_sync, order_id, requested_at)
                     done += 1
                     await lock.extend(LOCK_SECONDS, replace_ttl=True)
         finally:
