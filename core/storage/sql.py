@@ -52,8 +52,8 @@ from core.storage.base import (
     User,
     job_key,
 )
+from core.storage.sql_migrate import migrate
 
-SCHEMA_VERSION = 1
 R = TypeVar("R")
 
 
@@ -80,6 +80,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class SchemaVersionRow(SQLModel, table=True):
+    """Read by crawlcoin from before migrations, which refuses the 2 written here (sql_migrations 0002)."""
+
     __tablename__ = "schema_version"
     id: int = Field(default=1, primary_key=True)
     version: int
@@ -239,7 +241,7 @@ class SqlStore:
             self._insert = postgresql.insert
         else:
             raise InvalidInput(f"unsupported SQL store URL scheme {parsed.drivername!r}")
-        self._migrate()
+        migrate(self._writer)
 
     def close(self) -> None:
         self._writer.dispose()
@@ -250,18 +252,6 @@ class SqlStore:
             s.exec(select(SchemaVersionRow)).first()
 
     # --- plumbing ----------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        SQLModel.metadata.create_all(self._writer)
-        with self._write() as s:
-            row = s.get(SchemaVersionRow, 1)
-            if row is None:
-                s.add(SchemaVersionRow(version=SCHEMA_VERSION))
-            elif row.version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"the store has schema version {row.version}, newer than this crawlcoin "
-                    f"({SCHEMA_VERSION}); upgrade crawlcoin"
-                )
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
