@@ -145,7 +145,7 @@ def upgrade() -> None:
     op.create_index("ix_results_order_n", "results", ["order_id", "n"], unique=True)
     schema_version = op.create_table(
         "schema_version",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.Integer(), nullable=False, autoincrement=False),  # INTEGER, not SERIAL
         sa.Column("version", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
