@@ -63,7 +63,8 @@ from core.storage.base import (
     job_key,
 )
 from core.storage.cassandra_ledger import STALE_PENDING_SECONDS, CasUnknown, CassandraLedger
-from core.storage.cassandra_schema import CassandraUrl, Statements, connect, create_schema, dt, opt_dt, opt_us, us
+from core.storage.cassandra_migrations import migrate
+from core.storage.cassandra_schema import CassandraUrl, Statements, connect, dt, opt_dt, opt_us, us
 
 JOB_BUCKET = 32
 """Jobs (repetitions with their results) of one order are stored 32 to a partition."""
@@ -110,7 +111,7 @@ class CassandraStore:
         self.url = CassandraUrl.parse(url)
         self._cluster, self._session = connect(self.url)
         try:
-            create_schema(self._session, self.url)
+            migrate(self._session, self.url)
         except Exception:
             self._cluster.shutdown()
             raise

@@ -26,21 +26,13 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
-from core.errors import ServiceUnavailable
+from core.storage.migration_errors import SchemaTooNew, UnrecognisedSchema
 
 SCRIPTS = Path(__file__).with_name("sql_migrations")
 LEGACY_REVISION = "0001"
 """The revision whose schema crawlcoin created before migrations (schema_version 1)."""
 LOCK_KEY = int.from_bytes(b"crawlmig", "big") >> 1
 """PostgreSQL advisory lock key (a positive bigint) serialising migrations of one database."""
-
-
-class SchemaTooNew(ServiceUnavailable):
-    """The store was migrated by a newer crawlcoin: this one does not know its schema."""
-
-
-class UnrecognisedSchema(ServiceUnavailable):
-    """The database holds tables crawlcoin cannot place in its migration history."""
 
 
 def migrate(engine: Engine) -> None:

@@ -12,15 +12,8 @@ from sqlalchemy import Engine, create_engine, text
 from sqlmodel import SQLModel
 
 from core.storage import open_store
-from core.storage.sql_migrate import SchemaTooNew, head
-from tests.conftest import fresh_postgres_db
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return fresh_postgres_db(request.getfixturevalue("postgres_admin_url"))
+from core.storage.migration_errors import SchemaTooNew
+from core.storage.sql_migrate import head
 
 
 @pytest.fixture

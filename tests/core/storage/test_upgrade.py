@@ -1,8 +1,9 @@
 """A store made and used by crawlcoin of commit 3a4523b (before migrations) is upgraded with nothing lost.
 
 The old code really runs: its tree is extracted with `git archive` and `old_code/fill_store.py` runs
-in a subprocess with that tree first on sys.path. Then this code opens the same database, which
-migrates it, and every balance, order, result, token and cursor must be there and keep working.
+in a subprocess with that tree first on sys.path. Then this code opens the same database (SQLite,
+PostgreSQL) or keyspace (Cassandra), which migrates it, and every balance, order, result, token and
+cursor must be there and keep working.
 """
 
 import hashlib
@@ -25,8 +26,11 @@ from core import ledger, schedules
 from core.errors import Conflict, InsufficientFunds
 from core.storage import Store, open_store
 from core.storage.base import Order, Result, User
+from core.storage.cassandra_migrations import LEGACY_OWNER
+from core.storage.cassandra_migrations import head as cassandra_head
 from core.storage.sql_migrate import LEGACY_REVISION, alembic_config, head
 from tests.conftest import fresh_postgres_db
+from tests.core.storage.test_cassandra_migrations import cql
 
 OLD_COMMIT = "3a4523b"
 REPO = Path(__file__).resolve().parents[3]
@@ -60,13 +64,6 @@ def fill_with_old_code(old_tree: Path, url: str) -> dict[str, Any]:
     state = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(state["core_file"]).is_relative_to(old_tree), state["core_file"]
     return state
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return fresh_postgres_db(request.getfixturevalue("postgres_admin_url"))
 
 
 @pytest.fixture
@@ -144,6 +141,22 @@ def test_the_old_code_refuses_a_migrated_store(upgraded: tuple[Store, dict[str, 
                                                sql_url: str) -> None:
     refused = run_old(old_tree, "-c", "import sys; from core.storage import open_store; open_store(sys.argv[1])",
                       sql_url)
+    assert refused.returncode != 0
+    assert "the store has schema version 2, newer than this crawlcoin (1); upgrade crawlcoin" in refused.stderr
+
+
+def test_an_old_cassandra_keyspace_is_recognised_with_everything_in_it(old_tree: Path, new_keyspace_url: str) -> None:
+    state = fill_with_old_code(old_tree, new_keyspace_url)
+    store = open_store(new_keyspace_url)  # this code: recognises version 1, applies the later steps
+    try:
+        check_everything_is_there(store, state)
+        check_the_store_still_works(store)
+    finally:
+        store.close()
+    versions = cql(new_keyspace_url, "SELECT version, owner FROM schema_migrations")
+    assert versions[0] == (1, LEGACY_OWNER) and [v for v, _ in versions] == list(range(1, cassandra_head() + 1))
+    refused = run_old(old_tree, "-c", "import sys; from core.storage import open_store; open_store(sys.argv[1])",
+                      new_keyspace_url)
     assert refused.returncode != 0
     assert "the store has schema version 2, newer than this crawlcoin (1); upgrade crawlcoin" in refused.stderr
 
