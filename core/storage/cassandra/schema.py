@@ -1,4 +1,4 @@
-"""Cassandra store plumbing: the store URL, the session, the keyspace and its tables.
+"""Cassandra store plumbing: the store URL, the session, prepared statements (tables: see `migrations`).
 
 `cassandra://[user:password@]host1,host2[:port]/keyspace[?replication=…&local_dc=…]`
 
@@ -34,39 +34,9 @@ try:  # libev is the fast reactor; asyncio is the fallback (asyncore is gone fro
 except ImportError:  # pragma: no cover - depends on how the driver was built
     from cassandra.io.asyncioreactor import AsyncioConnection as _Connection  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
 _TABLE = re.compile(r"\b(FROM|INTO|UPDATE)\s+(\w+)\b(?!\.)")
 SERIAL = "serial"
 """Execution profile of linearizable reads (LOCAL_SERIAL): they also finish any in-flight Paxos round."""
-
-TABLES = [
-    """schema_version (id int PRIMARY KEY, version int)""",
-    """users (id text PRIMARY KEY, username text, password_hash text, totp_secret text, totp_enabled boolean,
-              totp_last_step bigint, created_at bigint)""",
-    """usernames (username text PRIMARY KEY, user_id text)""",
-    """login_sessions (id text PRIMARY KEY, user_id text, created_at bigint, expires_at bigint, revoked_at bigint)""",
-    """api_tokens (id text PRIMARY KEY, owner_id text, name text, secret_hash text, scopes list<text>,
-                   order_id text, created_at bigint, revoked_at bigint)""",
-    """api_tokens_by_owner (owner_id text, created_at bigint, id text, PRIMARY KEY (owner_id, created_at, id))
-       WITH CLUSTERING ORDER BY (created_at DESC, id DESC)""",
-    """transfers (key text PRIMARY KEY, from_account text, to_account text, amount bigint, kind text,
-                  reference text, created_at bigint, state text, src_seq0 bigint, dst_seq0 bigint)""",
-    """account_log (account text, seq bigint, txn_key text, delta bigint, balance_after bigint, kind text,
-                    reference text, created_at bigint, PRIMARY KEY (account, seq))
-       WITH CLUSTERING ORDER BY (seq DESC)""",
-    """pending_ops (bucket int, key text, created_at bigint, PRIMARY KEY (bucket, key))""",
-    """orders (id text PRIMARY KEY, owner_id text, spec text, phase text, status text, runs_claimed int,
-               next_due_at bigint, deployment_id text, updated_at bigint,
-               claim_run text, claim_first int, claim_due bigint, claim_missed int)""",
-    """orders_by_owner (owner_id text, created_at bigint, id text, PRIMARY KEY (owner_id, created_at, id))
-       WITH CLUSTERING ORDER BY (created_at DESC, id DESC)""",
-    """jobs (order_id text, bucket int, n int, flow_run_id text, due_at bigint, state text, attempts int,
-             created_at bigint, result text, body blob, PRIMARY KEY ((order_id, bucket), n))""",
-    """dispatch_claims (flow_run_id text PRIMARY KEY, order_id text, first_n int, last_n int, created_at bigint)""",
-    """delivery_cursors (token_id text, order_id text, last_n int, PRIMARY KEY ((token_id, order_id)))""",
-    """sync_requests (bucket int, order_id text, requested_at bigint, PRIMARY KEY (bucket, order_id))""",
-]
-
 
 def us(moment: datetime) -> int:
     if moment.tzinfo is None:
@@ -170,25 +140,6 @@ def connect(url: CassandraUrl) -> tuple[Cluster, Session]:
     except Exception:
         cluster.shutdown()
         raise
-
-
-def create_schema(session: Session, url: CassandraUrl) -> None:
-    """Create the keyspace and tables if missing (idempotent) and check the schema version."""
-    options = ", ".join(f"'{k}': '{v}'" for k, v in url.replication.items())
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {url.keyspace} WITH replication = {{{options}}}")
-    row = None
-    try:
-        row = session.execute(f"SELECT version FROM {url.keyspace}.schema_version WHERE id = 1").one()
-    except Exception:  # the keyspace is new: no table yet
-        row = None
-    if row is not None and row["version"] == SCHEMA_VERSION:
-        return
-    if row is not None and row["version"] > SCHEMA_VERSION:
-        raise RuntimeError(f"the store has schema version {row['version']}, newer than this crawlcoin "
-                           f"({SCHEMA_VERSION}); upgrade crawlcoin")
-    for table in TABLES:
-        session.execute(f"CREATE TABLE IF NOT EXISTS {url.keyspace}.{table}")
-    session.execute(f"INSERT INTO {url.keyspace}.schema_version (id, version) VALUES (1, %s)", (SCHEMA_VERSION,))
 
 
 class Statements:

@@ -1,6 +1,6 @@
 """Cassandra plumbing shared by every part of the store: the session, LWT helpers, row decoding.
 
-`CassandraBase` connects (and creates the schema, see `schema`), holds the ledger (whose
+`CassandraBase` connects (and migrates the schema, see `migrations`), holds the ledger (whose
 Paxos helpers every part uses) and the reads by key that several domains share.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 from core.schemas import RepetitionState
 from core.storage import rules
 from core.storage.cassandra.ledger import CassandraLedger, CasUnknown
-from core.storage.cassandra.schema import CassandraUrl, Statements, connect, create_schema, dt, opt_dt
+from core.storage.cassandra.migrations import migrate
+from core.storage.cassandra.schema import CassandraUrl, Statements, connect, dt, opt_dt
 from core.storage.records import Order, Repetition, Result, job_key
 
 JOB_BUCKET = 32
@@ -61,7 +62,7 @@ class CassandraBase:
         self.url = CassandraUrl.parse(url)
         self._cluster, self._session = connect(self.url)
         try:
-            create_schema(self._session, self.url)
+            migrate(self._session, self.url)
         except Exception:
             self._cluster.shutdown()
             raise

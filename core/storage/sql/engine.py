@@ -22,24 +22,10 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from core.errors import InvalidInput
+from core.storage.sql.migrate import migrate
 from core.storage.sql.tables import SchemaVersionRow
 
-SCHEMA_VERSION = 1
 R = TypeVar("R")
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the tables of a new store and check that an existing one is not newer than this code."""
-    SQLModel.metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as s, s.begin():
-        row = s.get(SchemaVersionRow, 1)
-        if row is None:
-            s.add(SchemaVersionRow(version=SCHEMA_VERSION))
-        elif row.version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the store has schema version {row.version}, newer than this crawlcoin "
-                f"({SCHEMA_VERSION}); upgrade crawlcoin"
-            )
 
 
 def _sqlite_engine(url: str, immediate: bool) -> Engine:
@@ -90,7 +76,7 @@ class SqlBase:
             self._insert = postgresql.insert
         else:
             raise InvalidInput(f"unsupported SQL store URL scheme {parsed.drivername!r}")
-        create_schema(self._writer)
+        migrate(self._writer)
 
     def close(self) -> None:
         self._writer.dispose()
