@@ -36,7 +36,7 @@ from core.security import new_api_token  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import open_store  # noqa: E402
 from core.storage.base import ApiToken, Order, Result, User  # noqa: E402
-from result_server.app import ResultServer  # noqa: E402
+from results.server.app import ResultServer  # noqa: E402
 
 
 

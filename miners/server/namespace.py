@@ -26,7 +26,7 @@ from core.settings import Settings
 from core.storage import Store
 from core.storage.base import Result
 from core.tokens import authenticate_api_token
-from miners.server.dispatch import Dispatcher, MinerConn
+from miners.server.handout import Handout, MinerConn
 from miners.server.writer import ResultWriter
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,13 @@ def _first_error(e: ValidationError) -> str:
 
 
 class MinerNamespace(socketio.AsyncNamespace):
-    def __init__(self, settings: Settings, store: Store, server_id: str, dispatcher: Dispatcher,
+    def __init__(self, settings: Settings, store: Store, server_id: str, handout: Handout,
                  writer: ResultWriter) -> None:
         super().__init__(NAMESPACE)
         self.settings = settings
         self.store = store
         self.server_id = server_id
-        self.dispatcher = dispatcher
+        self.handout = handout
         self.writer = writer
         self.connections: dict[str, Connection] = {}
 
@@ -93,7 +93,7 @@ class MinerNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.connections.pop(sid, None)
-        self.dispatcher.remove_miner(sid)
+        self.handout.remove_miner(sid)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
@@ -147,24 +147,24 @@ class MinerNamespace(socketio.AsyncNamespace):
                           max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
                           blocked=blocked)
         conn.announced = True
-        self.dispatcher.add_miner(miner)
+        self.handout.add_miner(miner)
         return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
                        max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds).model_dump()
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
-        return {"ok": True, "in_flight": self.dispatcher.drain(sid)}
+        return {"ok": True, "in_flight": self.handout.drain(sid)}
 
     async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
-        miner = self.dispatcher.miners.get(sid)
+        miner = self.handout.miners.get(sid)
         if miner is None:
             raise _Refused("send hello before results")
         if isinstance(data, dict) and isinstance(data.get("body"), bytes | bytearray):
             size = len(data["body"])
             if size > miner.max_body_bytes:
                 key = data.get("key")
-                lease = self.dispatcher.lease_of(sid, key) if isinstance(key, str) else None
+                lease = self.handout.lease_of(sid, key) if isinstance(key, str) else None
                 if lease is not None:  # the job goes to another miner
-                    self.dispatcher.end_lease(lease)
+                    self.handout.end_lease(lease)
                     self.writer.attempt_failed(lease.held, "the result was too large")
                 raise _Refused(f"result body of {size} bytes exceeds this connection's cap of "
                                f"{miner.max_body_bytes} bytes; truncate it and set truncated")
@@ -174,7 +174,7 @@ class MinerNamespace(socketio.AsyncNamespace):
             raise _Refused(f"malformed result: {_first_error(e)}") from None
         if mined.error is None and mined.status is None:
             raise _Refused("malformed result: a result without an error needs a status")
-        lease = self.dispatcher.lease_of(sid, mined.key)
+        lease = self.handout.lease_of(sid, mined.key)
         if lease is None:
             raise _Refused(f"job {mined.key[:100]!r} is not leased to this connection")
         # The slot stays taken until the result is written: miners cannot outrun the store.
@@ -195,7 +195,7 @@ class MinerNamespace(socketio.AsyncNamespace):
                 ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
                                                        last=result, avoid=sid)
         finally:
-            self.dispatcher.end_lease(lease)
+            self.handout.end_lease(lease)
         return ack.model_dump()
 
 

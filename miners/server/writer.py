@@ -15,7 +15,7 @@ from core.schemas import RepetitionState, ResultAck
 from core.settings import Settings
 from core.storage import Store
 from core.storage.base import Repetition, Result, ResultOutcome
-from miners.server.dispatch import Dispatcher, Held
+from miners.server.handout import Handout, Held
 from miners.server.stream import JobStream
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,11 @@ class _Attempt:
 
 
 class ResultWriter:
-    def __init__(self, settings: Settings, store: Store, stream: JobStream, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, store: Store, stream: JobStream, handout: Handout) -> None:
         self.settings = settings
         self.store = store
         self.stream = stream
-        self.dispatcher = dispatcher
+        self.handout = handout
         self._queue: asyncio.Queue[_Record | _Attempt] = asyncio.Queue()
         self._prices: dict[str, int] = {}
 
@@ -76,7 +76,7 @@ class ResultWriter:
             except Exception:
                 log.exception("could not write a batch of %d finished jobs", len(batch))
                 for item in batch:  # left pending in the stream: taken over after the lease
-                    self.dispatcher.release(item.held.entry.id)
+                    self.handout.release(item.held.entry.id)
                     if item.done is not None and not item.done.done():
                         item.done.set_result(ResultAck(ok=False, error=_NOT_STORED))
 
@@ -91,7 +91,7 @@ class ResultWriter:
         for rec, (outcome, price) in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("could not store the result of %s: %s", rec.held.job.key, outcome)
-                self.dispatcher.release(rec.held.entry.id)
+                self.handout.release(rec.held.entry.id)
                 answers.append((rec.done, ResultAck(ok=False, error=_NOT_STORED)))
                 continue
             acked.append(rec.held.entry.id)
@@ -102,10 +102,10 @@ class ResultWriter:
         for att, rep in zip(attempts, states, strict=True):
             if isinstance(rep, BaseException):
                 log.error("could not count a failed attempt at %s: %s", att.held.job.key, rep)
-                self.dispatcher.put_back(att.held, att.avoid)
+                self.handout.put_back(att.held, att.avoid)
                 answers.append((att.done, ResultAck(ok=True, outcome="retry")))
             elif rep is not None and rep.state in _OPEN:
-                self.dispatcher.put_back(att.held, att.avoid)
+                self.handout.put_back(att.held, att.avoid)
                 answers.append((att.done, ResultAck(ok=True, outcome="retry")))
             else:
                 acked.append(att.held.entry.id)
@@ -117,7 +117,7 @@ class ResultWriter:
                     log.info("%s failed after %d attempts (%s)", att.held.job.key, rep.attempts, att.why)
         await self.stream.finish(acked, notices)
         for entry_id in acked:
-            self.dispatcher.release(entry_id)
+            self.handout.release(entry_id)
         for done, ack in answers:
             if done is not None and not done.done():
                 done.set_result(ack)

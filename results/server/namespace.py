@@ -13,7 +13,7 @@ from core.schemas import ResultMessage, Scope, Subscribe
 from core.storage import Store
 from core.storage.base import ApiToken
 from core.tokens import authenticate_api_token
-from result_server.delivery import OrderDelivery
+from results.server.delivery import OrderDelivery
 
 log = logging.getLogger("crawlcoin.results")
 NAMESPACE = "/results"

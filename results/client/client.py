@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
 from core.schemas import ResultMessage
-from result_client.files import ResultFiles
+from results.client.files import ResultFiles
 
 log = logging.getLogger("crawlcoin.results")
 NAMESPACE = "/results"

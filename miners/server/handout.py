@@ -1,6 +1,6 @@
 """Handing jobs to connected miners: who may take what, leases, and what happens when one ends.
 
-One `Dispatcher` per server process. It reads only as many stream entries as its miners have
+One `Handout` per server process. It reads only as many stream entries as its miners have
 free slots, gives each job to a miner whose announced policy accepts it once the job's domain
 has budget, and holds a lease per job. A lease ends in one of three ways: the miner returns a
 result (see `ResultWriter`), the miner disconnects (the job goes back at once), or the lease
@@ -84,7 +84,7 @@ class MinerConn:
         return held.job.method in self.policy.methods and not domain_blocked(held.host, self.blocked)
 
 
-class Dispatcher:
+class Handout:
     def __init__(self, settings: Settings, stream: JobStream, send: Send, fail: Fail) -> None:
         self.settings = settings
         self.stream = stream
@@ -172,7 +172,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("dispatch loop error; retrying in 1 s")
+                log.exception("hand-out loop error; retrying in 1 s")
                 await asyncio.sleep(1)
 
     async def _sleep(self, stopping: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from core.queue import RESULTS_STREAM
 from core.settings import Settings
 from core.storage import Store, open_store
-from result_server.namespace import ResultNamespace, Wakeups
+from results.server.namespace import ResultNamespace, Wakeups
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024

@@ -16,7 +16,7 @@ from core.security import new_api_token
 from core.settings import Settings
 from core.storage import Store, open_store
 from core.storage.base import ApiToken, Order, Result, User
-from result_server.app import ResultServer
+from results.server.app import ResultServer
 from tests.conftest import ThreadedServer, make_settings
 
 
