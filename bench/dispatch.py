@@ -38,7 +38,7 @@ from bench.e2e import free_port, pct, stop_processes  # noqa: E402
 
 from core import ledger, schedules  # noqa: E402
 from core.embedded import prefect_env, prefect_server  # noqa: E402
-from core.queue import JOBS_STREAM  # noqa: E402
+from core.protocol.jobs import JOBS_STREAM  # noqa: E402
 from core.scheduling import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 from core.storage import open_store  # noqa: E402
 from core.storage.base import Order, User  # noqa: E402

@@ -10,7 +10,8 @@ from core import schedules
 from core.errors import NotFound
 from core.queue import JobQueue
 from core.scheduling import PrefectSync, prefect_client
-from core.schemas import Job, OrderStatus, RepetitionState
+from core.protocol.jobs import Job
+from core.schemas import OrderStatus, RepetitionState
 from core.settings import Settings
 from core.storage import Store, open_store
 

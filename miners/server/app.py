@@ -14,10 +14,11 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
+from core.protocol.mining import NAMESPACE
 from core.settings import Settings
 from core.storage import Store, open_store
 from miners.server.handout import Handout, Held
-from miners.server.namespace import NAMESPACE, MinerNamespace
+from miners.server.namespace import MinerNamespace
 from miners.server.stream import JobStream
 from miners.server.writer import ResultWriter
 

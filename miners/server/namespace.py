@@ -1,10 +1,7 @@
-"""The `/mine` Socket.IO namespace: what a miner may say and how each message is checked.
+"""The mining server's side of the `/mine` namespace (`core.protocol.mining`): how each message is checked.
 
-Miner → server: `hello` (its policy; answered with the `Welcome` terms), `result` (for a job
-it holds; answered with a `ResultAck`), `drain` (send me nothing new; I am stopping).
-Server → miner: `job` (a `JobOffer`), `revoke` (a lease ended), `problem` (what was wrong
-with the last message). Anything else, anything malformed and anything about a job the
-connection does not hold is answered with an error and counted; a connection that keeps
+An event a miner does not send, anything malformed and anything about a job the connection
+does not hold is answered with an error and counted; a connection that keeps
 sending such messages, or more messages than any honest miner would, is dropped. Nothing it
 sent is stored and no coin moves.
 """
@@ -21,7 +18,19 @@ from pydantic import ValidationError
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
 from core.errors import CrawlcoinError
-from core.schemas import FetchError, MinedResult, MinerPolicy, ResultAck, Scope, Welcome
+from core.protocol.mining import (
+    NAMESPACE,
+    Drained,
+    FetchError,
+    MinedResult,
+    MinerEvent,
+    MinerPolicy,
+    Problem,
+    ResultAck,
+    ServerEvent,
+    Welcome,
+)
+from core.schemas import Scope
 from core.settings import Settings
 from core.storage import Store
 from core.storage.base import Result
@@ -31,7 +40,6 @@ from miners.server.writer import ResultWriter
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/mine"
 # Errors no other miner could avoid: the result settles the job (and refunds it).
 SETTLING_ERRORS = frozenset({FetchError.refused_target, FetchError.robots_disallowed, FetchError.invalid_url,
                              FetchError.invalid_request, FetchError.too_many_redirects})
@@ -105,10 +113,11 @@ class MinerNamespace(socketio.AsyncNamespace):
         if not conn.take():
             await self._drop(sid, "too many messages; disconnecting")
             return None
-        handler = {"hello": self._hello, "result": self._result, "drain": self._drain}.get(event)
+        handler = {MinerEvent.hello: self._hello, MinerEvent.result: self._result,
+                   MinerEvent.drain: self._drain}.get(event)
         try:
             if handler is None:
-                raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends hello, result and drain")
+                raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends {_KNOWN_EVENTS}")
             if len(args) != 2:
                 raise _Refused(f"{event} takes exactly one argument")
             answer = await handler(sid, conn, args[1])
@@ -124,12 +133,12 @@ class MinerNamespace(socketio.AsyncNamespace):
         if conn.strikes >= MAX_STRIKES:
             await self._drop(sid, f"{message} (too many invalid messages; disconnecting)")
         else:
-            await self.emit("problem", {"message": message}, to=sid)
+            await self.emit(ServerEvent.problem, Problem(message=message).payload(), to=sid)
         return ResultAck(ok=False, error=message).model_dump()
 
     async def _drop(self, sid: str, message: str) -> None:
         log.warning("dropping miner connection %s: %s", sid, message)
-        await self.emit("problem", {"message": message, "fatal": True}, to=sid)
+        await self.emit(ServerEvent.problem, Problem(message=message, fatal=True).payload(), to=sid)
         await self.disconnect(sid)
 
     # --- events -------------------------------------------------------------------------------
@@ -152,7 +161,7 @@ class MinerNamespace(socketio.AsyncNamespace):
                        max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds).model_dump()
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
-        return {"ok": True, "in_flight": self.handout.drain(sid)}
+        return Drained(in_flight=self.handout.drain(sid)).model_dump()
 
     async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
         miner = self.handout.miners.get(sid)
@@ -197,6 +206,10 @@ class MinerNamespace(socketio.AsyncNamespace):
         finally:
             self.handout.end_lease(lease)
         return ack.model_dump()
+
+
+*_FIRST, _LAST = MinerEvent
+_KNOWN_EVENTS = f"{', '.join(_FIRST)} and {_LAST}"  # "hello, result and drain"
 
 
 class _Refused(Exception):

@@ -11,7 +11,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from core.schemas import RepetitionState, ResultAck
+from core.protocol.mining import ResultAck
+from core.protocol.notices import ResultNotice
+from core.schemas import RepetitionState
 from core.settings import Settings
 from core.storage import Store
 from core.storage.base import Repetition, Result, ResultOutcome
@@ -86,7 +88,7 @@ class ResultWriter:
         outcomes = await asyncio.to_thread(self._store_records, records)
         states = await asyncio.to_thread(self._store_attempts, attempts)
         acked: list[str] = []
-        notices: list[dict[str, str]] = []
+        notices: list[ResultNotice] = []
         answers: list[tuple[asyncio.Future[ResultAck] | None, ResultAck]] = []
         for rec, (outcome, price) in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException):
@@ -160,5 +162,5 @@ class ResultWriter:
 _NOT_STORED = "the server could not store this result; the job will be fetched again"
 
 
-def _notice(result: Result, outcome: str) -> dict[str, str]:
-    return {"key": result.job_key, "order_id": result.order_id, "n": str(result.n), "outcome": outcome}
+def _notice(result: Result, outcome: str) -> ResultNotice:
+    return ResultNotice(key=result.job_key, order_id=result.order_id, n=result.n, outcome=outcome)
