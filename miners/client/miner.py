@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import socketio
 from pydantic import ValidationError
 
@@ -129,8 +130,8 @@ class Miner:
         self.stats.state = f"stopping: finishing {len(self._tasks)} job(s) in flight"
         try:
             await self.sio.call(MinerEvent.drain, {}, namespace=NAMESPACE, timeout=10)
-        except Exception:  # the server may be gone: then in-flight results cannot be delivered anyway
-            pass
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+            pass  # the server is gone or stuck: then in-flight results cannot be delivered anyway
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=self.fetch_policy.total_timeout + 15)
         await self._close()
@@ -138,8 +139,10 @@ class Miner:
     async def _close(self) -> None:
         try:
             await self.sio.disconnect()
+        except (OSError, aiohttp.ClientError):
+            pass  # the transport died under us: there is nothing left to close
         except Exception:
-            pass
+            log.warning("could not close the connection to the mining server cleanly", exc_info=True)
 
     async def _abandon_jobs(self) -> None:
         tasks = list(self._tasks.values())
