@@ -80,7 +80,7 @@ class MiningServer:
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

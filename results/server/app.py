@@ -52,7 +52,7 @@ class ResultServer:
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
     async def _listen(self) -> None:
         assert self.redis is not None
