@@ -199,6 +199,8 @@ class _Identified(BaseModel):
 
 
 class OrderOut(RequestSpec, _Identified):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # the API always sends them all
+
     schedule: IntervalSchedule | CronSchedule
     start_at: datetime
     max_runs: int
