@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.e2e import free_port, pct, stop_processes  # noqa: E402
 from cli.embedded import prefect_env, prefect_server  # noqa: E402
 from core import ledger, schedules  # noqa: E402
-from core.queue import JOBS_STREAM  # noqa: E402
+from core.protocol.jobs import JOBS_STREAM  # noqa: E402
 from core.storage import Order, User, open_store  # noqa: E402
 from flows.prefect_sync import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 

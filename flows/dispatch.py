@@ -9,7 +9,8 @@ from prefect import flow, runtime
 from core import schedules
 from core.errors import NotFound
 from core.queue import JobQueue
-from core.schemas import Job, OrderStatus, RepetitionState
+from core.protocol.jobs import Job
+from core.schemas import OrderStatus, RepetitionState
 from core.settings import Settings
 from core.storage import Store
 from flows.context import FlowContext, open_flow_context

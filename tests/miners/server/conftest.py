@@ -26,8 +26,8 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from core import ledger, schedules, security
-from core.queue import JOBS_STREAM, JobQueue
-from core.schemas import Job
+from core.protocol.jobs import JOBS_STREAM, Job
+from core.queue import JobQueue
 from core.settings import Settings
 from core.storage import ApiToken, Order, Store, User, open_store
 from miners.server.app import MiningServer

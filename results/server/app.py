@@ -1,9 +1,9 @@
 """The result server as an ASGI app: Socket.IO (websocket transport only) plus `/health`.
 
-Mining servers announce every stored result on the notification stream; each result server
-reads it (every server reads every notice: they are tiny) and wakes the deliveries of that
-order it holds. The store is the source of every result, so a result server keeps no state a
-restart could lose: the client resumes from its cursor on any server.
+Mining servers announce every stored result on the result-notice stream (`core.protocol.notices`);
+each result server reads it (every server reads every notice: they are tiny) and wakes the
+deliveries of that order it holds. The store is the source of every result, so a result server
+keeps no state a restart could lose: the client resumes from its cursor on any server.
 """
 
 import asyncio
@@ -14,10 +14,10 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
-from core.queue import RESULTS_STREAM
+from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.settings import Settings
 from core.storage import Store, open_store
-from result_server.namespace import ResultNamespace, Wakeups
+from results.server.namespace import ResultNamespace, Wakeups
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
@@ -52,14 +52,14 @@ class ResultServer:
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
     async def _listen(self) -> None:
         assert self.redis is not None
         last = "$"
         while not self._stopping.is_set():
             try:
-                reply = await self.redis.xread({RESULTS_STREAM: last}, block=2000, count=1000)
+                reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
             except Exception:  # Valkey restarting: deliveries fall back to polling meanwhile
                 log.warning("notification stream unavailable; retrying", exc_info=True)
                 await asyncio.sleep(1)
@@ -67,9 +67,9 @@ class ResultServer:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    order_id = fields.get(b"order_id")
-                    if order_id:
-                        self.wakeups.wake(order_id.decode())
+                    notice = ResultNotice.decode(fields)
+                    if notice is not None:
+                        self.wakeups.wake(notice.order_id)
 
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 
 from anyio import to_thread
 
-from core.schemas import OrderStatus, RepetitionState, ResultMessage
+from core.protocol.results import ResultMessage
+from core.schemas import OrderStatus, RepetitionState
 from core.storage import Result, Store
 
 log = logging.getLogger("crawlcoin.results")

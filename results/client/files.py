@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.schemas import ResultMessage
+from core.protocol.results import ResultMessage
 
 _EXTENSIONS = {"text/html": ".html", "application/json": ".json", "text/plain": ".txt", "application/xml": ".xml",
                "text/xml": ".xml", "text/csv": ".csv", "application/pdf": ".pdf"}

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from result_client.client import Progress, ResultClient
+from results.client.client import Progress, ResultClient
 
 console = Console()
 

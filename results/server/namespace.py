@@ -1,4 +1,5 @@
-"""The `/results` Socket.IO namespace: result clients subscribe to their orders' results."""
+"""The result server's side of the `/results` namespace (`core.protocol.results`): result clients
+subscribe to their orders' results."""
 
 import asyncio
 import logging
@@ -9,13 +10,13 @@ from anyio import to_thread
 from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
-from core.schemas import ResultMessage, Scope, Subscribe
+from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ResultMessage, ServerEvent, Subscribe, encode_result
+from core.schemas import Scope
 from core.storage import ApiToken, Store
 from core.tokens import authenticate_api_token
-from result_server.delivery import OrderDelivery
+from results.server.delivery import OrderDelivery
 
 log = logging.getLogger("crawlcoin.results")
-NAMESPACE = "/results"
 
 
 class Wakeups:
@@ -62,7 +63,12 @@ class ResultNamespace(socketio.AsyncNamespace):
         for task in self.tasks.pop(sid, {}).values():
             task.cancel()
 
-    async def on_subscribe(self, sid: str, data: Any) -> dict[str, Any]:
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == ClientEvent.subscribe:
+            return await self._subscribe(*args)
+        return await super().trigger_event(event, *args)  # connect, disconnect
+
+    async def _subscribe(self, sid: str, data: Any) -> dict[str, Any]:
         try:
             sub = Subscribe.model_validate(data)
         except ValidationError as e:
@@ -88,12 +94,12 @@ class ResultNamespace(socketio.AsyncNamespace):
 
     async def _deliver(self, sid: str, token: ApiToken, order_id: str, after: int) -> None:
         async def send(msg: ResultMessage, body: bytes) -> bool:
-            ack = await self.call("result", {"result": msg.model_dump(mode="json"), "body": body}, to=sid,
-                                  timeout=120)
+            ack = await self.call(ServerEvent.result, encode_result(msg, body), to=sid, timeout=120)
             return isinstance(ack, dict) and ack.get("ok") is True
 
         async def caught_up(cursor: int, finished: bool) -> None:
-            await self.emit("caught_up", {"order_id": order_id, "cursor": cursor, "finished": finished}, to=sid)
+            caught = CaughtUp(order_id=order_id, cursor=cursor, finished=finished)
+            await self.emit(ServerEvent.caught_up, caught.model_dump(), to=sid)
 
         wake = self.wakeups.register(order_id)
         try:

@@ -122,7 +122,7 @@ def test_a_live_client_ends_as_soon_as_its_order_is_cancelled(result_server, cus
     from core.queue import JobQueue
     from flows.dispatch import dispatch_order
     from flows.prefect_sync import PrefectSync
-    from result_server import delivery
+    from results.server import delivery
 
     monkeypatch.setattr(delivery, "SAFETY_POLL_SECONDS", 3600.0)  # only a notice can wake a delivery now
     order = customer.new_order(runs=5, every=60)

@@ -10,11 +10,10 @@ import socketio
 from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
-from core.schemas import ResultMessage
-from result_client.files import ResultFiles
+from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ServerEvent, Subscribe, decode_result
+from results.client.files import ResultFiles
 
 log = logging.getLogger("crawlcoin.results")
-NAMESPACE = "/results"
 
 
 @dataclass
@@ -40,8 +39,8 @@ class ResultClient:
         self._lock = asyncio.Lock()
         self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30)
         self.sio.on("connect", self._subscribe, namespace=NAMESPACE)
-        self.sio.on("result", self._on_result, namespace=NAMESPACE)
-        self.sio.on("caught_up", self._on_caught_up, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.result, self._on_result, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.caught_up, self._on_caught_up, namespace=NAMESPACE)
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
 
     async def _on_connect_error(self, data: Any) -> None:
@@ -51,17 +50,15 @@ class ResultClient:
 
     async def _subscribe(self) -> None:
         cursors = {o: self.files.cursors.get(o) for o in self.orders}
-        reply = await self.sio.call("subscribe", {"orders": cursors}, namespace=NAMESPACE, timeout=30)
+        subscription = Subscribe.model_construct(orders=cursors)  # the server validates it and says what is wrong
+        reply = await self.sio.call(ClientEvent.subscribe, subscription.model_dump(), namespace=NAMESPACE, timeout=30)
         if not isinstance(reply, dict) or not reply.get("ok"):
             self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
             self.done.set()
 
     async def _on_result(self, data: Any) -> dict[str, Any]:
         try:
-            msg = ResultMessage.model_validate(data["result"])
-            body = data.get("body") or b""
-            if not isinstance(body, bytes):
-                raise TypeError("body is not bytes")
+            msg, body = decode_result(data)
         except (KeyError, TypeError, ValidationError) as e:
             self.progress.errors += 1
             return {"ok": False, "error": f"malformed result: {e}"}
@@ -76,14 +73,16 @@ class ResultClient:
         return {"ok": True}
 
     async def _on_caught_up(self, data: Any) -> None:
-        order_id = data.get("order_id") if isinstance(data, dict) else None
-        if order_id not in self.orders:
+        try:
+            caught = CaughtUp.model_validate(data)
+        except ValidationError:
             return
-        cursor = int(data.get("cursor") or 0)
-        await asyncio.to_thread(self.files.advance, order_id, cursor)
-        self.progress.caught_up.add(order_id)
-        if data.get("finished"):
-            self.progress.finished.add(order_id)
+        if caught.order_id not in self.orders:
+            return
+        await asyncio.to_thread(self.files.advance, caught.order_id, caught.cursor)
+        self.progress.caught_up.add(caught.order_id)
+        if caught.finished:
+            self.progress.finished.add(caught.order_id)
         if self.once and self.progress.caught_up >= set(self.orders):
             self.done.set()
         if self.progress.finished >= set(self.orders):

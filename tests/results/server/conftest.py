@@ -11,11 +11,11 @@ import pytest
 from redis import Redis
 
 from core import ledger, schedules
-from core.queue import RESULTS_STREAM
+from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.security import new_api_token
 from core.settings import Settings
 from core.storage import ApiToken, Order, Result, Store, User, open_store
-from result_server.app import ResultServer
+from results.server.app import ResultServer
 from tests.conftest import ThreadedServer, make_settings
 
 
@@ -85,7 +85,7 @@ class Customer:
         self.store.record_results(results)
         pipe = self.redis.pipeline()
         for r in results:
-            pipe.xadd(RESULTS_STREAM, {"key": r.job_key, "order_id": r.order_id, "n": str(r.n), "outcome": "paid"})
+            pipe.xadd(NOTICES_STREAM, ResultNotice(key=r.job_key, order_id=r.order_id, n=r.n, outcome="paid").encode())
         pipe.execute()
         return [hashlib.sha256(page(order.id, n)).hexdigest() for n in ns]
 

@@ -1,6 +1,6 @@
 """Handing jobs to connected miners: who may take what, leases, and what happens when one ends.
 
-One `Dispatcher` per server process. It reads only as many stream entries as its miners have
+One `Handout` per server process. It reads only as many stream entries as its miners have
 free slots, gives each job to a miner whose announced policy accepts it once the job's domain
 has budget, and holds a lease per job. A lease ends in one of three ways: the miner returns a
 result (see `ResultWriter`), the miner disconnects (the job goes back at once), or the lease
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import ada_url
 
-from core.schemas import Job, JobOffer, MinerPolicy
+from core.protocol.jobs import Job
+from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
 from core.settings import Settings
 from miners.server.stream import Entry, JobStream
 
@@ -84,7 +85,7 @@ class MinerConn:
         return held.job.method in self.policy.methods and not domain_blocked(held.host, self.blocked)
 
 
-class Dispatcher:
+class Handout:
     def __init__(self, settings: Settings, stream: JobStream, send: Send, fail: Fail) -> None:
         self.settings = settings
         self.stream = stream
@@ -172,7 +173,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("dispatch loop error; retrying in 1 s")
+                log.exception("hand-out loop error; retrying in 1 s")
                 await asyncio.sleep(1)
 
     async def _sleep(self, stopping: asyncio.Event) -> None:
@@ -244,9 +245,8 @@ class Dispatcher:
         lease = Lease(held, conn.sid, now + self.settings.lease_seconds)
         conn.leases[job.key] = lease
         self.leases[job.key] = lease
-        offer = JobOffer(key=job.key, url=job.url, method=job.method, headers=job.headers, body=job.body,
-                         lease_seconds=self.settings.lease_seconds)  # type: ignore[arg-type]
-        await self._send("job", conn.sid, offer.model_dump())
+        offer = JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields())
+        await self._send(ServerEvent.job, conn.sid, offer.model_dump())
 
     async def expire_leases(self, stopping: asyncio.Event) -> None:
         """End leases whose miner kept the job too long; tell the miner, put the job back."""
@@ -256,8 +256,8 @@ class Dispatcher:
             for lease in [lease for lease in self.leases.values() if lease.deadline <= now and not lease.delivered]:
                 self.end_lease(lease)
                 try:
-                    await self._send("revoke", lease.sid, {"key": lease.held.job.key,
-                                                           "reason": "the lease expired"})
+                    revoke = Revoke(key=lease.held.job.key, reason="the lease expired")
+                    await self._send(ServerEvent.revoke, lease.sid, revoke.model_dump())
                 except Exception:  # the miner may be gone already
                     pass
                 self._fail(lease.held, "the lease expired", lease.sid)  # someone else, if anyone
