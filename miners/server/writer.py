@@ -88,7 +88,7 @@ class ResultWriter:
         acked: list[str] = []
         notices: list[ResultNotice] = []
         answers: list[tuple[asyncio.Future[ResultAck] | None, ResultAck]] = []
-        for rec, (outcome, price) in zip(records, outcomes, strict=True):
+        for rec, (outcome, coins) in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("could not store the result of %s: %s", rec.held.job.key, outcome)
                 self.handout.release(rec.held.entry.id)
@@ -97,7 +97,6 @@ class ResultWriter:
             acked.append(rec.held.entry.id)
             if outcome in (ResultOutcome.paid, ResultOutcome.refunded):
                 notices.append(_notice(rec.result, outcome.value))
-            coins = price if outcome is ResultOutcome.paid else 0
             answers.append((rec.done, ResultAck(ok=True, outcome=outcome.value, coins=coins)))
         for att, rep in zip(attempts, states, strict=True):
             if isinstance(rep, BaseException):
