@@ -6,13 +6,12 @@ from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
+from api.login_throttle import LoginThrottle
 from api.services import accounts
 from core.errors import AuthenticationFailed, InvalidInput
 from core.security import Passwords
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import User
-from core.throttle import LoginThrottle
+from core.storage import Store, User
 
 _bearer = HTTPBearer(auto_error=False, description="The access_token from POST /auth/login.")
 

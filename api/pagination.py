@@ -5,7 +5,7 @@ import json
 from datetime import datetime
 
 from core.errors import InvalidInput
-from core.storage.base import Cursor
+from core.storage import Cursor
 
 
 def encode_cursor(created_at: datetime, key: str) -> str:

@@ -37,7 +37,7 @@ from celery import Celery
 from celery.beat import BeatLazyFunc
 from celery.schedules import schedstate, schedule
 
-from result_client.files import atomic_write
+from results.client.files import atomic_write
 
 PERIOD = 60.0
 HERE = Path(__file__).resolve().parent

@@ -120,7 +120,7 @@ async def bare_round_trips(url: str, k: int, seconds: float) -> tuple[float, flo
 
 
 async def mining_round_trips(url: str, tokens: list[str], seconds: float) -> tuple[float, float, float]:
-    from core.schemas import MinerPolicy
+    from core.protocol.mining import MinerPolicy
     from miners.client.miner import Miner
     from miners.client.models import FetchPolicy
 
@@ -163,9 +163,8 @@ def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miner
 
     from core import ledger, schedules, security
     from core.queue import JobQueue
-    from core.schemas import Job
-    from core.storage import open_store
-    from core.storage.base import ApiToken, Order, User
+    from core.protocol.jobs import Job
+    from core.storage import ApiToken, Order, User, open_store
 
     store = open_store(store_url)
     now = datetime.now(UTC)

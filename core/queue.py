@@ -1,8 +1,8 @@
 """The job queue in Valkey: a due-time-ordered set that releases jobs onto the job stream.
 
 A dispatch run claims repetitions ahead of time and *enqueues* them here; a releaser loop
-moves each one onto the stream `crawlcoin:jobs` at its due time, so delivery precision does
-not depend on when Prefect ran the dispatch. Every step is one Lua script, hence atomic:
+moves each one onto the job stream (`core.protocol.jobs`) at its due time, so delivery precision
+does not depend on when Prefect ran the dispatch. Every step is one Lua script, hence atomic:
 
 - enqueue: add a job unless it is queued already or was ever released (marker kept 7 days),
   so enqueueing the same repetition twice puts it on the stream once;
@@ -16,25 +16,24 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from core.schemas import Job
+from core.protocol import KEY_PREFIX
+from core.protocol.jobs import JOB_FIELD, JOBS_STREAM, KEY_FIELD, Job
+from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
 
-PREFIX = "crawlcoin"
-DUE = f"{PREFIX}:due"
-PAYLOADS = f"{PREFIX}:due:payload"
-JOBS_STREAM = f"{PREFIX}:jobs"
-RESULTS_STREAM = f"{PREFIX}:results"
-"""Notices for result servers: a result was stored (job key, order id, n, outcome), or an order's
-repetitions were refunded or the order ended (order id, outcome). Each wakes that order's deliveries."""
-RESULTS_STREAM_MAXLEN = 100_000
+DUE = f"{KEY_PREFIX}:due"
+PAYLOADS = f"{KEY_PREFIX}:due:payload"
+SYNC_WAKEUP = f"{KEY_PREFIX}:sync-wakeup"
+"""Pub/sub channel: an order change and its sync request are stored; every worker's sync loop
+wakes up and applies pending changes to Prefect now instead of at its next interval."""
 RELEASED_TTL_SECONDS = 7 * 24 * 3600
 
 
 def _order_set(order_id: str) -> str:
-    return f"{PREFIX}:due:order:{order_id}"
+    return f"{KEY_PREFIX}:due:order:{order_id}"
 
 
 def _released_marker(key: str) -> str:
-    return f"{PREFIX}:released:{key}"
+    return f"{KEY_PREFIX}:released:{key}"
 
 
 # KEYS: due zset, payload hash, order set, released marker; ARGV: job key, score, payload
@@ -48,13 +47,13 @@ end
 return added
 """
 
-# KEYS: due zset, payload hash, stream; ARGV: now, limit, marker ttl, prefix
+# KEYS: due zset, payload hash, stream; ARGV: now, limit, marker ttl, prefix, the entry's key and job field names
 _RELEASE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, key in ipairs(due) do
   local payload = redis.call('HGET', KEYS[2], key)
   if payload then
-    redis.call('XADD', KEYS[3], '*', 'key', key, 'job', payload)
+    redis.call('XADD', KEYS[3], '*', ARGV[5], key, ARGV[6], payload)
   end
   redis.call('ZREM', KEYS[1], key)
   redis.call('HDEL', KEYS[2], key)
@@ -104,7 +103,7 @@ class JobQueue:
     async def release_due(self, now: float | None = None, limit: int = 500) -> int:
         """Move jobs due by `now` onto the job stream; returns how many moved."""
         now = time.time() if now is None else now
-        args = [now, limit, RELEASED_TTL_SECONDS, PREFIX]
+        args = [now, limit, RELEASED_TTL_SECONDS, KEY_PREFIX, KEY_FIELD, JOB_FIELD]
         return int(await self._release(keys=[DUE, PAYLOADS, JOBS_STREAM], args=args))
 
     async def withdraw(self, order_id: str) -> list[int]:
@@ -116,8 +115,8 @@ class JobQueue:
     async def announce(self, order_id: str, outcome: str) -> None:
         """Tell result servers that repetitions of the order became final without a result (refunded) or
         that the order ended, so its deliveries move on now instead of at their next safety poll."""
-        await self.redis.xadd(RESULTS_STREAM, {"order_id": order_id, "outcome": outcome},
-                              maxlen=RESULTS_STREAM_MAXLEN, approximate=True)
+        notice = ResultNotice(order_id=order_id, outcome=outcome)
+        await self.redis.xadd(NOTICES_STREAM, notice.encode(), maxlen=NOTICES_MAXLEN, approximate=True)
 
     async def next_due_in(self, now: float | None = None) -> float | None:
         """Seconds until the earliest queued job is due (≤ 0: overdue), or None if none is queued."""
@@ -136,6 +135,11 @@ class JobQueue:
 
     async def queued_count(self) -> int:
         return int(await self.redis.zcard(DUE))
+
+
+async def wake_sync(redis: Redis) -> None:
+    """Wake the workers' sync loops (the change's sync request must already be in the store)."""
+    await redis.publish(SYNC_WAKEUP, b"1")
 
 
 async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
 
-from core.storage.base import Order
+from core.storage import Order
 
 
 def _cron_next(order: Order, after: datetime) -> datetime:

@@ -1,11 +1,12 @@
-"""Wire contracts shared by the API, the dashboard and the CLIs.
+"""Wire contracts shared by the API, the dashboard and the CLIs (the protocols between the servers
+and their clients are in `core.protocol`).
 
 Request bodies are strict: unknown fields and wrong JSON types are refused, not coerced.
 """
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
@@ -150,6 +151,28 @@ class LedgerPage(BaseModel):
 
 # --- orders ---------------------------------------------------------------------------------
 
+HttpMethod = Literal["GET", "HEAD", "POST"]
+
+
+class RequestSpec(BaseModel):
+    """The request an order makes on every run, as the API, the job queue and the miners carry it.
+
+    Models that carry one inherit these fields, so their JSON stays flat. A model whose own fields
+    come first lists RequestSpec first among its bases and those fields in a later base (pydantic
+    orders fields from the last base to the first). Limits that depend on the settings (header
+    count and size, body size, body only with POST) are checked with the order (`core.orders`);
+    the miner's fetcher checks the request again before it sends anything.
+    """
+
+    url: Annotated[str, Field(min_length=1, max_length=8192)]
+    method: HttpMethod = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = Field(default=None, description="Request body; only with method POST.")
+
+    def request_fields(self) -> dict[str, Any]:
+        """Just the request, as keyword arguments for another model that carries it."""
+        return {name: getattr(self, name) for name in RequestSpec.model_fields}
+
 
 class IntervalSchedule(Request):
     kind: Literal["interval"]
@@ -165,22 +188,19 @@ class CronSchedule(Request):
 Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
 
 
-class OrderCreate(Request):
-    url: Annotated[str, Field(min_length=1, max_length=8192)]
-    method: Literal["GET", "HEAD", "POST"] = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = Field(default=None, description="Request body; only with method POST.")
+class OrderCreate(Request, RequestSpec):
     schedule: Schedule
     start_at: IsoDateTime | None = Field(default=None, description="First run, with a timezone; default: now.")
     max_runs: Annotated[int, Field(ge=1)]
 
 
-class OrderOut(BaseModel):
+class _Identified(BaseModel):
     id: str
-    url: str
-    method: str
-    headers: dict[str, str]
-    body: str | None
+
+
+class OrderOut(RequestSpec, _Identified):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # the API always sends them all
+
     schedule: IntervalSchedule | CronSchedule
     start_at: datetime
     max_runs: int
@@ -205,125 +225,7 @@ class CancelOut(BaseModel):
     refunded: int
 
 
-# --- jobs (queue → mining server → miner) ------------------------------------------------
-
-
-class Job(BaseModel):
-    """One repetition to fetch, as it travels through the queue."""
-
-    key: str = Field(description='"{order_id}:{n}"')
-    order_id: str
-    n: int
-    url: str
-    method: str
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None
-    due_at: datetime
-
-
-class FetchError(StrEnum):
-    """Why a fetch produced no page. An HTTP 4xx/5xx answer is a page, not an error."""
-
-    invalid_url = "invalid_url"  # the URL (or a redirect's Location) does not parse
-    invalid_request = "invalid_request"  # method or headers the fetcher will not send
-    refused_target = "refused_target"  # URL policy, block-list or a forbidden resolved address
-    robots_disallowed = "robots_disallowed"
-    dns_error = "dns_error"
-    connection_error = "connection_error"
-    tls_error = "tls_error"
-    timeout = "timeout"
-    too_many_redirects = "too_many_redirects"
-    http_error = "http_error"  # malformed response: oversized headers, bad encoding, cut-off body
-
-
-HttpMethod = Literal["GET", "HEAD", "POST"]
-
-
-class MinerPolicy(Request):
-    """What a miner announces after connecting (`hello`): how many jobs at once, which ones."""
-
-    capacity: Annotated[int, Field(ge=1, le=1024, description="Jobs the miner runs at the same time.")] = 4
-    methods: Annotated[list[HttpMethod], Field(min_length=1, max_length=3)] = Field(
-        default_factory=lambda: ["GET", "HEAD"])
-    blocked_domains: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1000)] = (
-        Field(default_factory=list, description="Domains (and their subdomains) the miner never fetches."))
-    max_body_bytes: Annotated[int, Field(ge=1024, description="The miner keeps at most this much of a page.")] = (
-        2 * 1024 * 1024)
-    client: Annotated[str, Field(max_length=100)] = ""
-
-
-class Welcome(BaseModel):
-    """The server's answer to `hello`: the terms this connection mines under."""
-
-    server_id: str
-    miner: str = Field(description="The volunteer's username.")
-    capacity: int
-    max_body_bytes: int
-    lease_seconds: float
-
-
-class JobOffer(BaseModel):
-    """A job leased to one miner (server → miner, event `job`)."""
-
-    key: str
-    url: str
-    method: HttpMethod
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None
-    lease_seconds: float
-
-
-class MinedResult(Request):
-    """What a miner sends back for a job it holds (miner → server, event `result`)."""
-
-    key: Annotated[str, Field(min_length=3, max_length=100)]
-    status: Annotated[int, Field(ge=100, le=599)] | None = None
-    final_url: Annotated[str, Field(max_length=8192)]
-    headers: Annotated[dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=1024)]],
-                       Field(max_length=50)] = Field(default_factory=dict)
-    body: bytes = b""
-    truncated: bool = False
-    elapsed_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] = 0
-    error: Annotated[FetchError, Strict(False)] | None = None
-    error_text: Annotated[str, Field(max_length=1000)] | None = None
-
-
-class ResultAck(BaseModel):
-    """The server's answer to `result`: what became of it, or why it was refused."""
-
-    ok: bool
-    outcome: str | None = Field(default=None, description="paid, refunded, retry, failed, duplicate, closed")
-    coins: int = 0
-    error: str | None = None
-
-
-# --- results (result server → result client) ---------------------------------------------
-
-
-class ResultMessage(BaseModel):
-    """One result as the result server sends it; the body travels beside it as bytes."""
-
-    key: str
-    order_id: str
-    n: int
-    miner_id: str
-    fetched_at: datetime
-    status: int | None
-    final_url: str
-    headers: dict[str, str]
-    body_size: int
-    truncated: bool
-    sha256: str
-    elapsed_ms: int
-    error: str | None
-    error_text: str | None
-
-
-class Subscribe(BaseModel):
-    """A result client's subscription: order id → last repetition n it has (None: ask the server)."""
-
-    model_config = ConfigDict(extra="forbid")
-    orders: Annotated[dict[str, Annotated[int, Field(ge=0)] | None], Field(min_length=1, max_length=100)]
+# --- results -------------------------------------------------------------------------------
 
 
 class ResultOut(BaseModel):

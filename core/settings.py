@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     dispatch_window_seconds: int = Field(default=600, ge=1, description="How far ahead one dispatch run claims.")
     dispatch_lead_seconds: int = Field(default=30, ge=0, description="Dispatch runs start this long before the first due repetition they cover.")
     catchup_seconds: int = Field(default=600, ge=0, description="Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late.")
-    sync_interval_seconds: float = Field(default=5.0, gt=0, description="How often each worker brings Prefect in line with pending order changes.")
+    sync_interval_seconds: float = Field(default=5.0, gt=0, description="How often each worker brings Prefect in line with pending order changes (at the latest: the API wakes workers at once).")
+    recover_interval_seconds: float = Field(default=60.0, gt=0, description="How often each worker finishes store operations a crashed process left half done (Cassandra).")
 
     # Mining.
     mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")

@@ -3,8 +3,7 @@
 from core.errors import AuthenticationFailed, PermissionDenied
 from core.schemas import Scope
 from core.security import split_api_token, token_secret_matches
-from core.storage import Store
-from core.storage.base import ApiToken
+from core.storage import ApiToken, Store
 
 
 def authenticate_api_token(store: Store, raw: str | None, scope: Scope) -> ApiToken:

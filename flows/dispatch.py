@@ -1,18 +1,19 @@
 """The dispatch flow of one order: claim the repetitions due soon and queue their jobs."""
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, runtime
-from redis.asyncio import Redis
 
 from core import schedules
 from core.errors import NotFound
 from core.queue import JobQueue
-from core.scheduling import PrefectSync, prefect_client
-from core.schemas import Job, OrderStatus, RepetitionState
+from core.protocol.jobs import Job
+from core.schemas import OrderStatus, RepetitionState
 from core.settings import Settings
-from core.storage import Store, open_store
+from core.storage import Store
+from flows.context import FlowContext, open_flow_context
 
 
 RECHECK_MAX = 1000  # most recent claims looked at again per run
@@ -45,7 +46,7 @@ async def dispatch_order(
 ) -> Dispatched:
     """Claim the order's repetitions due before the next dispatch run (plus lead) and queue them."""
     now = now or datetime.now(UTC)
-    order = store.get_order(order_id)
+    order = await asyncio.to_thread(store.get_order, order_id)
     if order is None:
         raise NotFound(f"order {order_id} not found")
     period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
@@ -55,8 +56,10 @@ async def dispatch_order(
     # is idempotent (a job queued or ever released is not added again), so this is always safe.
     per_run = period // order.every_seconds if order.every_seconds else RECHECK_CRON
     recent = list(range(max(1, order.runs_claimed - min(2 * per_run, RECHECK_MAX) + 1), order.runs_claimed + 1))
-    stale = [r for r in store.get_repetitions(order_id, recent) if r.state is RepetitionState.queued]
-    claim = store.claim_repetitions(order_id, flow_run_id, horizon, now, settings.catchup_seconds)
+    stale = [r for r in await asyncio.to_thread(store.get_repetitions, order_id, recent)
+             if r.state is RepetitionState.queued]
+    claim = await asyncio.to_thread(store.claim_repetitions, order_id, flow_run_id, horizon, now,
+                                    settings.catchup_seconds)
     o = claim.order
     jobs = [Job(key=r.key, order_id=o.id, n=r.n, url=o.url, method=o.method, headers=o.headers, body=o.body,
                 due_at=r.due_at) for r in stale + claim.queued]
@@ -67,24 +70,18 @@ async def dispatch_order(
                       o.status)
 
 
-async def finish_if_completed(result: Dispatched, sync: PrefectSync, redis: Redis) -> None:
+async def run_dispatch(ctx: FlowContext, order_id: str, flow_run_id: str) -> str:
+    """The dispatch flow's work, wherever it runs: dispatch, then end the deployment of a completed order."""
+    result = await dispatch_order(ctx.store, ctx.queue, ctx.settings, order_id, flow_run_id)
     if result.status is OrderStatus.completed:
-        await sync.sync_pending(redis)
+        await ctx.sync.sync_pending(ctx.redis)
+    return result.summary()
 
 
 @flow(name="dispatch", log_prints=True, retries=0)
 async def dispatch(order_id: str) -> str:
     """Claim and queue the repetitions of one order that fall due before its next dispatch run."""
-    settings = Settings()
-    store = open_store(settings.resolved_store_url)
-    redis = Redis.from_url(settings.resolved_redis_url)
-    try:
-        queue = JobQueue(redis)
-        result = await dispatch_order(store, queue, settings, order_id, str(runtime.flow_run.id))
-        async with prefect_client(settings) as client:
-            await finish_if_completed(result, PrefectSync(client, store, queue, settings), redis)
-        print(result.summary())
-        return result.summary()
-    finally:
-        await redis.aclose()
-        store.close()
+    async with open_flow_context(Settings()) as ctx:
+        summary = await run_dispatch(ctx, order_id, str(runtime.flow_run.id))
+    print(summary)
+    return summary

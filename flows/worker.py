@@ -4,14 +4,19 @@ A stock process worker starts a new Python for every flow run (measured here: 5.
 0.27 runs/s); this worker polls and claims runs through Prefect's own worker machinery (the
 Pending proposal is atomic, so any number of workers on any number of machines share the
 work) and then executes the run in-process, reporting Running and Completed/Failed itself.
-The store, Valkey and the Prefect client stay open across runs. Each worker also releases
-due jobs from the queue onto the job stream and periodically applies pending order changes to
-Prefect, so neither depends on a single process.
+It runs the same function per flow as the `@flow` bodies (`run_dispatch`, `run_reconcile`)
+with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. Each worker also
+releases due jobs from the queue onto the job stream, applies pending order changes to Prefect
+as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
+and finishes store operations a crashed process left half done every
+`recover_interval_seconds` — so none of them depends on a single process, nor on the API.
 """
 
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio.abc
@@ -20,15 +25,20 @@ from prefect.exceptions import Abort
 from prefect.states import Completed, Failed, Running
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
-from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
-from core.queue import JobQueue, run_releaser
-from core.scheduling import PrefectSync
+from core.queue import SYNC_WAKEUP, run_releaser
 from core.settings import Settings
-from core.storage import Store, open_store
-from flows.dispatch import dispatch_order, finish_if_completed
+from flows.context import FlowContext, open_flow_context
+from flows.dispatch import run_dispatch
+from flows.reconcile import run_reconcile
 
 log = logging.getLogger("crawlcoin.worker")
+
+FLOWS: dict[str, Callable[[FlowContext, FlowRun], Awaitable[str]]] = {
+    "dispatch": lambda ctx, run: run_dispatch(ctx, str(run.parameters["order_id"]), str(run.id)),
+    "reconcile": lambda ctx, run: run_reconcile(ctx),
+}
 
 
 class CrawlcoinWorkerResult(BaseWorkerResult):
@@ -44,8 +54,8 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings = settings or Settings()
-        self._store: Store | None = None
-        self._redis: Redis | None = None
+        self._resources = AsyncExitStack()
+        self._ctx: FlowContext | None = None
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._flow_names: dict[Any, str] = {}
@@ -54,13 +64,11 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
 
     async def setup(self) -> None:
         await super().setup()
-        self._store = open_store(self.settings.resolved_store_url)
-        self._redis = Redis.from_url(self.settings.resolved_redis_url)
-        self.queue = JobQueue(self._redis)
-        self.sync = PrefectSync(self.client, self._store, self.queue, self.settings)
+        self._ctx = await self._resources.enter_async_context(open_flow_context(self.settings, self.client))
         self._background = [
-            asyncio.create_task(run_releaser(self.queue, self._stop), name="releaser"),
-            asyncio.create_task(self._sync_loop(), name="prefect-sync"),
+            asyncio.create_task(run_releaser(self._ctx.queue, self._stop), name="releaser"),
+            asyncio.create_task(self._sync_loop(self._ctx), name="prefect-sync"),
+            asyncio.create_task(self._recover_loop(self._ctx), name="store-recovery"),
         ]
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -68,23 +76,70 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self._redis is not None:
-            await self._redis.aclose()
-        if self._store is not None:
-            self._store.close()
+        await self._resources.aclose()
         await super().teardown(*exc_info)
 
-    async def _sync_loop(self) -> None:
-        assert self._redis is not None
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        return self._stop.is_set()
+
+    async def _sync_loop(self, ctx: FlowContext) -> None:
+        wakeups: PubSub | None = None
         while not self._stop.is_set():
+            wakeups = await self._subscribed(ctx, wakeups)
             try:
-                await self.sync.sync_pending(self._redis)
+                await ctx.sync.sync_pending(ctx.redis)
             except Exception:  # Prefect or the store may be down for a while: try again later
                 log.warning("pending order changes could not be applied to Prefect yet", exc_info=True)
+            wakeups = await self._wait_for_wakeup(wakeups)
+        if wakeups is not None:
+            await wakeups.aclose()
+
+    async def _subscribed(self, ctx: FlowContext, wakeups: PubSub | None) -> PubSub | None:
+        """The subscription to the API's wake-ups, (re)made before a sync pass so none is missed."""
+        if wakeups is not None:
+            return wakeups
+        wakeups = ctx.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await wakeups.subscribe(SYNC_WAKEUP)
+            return wakeups
+        except Exception as e:  # Valkey down: sync on the interval until it is back
+            log.warning("not subscribed to order-change wake-ups (%s: %s)", type(e).__name__, e)
+            await wakeups.aclose()
+            return None
+
+    async def _wait_for_wakeup(self, wakeups: PubSub | None) -> PubSub | None:
+        """Until an order change is announced or the sync interval has passed, whichever comes first."""
+        interval = self.settings.sync_interval_seconds
+        if wakeups is None:
+            await self._stopped_within(interval)
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + interval
+        try:
+            while (left := deadline - loop.time()) > 0 and not self._stop.is_set():
+                if await wakeups.get_message(timeout=left) is not None:
+                    while await wakeups.get_message(timeout=0) is not None:
+                        pass  # a burst of changes: one sync pass serves them all
+                    break
+            return wakeups
+        except Exception as e:  # the connection broke (Valkey restarted): subscribe again next time
+            log.warning("order-change wake-ups interrupted (%s: %s)", type(e).__name__, e)
+            await wakeups.aclose()
+            return None
+
+    async def _recover_loop(self, ctx: FlowContext) -> None:
+        while not await self._stopped_within(self.settings.recover_interval_seconds):
             try:
-                await asyncio.wait_for(self._stop.wait(), timeout=self.settings.sync_interval_seconds)
-            except TimeoutError:
-                pass
+                found = await asyncio.to_thread(ctx.store.recover_pending)
+            except Exception:  # the store may be down for a while: try again next time
+                log.warning("interrupted store operations could not be checked", exc_info=True)
+                continue
+            if found:
+                log.info("finished %d interrupted store operation(s)", found)
 
     # --- running flow runs -----------------------------------------------------------
 
@@ -94,16 +149,11 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         return self._flow_names[flow_run.flow_id]
 
     async def _execute(self, flow_run: FlowRun) -> str:
-        assert self._store is not None and self._redis is not None
+        assert self._ctx is not None
         name = await self._flow_name(flow_run)
-        if name == "dispatch":
-            result = await dispatch_order(self._store, self.queue, self.settings,
-                                          str(flow_run.parameters["order_id"]), str(flow_run.id))
-            await finish_if_completed(result, self.sync, self._redis)
-            return result.summary()
-        if name == "reconcile":
-            return f"synced {await self.sync.sync_pending(self._redis)} order(s)"
-        raise ValueError(f"the crawlcoin worker does not run flow {name!r}")
+        if name not in FLOWS:
+            raise ValueError(f"the crawlcoin worker does not run flow {name!r}")
+        return await FLOWS[name](self._ctx, flow_run)
 
     async def run(
         self,

@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.embedded import prefect_env, prefect_server
+from cli.embedded import prefect_env, prefect_server
 
 __all__ = ["prefect_env", "run_prefect_server"]
 

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
 from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
-from api.scheduling import sync_soon
+from api.sync_wakeup import wake_workers
 from api.services import orders
 from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
 
@@ -24,7 +24,7 @@ def create_order(
     """Place an order; its full cost is held in escrow at once."""
     out, created = orders.create(store, settings, user, req, idempotency_key)
     if created:
-        sync_soon(background, request)
+        wake_workers(background, request)
     else:
         response.status_code = status.HTTP_200_OK
     return out
@@ -53,7 +53,7 @@ def pause_order(
 ) -> OrderOut:
     """Stop scheduling repetitions until resumed."""
     out = orders.pause(store, user, order_id)
-    sync_soon(background, request)
+    wake_workers(background, request)
     return out
 
 
@@ -63,7 +63,7 @@ def resume_order(
 ) -> OrderOut:
     """Continue a paused order."""
     out = orders.resume(store, user, order_id)
-    sync_soon(background, request)
+    wake_workers(background, request)
     return out
 
 
@@ -73,5 +73,5 @@ def cancel_order(
 ) -> CancelOut:
     """Cancel the order and refund its unclaimed repetitions."""
     out = orders.cancel(store, user, order_id)
-    sync_soon(background, request)
+    wake_workers(background, request)
     return out

@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from api.login_throttle import LoginThrottle
 from core import ledger, security
 from core.errors import AuthenticationFailed, Conflict, PermissionDenied
 from core.schemas import (
@@ -18,9 +19,7 @@ from core.schemas import (
 )
 from core.security import Passwords
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import LoginSession, User
-from core.throttle import LoginThrottle
+from core.storage import LoginSession, Store, User
 
 
 def user_out(user: User) -> UserOut:

@@ -4,14 +4,13 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 
+from api.order_rules import check_order
 from api.pagination import decode_cursor, encode_cursor
 from core import ledger, schedules
 from core.errors import Conflict, NotFound
-from core.orders import check_order
 from core.schemas import CancelOut, CronSchedule, IntervalSchedule, OrderCreate, OrderOut, OrderPage, OrderStatus
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Order, User
+from core.storage import Order, Store, User
 from core.urls import check_target_url
 
 _IDEMPOTENT_ORDER_NS = uuid.UUID("5b0e4a52-3c4e-4f7e-9a7e-6f1d2c3b4a59")

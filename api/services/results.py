@@ -5,8 +5,7 @@ from datetime import datetime
 from api.services.orders import get_own
 from core.errors import NotFound
 from core.schemas import ResultOut, ResultPage
-from core.storage import Store
-from core.storage.base import Result, User, job_key
+from core.storage import Result, Store, User, job_key
 
 
 def result_out(r: Result, due_at: datetime | None = None) -> ResultOut:

@@ -5,8 +5,7 @@ from datetime import UTC, datetime
 from core import security
 from core.errors import NotFound
 from core.schemas import TokenCreate, TokenCreated, TokenOut
-from core.storage import Store
-from core.storage.base import ApiToken, User
+from core.storage import ApiToken, Store, User
 
 
 def token_out(token: ApiToken) -> TokenOut:

@@ -7,8 +7,7 @@ from core import ledger
 from core.errors import FeatureDisabled, InvalidInput
 from core.schemas import FaucetRequest, LedgerEntryOut, LedgerPage, WalletOut
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import User
+from core.storage import Store, User
 
 
 def wallet(store: Store, user: User) -> WalletOut:

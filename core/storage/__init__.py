@@ -1,7 +1,28 @@
-"""The durable store: one Protocol (`base.Store`), one backend per kind of database."""
+"""The durable store: one Protocol (`Store`), its records, and one backend per kind of database."""
 
 from core.errors import InvalidInput
-from core.storage.base import Store
+from core.storage.interface import AccountStore, LedgerStore, OrderStore, ResultStore, Store, SyncOutbox
+from core.storage.records import (
+    ApiToken,
+    Claim,
+    Cursor,
+    LedgerEntry,
+    LoginSession,
+    Order,
+    Recorded,
+    Repetition,
+    Result,
+    ResultOutcome,
+    Transfer,
+    User,
+    job_key,
+)
+
+__all__ = [
+    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "Order", "OrderStore",
+    "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User",
+    "job_key", "open_store",
+]
 
 
 def open_store(url: str) -> Store:

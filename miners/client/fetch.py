@@ -36,8 +36,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
+from core.schemas import HttpMethod
 from miners.client.guard import GuardedResolver, TargetRefused, UnusableURL, check_hop, normalise_domain
-from miners.client.models import METHODS, FetchError, FetchPolicy, FetchRequest, FetchResult, Hop, Method
+from miners.client.models import METHODS, FetchError, FetchPolicy, FetchRequest, FetchResult, Hop
 from miners.client.robots import OriginFailed, RobotsCache
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class Fetcher:
                 return _Page(resp.status, _kept_headers(resp), content, truncated)
 
 
-def _prepare(request: FetchRequest) -> tuple[Method, dict[str, str], bytes | None]:
+def _prepare(request: FetchRequest) -> tuple[HttpMethod, dict[str, str], bytes | None]:
     method = request.method.upper()
     if method not in METHODS:
         raise _Failure(FetchError.invalid_request, f"method {request.method!r} is not one of {', '.join(METHODS)}")
@@ -215,8 +216,8 @@ def _prepare(request: FetchRequest) -> tuple[Method, dict[str, str], bytes | Non
 
 
 def _redirected(
-    status: int, method: Method, body: bytes | None, headers: dict[str, str]
-) -> tuple[Method, bytes | None, dict[str, str]]:
+    status: int, method: HttpMethod, body: bytes | None, headers: dict[str, str]
+) -> tuple[HttpMethod, bytes | None, dict[str, str]]:
     """Method and body for the next hop, as browsers do (RFC 9110 §15.4)."""
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         return "GET", None, {k: v for k, v in headers.items() if k.lower() != "content-type"}

@@ -15,17 +15,28 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import socketio
 from pydantic import ValidationError
 
 from core.errors import AuthenticationFailed, CrawlcoinError
-from core.schemas import JobOffer, MinerPolicy, ResultAck, Welcome
+from core.protocol.mining import (
+    NAMESPACE,
+    JobOffer,
+    MinedResult,
+    MinerEvent,
+    MinerPolicy,
+    Problem,
+    ResultAck,
+    Revoke,
+    ServerEvent,
+    Welcome,
+)
 from miners.client.fetch import Fetcher
 from miners.client.models import FetchPolicy, FetchRequest, FetchResult
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/mine"
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 
 
@@ -71,9 +82,9 @@ class Miner:
         self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
         self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
-        self.sio.on("job", self._on_job, namespace=NAMESPACE)
-        self.sio.on("revoke", self._on_revoke, namespace=NAMESPACE)
-        self.sio.on("problem", self._on_problem, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.job, self._on_job, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.revoke, self._on_revoke, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.problem, self._on_problem, namespace=NAMESPACE)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mine until `stop` is set; then let in-flight jobs finish and return.
@@ -118,9 +129,9 @@ class Miner:
         """Ctrl-C: ask for nothing new, finish and deliver what is in flight, then disconnect."""
         self.stats.state = f"stopping: finishing {len(self._tasks)} job(s) in flight"
         try:
-            await self.sio.call("drain", {}, namespace=NAMESPACE, timeout=10)
-        except Exception:  # the server may be gone: then in-flight results cannot be delivered anyway
-            pass
+            await self.sio.call(MinerEvent.drain, {}, namespace=NAMESPACE, timeout=10)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+            pass  # the server is gone or stuck: then in-flight results cannot be delivered anyway
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=self.fetch_policy.total_timeout + 15)
         await self._close()
@@ -128,8 +139,10 @@ class Miner:
     async def _close(self) -> None:
         try:
             await self.sio.disconnect()
+        except (OSError, aiohttp.ClientError):
+            pass  # the transport died under us: there is nothing left to close
         except Exception:
-            pass
+            log.warning("could not close the connection to the mining server cleanly", exc_info=True)
 
     async def _abandon_jobs(self) -> None:
         tasks = list(self._tasks.values())
@@ -145,7 +158,7 @@ class Miner:
 
     async def _hello(self) -> None:
         try:
-            answer = await self.sio.call("hello", self.policy.model_dump(), namespace=NAMESPACE, timeout=15)
+            answer = await self.sio.call(MinerEvent.hello, self.policy.model_dump(), namespace=NAMESPACE, timeout=15)
         except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
             await self._close()  # reconnect and try again
             return
@@ -169,13 +182,19 @@ class Miner:
         self._disconnected.set()
 
     async def _on_problem(self, data: Any = None) -> None:
-        message = data.get("message") if isinstance(data, dict) else str(data)
-        self.stats.last_problem = str(message)[:300]
+        try:
+            message = Problem.model_validate(data).message
+        except ValidationError:
+            message = str(data)
+        self.stats.last_problem = message[:300]
         log.warning("mining server: %s", message)
 
     async def _on_revoke(self, data: Any = None) -> None:
-        key = data.get("key") if isinstance(data, dict) else None
-        task = self._tasks.pop(key, None) if isinstance(key, str) else None
+        try:
+            key = Revoke.model_validate(data).key
+        except ValidationError:
+            return
+        task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
             self.stats.failed += 1
@@ -207,13 +226,13 @@ class Miner:
                 answer.set_result(args[0] if args else None)
 
         async with self._send_lock:
-            await self.sio.emit("result", payload, namespace=NAMESPACE, callback=on_ack)
+            await self.sio.emit(MinerEvent.result, payload, namespace=NAMESPACE, callback=on_ack)
         return await asyncio.wait_for(answer, timeout=60)
 
     async def _run_job(self, offer: JobOffer) -> None:
         assert self._fetcher is not None
         self.stats.in_flight = len(self._tasks)
-        fetched = await self._fetcher.fetch(FetchRequest(offer.url, offer.method, offer.headers, offer.body))
+        fetched = await self._fetcher.fetch(FetchRequest(**offer.request_fields()))
         try:
             ack = ResultAck.model_validate(await self._send_result(_payload(offer.key, fetched)))
         except (TimeoutError, socketio.exceptions.BadNamespaceError, ValidationError):
@@ -231,11 +250,12 @@ class Miner:
 
 
 def _payload(key: str, r: FetchResult) -> dict[str, Any]:
-    return {
-        "key": key, "status": r.status, "final_url": r.final_url[:8192], "headers": dict(r.headers),
-        "body": r.body, "truncated": r.truncated, "elapsed_ms": r.elapsed_ms,
-        "error": r.error.value if r.error else None, "error_text": (r.error_text or "")[:1000] or None,
-    }
+    # Not validated here: the server judges the result and says what is wrong with it.
+    return MinedResult.model_construct(
+        key=key, status=r.status, final_url=r.final_url[:8192], headers=dict(r.headers), body=r.body,
+        truncated=r.truncated, elapsed_ms=r.elapsed_ms, error=r.error,
+        error_text=(r.error_text or "")[:1000] or None,
+    ).model_dump()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -3,20 +3,24 @@
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import get_args
 
-from core.schemas import FetchError
+from core.protocol.mining import FetchError
+from core.schemas import HttpMethod
 from core.urls import IPAddress, forbidden_ip_reason
 
-Method = Literal["GET", "HEAD", "POST"]
-METHODS: tuple[Method, ...] = ("GET", "HEAD", "POST")
+METHODS: tuple[HttpMethod, ...] = get_args(HttpMethod)
 DEFAULT_USER_AGENT = "crawlcoin-miner/0.1 (+volunteer)"
 
 
 @dataclass(frozen=True, slots=True)
 class FetchRequest:
+    """What the fetcher is asked to send: a job's `RequestSpec` (`FetchRequest(**offer.request_fields())`)
+    or a robots.txt. It takes the request unchecked on purpose: the fetcher is the last line of
+    defence and refuses a method, header or body it will not send itself (`invalid_request`)."""
+
     url: str
-    method: Method = "GET"
+    method: HttpMethod = "GET"
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str | None = None
 

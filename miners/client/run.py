@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from core.schemas import MinerPolicy
+from core.protocol.mining import MinerPolicy
 from miners.client.miner import Miner, MinerStats
 from miners.client.models import FetchPolicy
 

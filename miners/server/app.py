@@ -14,10 +14,11 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
+from core.protocol.mining import NAMESPACE
 from core.settings import Settings
 from core.storage import Store, open_store
-from miners.server.dispatch import Dispatcher, Held
-from miners.server.namespace import NAMESPACE, MinerNamespace
+from miners.server.handout import Handout, Held
+from miners.server.namespace import MinerNamespace
 from miners.server.stream import JobStream
 from miners.server.writer import ResultWriter
 
@@ -45,7 +46,7 @@ class MiningServer:
                                     on_shutdown=self.stop)
         self.redis: Redis | None = None
         self.store: Store | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.handout: Handout | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -62,11 +63,11 @@ class MiningServer:
         def fail(held: Held, why: str, avoid: str | None) -> None:
             writer.attempt_failed(held, why, avoid=avoid)
 
-        dispatcher = Dispatcher(settings, stream, send, fail)
-        writer = ResultWriter(settings, self.store, stream, dispatcher)
-        self.dispatcher = dispatcher
-        self.sio.register_namespace(MinerNamespace(settings, self.store, self.server_id, dispatcher, writer))
-        for loop in (dispatcher.run, dispatcher.expire_leases, dispatcher.keep_alive, dispatcher.reclaim, writer.run):
+        handout = Handout(settings, stream, send, fail)
+        writer = ResultWriter(settings, self.store, stream, handout)
+        self.handout = handout
+        self.sio.register_namespace(MinerNamespace(settings, self.store, self.server_id, handout, writer))
+        for loop in (handout.run, handout.expire_leases, handout.keep_alive, handout.reclaim, writer.run):
             self._tasks.append(asyncio.create_task(loop(self._stopping), name=f"mining:{loop.__name__}"))
         log.info("mining server %s started", self.server_id)
 
@@ -79,13 +80,13 @@ class MiningServer:
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         if scope["path"] == "/health":
-            miners = len(self.dispatcher.miners) if self.dispatcher else 0
+            miners = len(self.handout.miners) if self.handout else 0
             status, body = 200, {"status": "ok", "server_id": self.server_id, "miners": miners}
         else:
             status, body = 404, {"detail": "not found; miners connect with Socket.IO at /socket.io/"}

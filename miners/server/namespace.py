@@ -1,10 +1,7 @@
-"""The `/mine` Socket.IO namespace: what a miner may say and how each message is checked.
+"""The mining server's side of the `/mine` namespace (`core.protocol.mining`): how each message is checked.
 
-Miner → server: `hello` (its policy; answered with the `Welcome` terms), `result` (for a job
-it holds; answered with a `ResultAck`), `drain` (send me nothing new; I am stopping).
-Server → miner: `job` (a `JobOffer`), `revoke` (a lease ended), `problem` (what was wrong
-with the last message). Anything else, anything malformed and anything about a job the
-connection does not hold is answered with an error and counted; a connection that keeps
+An event a miner does not send, anything malformed and anything about a job the connection
+does not hold is answered with an error and counted; a connection that keeps
 sending such messages, or more messages than any honest miner would, is dropped. Nothing it
 sent is stored and no coin moves.
 """
@@ -21,17 +18,27 @@ from pydantic import ValidationError
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
 from core.errors import CrawlcoinError
-from core.schemas import FetchError, MinedResult, MinerPolicy, ResultAck, Scope, Welcome
+from core.protocol.mining import (
+    NAMESPACE,
+    Drained,
+    FetchError,
+    MinedResult,
+    MinerEvent,
+    MinerPolicy,
+    Problem,
+    ResultAck,
+    ServerEvent,
+    Welcome,
+)
+from core.schemas import Scope
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Result
+from core.storage import Result, Store
 from core.tokens import authenticate_api_token
-from miners.server.dispatch import Dispatcher, MinerConn
+from miners.server.handout import Handout, MinerConn
 from miners.server.writer import ResultWriter
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "/mine"
 # Errors no other miner could avoid: the result settles the job (and refunds it).
 SETTLING_ERRORS = frozenset({FetchError.refused_target, FetchError.robots_disallowed, FetchError.invalid_url,
                              FetchError.invalid_request, FetchError.too_many_redirects})
@@ -68,13 +75,13 @@ def _first_error(e: ValidationError) -> str:
 
 
 class MinerNamespace(socketio.AsyncNamespace):
-    def __init__(self, settings: Settings, store: Store, server_id: str, dispatcher: Dispatcher,
+    def __init__(self, settings: Settings, store: Store, server_id: str, handout: Handout,
                  writer: ResultWriter) -> None:
         super().__init__(NAMESPACE)
         self.settings = settings
         self.store = store
         self.server_id = server_id
-        self.dispatcher = dispatcher
+        self.handout = handout
         self.writer = writer
         self.connections: dict[str, Connection] = {}
 
@@ -93,7 +100,7 @@ class MinerNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.connections.pop(sid, None)
-        self.dispatcher.remove_miner(sid)
+        self.handout.remove_miner(sid)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
@@ -105,10 +112,11 @@ class MinerNamespace(socketio.AsyncNamespace):
         if not conn.take():
             await self._drop(sid, "too many messages; disconnecting")
             return None
-        handler = {"hello": self._hello, "result": self._result, "drain": self._drain}.get(event)
+        handler = {MinerEvent.hello: self._hello, MinerEvent.result: self._result,
+                   MinerEvent.drain: self._drain}.get(event)
         try:
             if handler is None:
-                raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends hello, result and drain")
+                raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends {_KNOWN_EVENTS}")
             if len(args) != 2:
                 raise _Refused(f"{event} takes exactly one argument")
             answer = await handler(sid, conn, args[1])
@@ -124,12 +132,12 @@ class MinerNamespace(socketio.AsyncNamespace):
         if conn.strikes >= MAX_STRIKES:
             await self._drop(sid, f"{message} (too many invalid messages; disconnecting)")
         else:
-            await self.emit("problem", {"message": message}, to=sid)
+            await self.emit(ServerEvent.problem, Problem(message=message).payload(), to=sid)
         return ResultAck(ok=False, error=message).model_dump()
 
     async def _drop(self, sid: str, message: str) -> None:
         log.warning("dropping miner connection %s: %s", sid, message)
-        await self.emit("problem", {"message": message, "fatal": True}, to=sid)
+        await self.emit(ServerEvent.problem, Problem(message=message, fatal=True).payload(), to=sid)
         await self.disconnect(sid)
 
     # --- events -------------------------------------------------------------------------------
@@ -147,24 +155,24 @@ class MinerNamespace(socketio.AsyncNamespace):
                           max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
                           blocked=blocked)
         conn.announced = True
-        self.dispatcher.add_miner(miner)
+        self.handout.add_miner(miner)
         return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
                        max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds).model_dump()
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
-        return {"ok": True, "in_flight": self.dispatcher.drain(sid)}
+        return Drained(in_flight=self.handout.drain(sid)).model_dump()
 
     async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
-        miner = self.dispatcher.miners.get(sid)
+        miner = self.handout.miners.get(sid)
         if miner is None:
             raise _Refused("send hello before results")
         if isinstance(data, dict) and isinstance(data.get("body"), bytes | bytearray):
             size = len(data["body"])
             if size > miner.max_body_bytes:
                 key = data.get("key")
-                lease = self.dispatcher.lease_of(sid, key) if isinstance(key, str) else None
+                lease = self.handout.lease_of(sid, key) if isinstance(key, str) else None
                 if lease is not None:  # the job goes to another miner
-                    self.dispatcher.end_lease(lease)
+                    self.handout.end_lease(lease)
                     self.writer.attempt_failed(lease.held, "the result was too large")
                 raise _Refused(f"result body of {size} bytes exceeds this connection's cap of "
                                f"{miner.max_body_bytes} bytes; truncate it and set truncated")
@@ -174,7 +182,7 @@ class MinerNamespace(socketio.AsyncNamespace):
             raise _Refused(f"malformed result: {_first_error(e)}") from None
         if mined.error is None and mined.status is None:
             raise _Refused("malformed result: a result without an error needs a status")
-        lease = self.dispatcher.lease_of(sid, mined.key)
+        lease = self.handout.lease_of(sid, mined.key)
         if lease is None:
             raise _Refused(f"job {mined.key[:100]!r} is not leased to this connection")
         # The slot stays taken until the result is written: miners cannot outrun the store.
@@ -195,8 +203,12 @@ class MinerNamespace(socketio.AsyncNamespace):
                 ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
                                                        last=result, avoid=sid)
         finally:
-            self.dispatcher.end_lease(lease)
+            self.handout.end_lease(lease)
         return ack.model_dump()
+
+
+*_FIRST, _LAST = MinerEvent
+_KNOWN_EVENTS = f"{', '.join(_FIRST)} and {_LAST}"  # "hello, result and drain"
 
 
 class _Refused(Exception):

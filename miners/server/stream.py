@@ -1,5 +1,5 @@
 """The mining servers' side of Valkey: the job stream's consumer group, the per-domain request
-budget every server shares, and the notification stream result servers read.
+budget every server shares, and the result-notice stream result servers read.
 
 Each mining server is one consumer (its server id) of the group `mining` on the job stream.
 An entry stays in the server's pending list from XREADGROUP until its result is stored and it
@@ -11,15 +11,15 @@ then takes them over with XAUTOCLAIM.
 
 from dataclasses import dataclass
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from core.queue import JOBS_STREAM, PREFIX, RESULTS_STREAM, RESULTS_STREAM_MAXLEN
-from core.schemas import Job
+from core.protocol import KEY_PREFIX, jobs
+from core.protocol.jobs import JOBS_STREAM, Job
+from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
 
 GROUP = "mining"
-_BUDGET = f"{PREFIX}:budget:"
+_BUDGET = f"{KEY_PREFIX}:budget:"
 
 # KEYS: the domain's budget key; ARGV: microseconds between two requests.
 # Returns 0 when a request may go now (and books it), else microseconds to wait.
@@ -49,12 +49,7 @@ def _decode(value: bytes | str) -> str:
 
 
 def _entry(entry_id: bytes | str, fields: dict | None) -> Entry:
-    raw = (fields or {}).get(b"job") or (fields or {}).get("job")
-    try:
-        job = Job.model_validate_json(raw) if raw else None
-    except ValidationError:
-        job = None
-    return Entry(_decode(entry_id), job)
+    return Entry(_decode(entry_id), jobs.decode(fields))
 
 
 class JobStream:
@@ -112,13 +107,13 @@ class JobStream:
         for i in range(0, len(entry_ids), 500):
             await self.redis.xclaim(JOBS_STREAM, GROUP, self.consumer, 0, entry_ids[i:i + 500], justid=True)
 
-    async def finish(self, entry_ids: list[str], notices: list[dict[str, str]]) -> None:
+    async def finish(self, entry_ids: list[str], notices: list[ResultNotice]) -> None:
         """Acknowledge (and drop) finished entries and tell result servers, in one round trip."""
         if not entry_ids and not notices:
             return
         pipe = self.redis.pipeline(transaction=False)
         for notice in notices:
-            pipe.xadd(RESULTS_STREAM, notice, maxlen=RESULTS_STREAM_MAXLEN, approximate=True)
+            pipe.xadd(NOTICES_STREAM, notice.encode(), maxlen=NOTICES_MAXLEN, approximate=True)
         if entry_ids:
             pipe.xack(JOBS_STREAM, GROUP, *entry_ids)
             pipe.xdel(JOBS_STREAM, *entry_ids)
@@ -128,7 +123,7 @@ class JobStream:
         """Put a job no miner here accepts back on the stream for any server, atomically."""
         assert entry.job is not None
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(JOBS_STREAM, {"key": entry.job.key, "job": entry.job.model_dump_json()})
+        pipe.xadd(JOBS_STREAM, jobs.encode(entry.job))
         pipe.xack(JOBS_STREAM, GROUP, entry.id)
         pipe.xdel(JOBS_STREAM, entry.id)
         await pipe.execute()

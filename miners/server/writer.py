@@ -11,11 +11,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from core.schemas import RepetitionState, ResultAck
+from core.protocol.mining import ResultAck
+from core.protocol.notices import ResultNotice
+from core.schemas import RepetitionState
 from core.settings import Settings
-from core.storage import Store
-from core.storage.base import Repetition, Result, ResultOutcome
-from miners.server.dispatch import Dispatcher, Held
+from core.storage import Recorded, Repetition, Result, ResultOutcome, Store
+from miners.server.handout import Handout, Held
 from miners.server.stream import JobStream
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,12 @@ class _Attempt:
 
 
 class ResultWriter:
-    def __init__(self, settings: Settings, store: Store, stream: JobStream, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, store: Store, stream: JobStream, handout: Handout) -> None:
         self.settings = settings
         self.store = store
         self.stream = stream
-        self.dispatcher = dispatcher
+        self.handout = handout
         self._queue: asyncio.Queue[_Record | _Attempt] = asyncio.Queue()
-        self._prices: dict[str, int] = {}
 
     def record(self, held: Held, result: Result) -> asyncio.Future[ResultAck]:
         """Store a result that settles its job (a page, or an error no other miner could avoid)."""
@@ -76,7 +76,7 @@ class ResultWriter:
             except Exception:
                 log.exception("could not write a batch of %d finished jobs", len(batch))
                 for item in batch:  # left pending in the stream: taken over after the lease
-                    self.dispatcher.release(item.held.entry.id)
+                    self.handout.release(item.held.entry.id)
                     if item.done is not None and not item.done.done():
                         item.done.set_result(ResultAck(ok=False, error=_NOT_STORED))
 
@@ -86,26 +86,25 @@ class ResultWriter:
         outcomes = await asyncio.to_thread(self._store_records, records)
         states = await asyncio.to_thread(self._store_attempts, attempts)
         acked: list[str] = []
-        notices: list[dict[str, str]] = []
+        notices: list[ResultNotice] = []
         answers: list[tuple[asyncio.Future[ResultAck] | None, ResultAck]] = []
-        for rec, (outcome, price) in zip(records, outcomes, strict=True):
+        for rec, (outcome, coins) in zip(records, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("could not store the result of %s: %s", rec.held.job.key, outcome)
-                self.dispatcher.release(rec.held.entry.id)
+                self.handout.release(rec.held.entry.id)
                 answers.append((rec.done, ResultAck(ok=False, error=_NOT_STORED)))
                 continue
             acked.append(rec.held.entry.id)
             if outcome in (ResultOutcome.paid, ResultOutcome.refunded):
                 notices.append(_notice(rec.result, outcome.value))
-            coins = price if outcome is ResultOutcome.paid else 0
             answers.append((rec.done, ResultAck(ok=True, outcome=outcome.value, coins=coins)))
         for att, rep in zip(attempts, states, strict=True):
             if isinstance(rep, BaseException):
                 log.error("could not count a failed attempt at %s: %s", att.held.job.key, rep)
-                self.dispatcher.put_back(att.held, att.avoid)
+                self.handout.put_back(att.held, att.avoid)
                 answers.append((att.done, ResultAck(ok=True, outcome="retry")))
             elif rep is not None and rep.state in _OPEN:
-                self.dispatcher.put_back(att.held, att.avoid)
+                self.handout.put_back(att.held, att.avoid)
                 answers.append((att.done, ResultAck(ok=True, outcome="retry")))
             else:
                 acked.append(att.held.entry.id)
@@ -117,7 +116,7 @@ class ResultWriter:
                     log.info("%s failed after %d attempts (%s)", att.held.job.key, rep.attempts, att.why)
         await self.stream.finish(acked, notices)
         for entry_id in acked:
-            self.dispatcher.release(entry_id)
+            self.handout.release(entry_id)
         for done, ack in answers:
             if done is not None and not done.done():
                 done.set_result(ack)
@@ -127,7 +126,7 @@ class ResultWriter:
             return []
         results = [r.result for r in records]
         try:
-            outcomes: list[ResultOutcome | BaseException] = list(self.store.record_results(results))
+            outcomes: list[Recorded | BaseException] = list(self.store.record_results(results))
         except Exception:  # one bad result must not hold up the others: write them one by one
             outcomes = []
             for result in results:
@@ -135,7 +134,7 @@ class ResultWriter:
                     outcomes.append(self.store.record_result(result))
                 except Exception as e:
                     outcomes.append(e)
-        return [(o, self._price(r.order_id) if o is ResultOutcome.paid else 0) for o, r in zip(outcomes, results)]
+        return [(o, 0) if isinstance(o, BaseException) else (o.outcome, o.coins) for o in outcomes]
 
     def _store_attempts(self, attempts: list[_Attempt]) -> list[Repetition | None | BaseException]:
         out: list[Repetition | None | BaseException] = []
@@ -146,19 +145,9 @@ class ResultWriter:
                 out.append(e)
         return out
 
-    def _price(self, order_id: str) -> int:
-        price = self._prices.get(order_id)
-        if price is None:
-            order = self.store.get_order(order_id)
-            price = order.price_per_run if order else 0
-            if len(self._prices) > 10_000:
-                self._prices.clear()
-            self._prices[order_id] = price
-        return price
-
 
 _NOT_STORED = "the server could not store this result; the job will be fetched again"
 
 
-def _notice(result: Result, outcome: str) -> dict[str, str]:
-    return {"key": result.job_key, "order_id": result.order_id, "n": str(result.n), "outcome": outcome}
+def _notice(result: Result, outcome: str) -> ResultNotice:
+    return ResultNotice(key=result.job_key, order_id=result.order_id, n=result.n, outcome=outcome)

@@ -3,8 +3,7 @@
 from datetime import UTC, datetime
 
 from core.settings import Settings
-from core.storage import open_store
-from core.storage.base import Result
+from core.storage import Result, open_store
 from tests.helpers import ApiClient, interval_order
 
 

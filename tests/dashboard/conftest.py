@@ -12,8 +12,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Button, Widget
 
-from core.storage import Store, open_store
-from core.storage.base import Result
+from core.storage import Result, Store, open_store
 from tests.helpers import Account
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from api.app import create_app
-from core.queue import JOBS_STREAM
+from core.protocol.jobs import JOBS_STREAM
 from core.settings import Settings
 from tests.conftest import ThreadedServer, free_port, make_settings
 from tests.helpers import ApiClient

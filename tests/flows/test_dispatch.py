@@ -9,9 +9,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 from redis import Redis
 
-from core.scheduling import deployment_name
 from core.settings import Settings
 from core.storage import Store
+from flows.prefect_sync import deployment_name
 from tests.flows.conftest import released, wait_for
 from tests.helpers import interval_order
 
@@ -28,10 +28,18 @@ def deployment_exists(settings: Settings, order_id: str) -> bool:
     return asyncio.run(check())
 
 
+def deployment_paused(settings: Settings, order_id: str) -> bool:
+    async def check() -> bool:
+        async with PrefectClient(api=settings.prefect_api_url) as client:
+            return (await client.read_deployment_by_name(f"dispatch/{deployment_name(order_id)}")).paused
+
+    return asyncio.run(check())
+
+
 def seed_order(store: Store, suffix: str, every: int, runs: int, now: datetime) -> None:
     """User `u<suffix>` with 10 coins and interval order `o<suffix>` starting now, straight in the store."""
     from core import ledger, schedules
-    from core.storage.base import Order, User
+    from core.storage import Order, User
 
     store.create_user(User(id=f"u{suffix}", username=f"u{suffix}", password_hash="x", created_at=now))
     store.transfer(f"grant{suffix}", ledger.MINT, ledger.user_account(f"u{suffix}"), 10, "grant")
@@ -214,3 +222,21 @@ def test_repetitions_claimed_by_a_run_that_died_before_queueing_are_queued_by_th
 
     assert asyncio.run(next_run()) == [1, 2, 3, 4], "the dead run's repetitions are queued, once, with the new ones"
     store.close()
+
+
+def test_the_api_wakes_the_workers_so_a_burst_of_orders_gets_its_deployments_at_once(
+        sched_settings, api_for, start_worker) -> None:
+    slow = sched_settings.model_copy(update={"sync_interval_seconds": 600})  # only a wake-up can be in time
+    start_worker(slow)
+    api = api_for(slow)
+    alice = api.new_account(coins=100)
+    time.sleep(3)  # the worker's first sync pass is behind it: what follows must wake it
+    ids = []
+    for _ in range(5):
+        r = api.post("/orders", json=interval_order(every=60, runs=2, start_at=start_in(3600)), headers=alice.headers)
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    wait_for(lambda: all(deployment_exists(slow, oid) for oid in ids), 30, "a deployment for every order")
+    paused = api.post(f"/orders/{ids[0]}/pause", headers=alice.headers)
+    assert paused.status_code == 200
+    wait_for(lambda: deployment_paused(slow, ids[0]), 30, "the paused order's deployment to be paused")

@@ -9,8 +9,8 @@ import yaml
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
-from core.scheduling import DISPATCH_ENTRYPOINT, RECONCILE_ENTRYPOINT
 from core.settings import Settings
+from flows.prefect_sync import DISPATCH_ENTRYPOINT, RECONCILE_ENTRYPOINT
 from tests.flows.conftest import wait_for
 from tests.prefect_server import prefect_env
 

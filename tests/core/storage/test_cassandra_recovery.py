@@ -13,7 +13,7 @@ from core import ledger
 from core.errors import InsufficientFunds
 from core.storage import open_store
 from core.storage.cassandra import CassandraStore
-from core.storage.cassandra_ledger import Crash
+from core.storage.cassandra.ledger import Crash
 from tests.core.storage.test_contract import claimable, claimed, new_order, new_user, now, result_for
 
 
@@ -118,7 +118,7 @@ def test_a_result_stored_but_not_paid_is_paid_once(store: CassandraStore, other:
     crash(store, "result:stored", lambda: store.record_result(result_for(order, 1, miner)))
     assert other.get_balance(ledger.user_account(miner.id)) == 0
     assert other.recover_pending() == 1
-    assert other.record_result(result_for(order, 1, miner)).value == "duplicate"
+    assert other.record_result(result_for(order, 1, miner)).outcome.value == "duplicate"
     assert other.get_balance(ledger.user_account(miner.id)) == 3
     assert other.get_balance(ledger.escrow_account(order.id)) == 3
 

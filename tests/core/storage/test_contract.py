@@ -12,8 +12,7 @@ import pytest
 from core import ledger
 from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
 from core.schemas import OrderStatus
-from core.storage import Store, open_store
-from core.storage.base import ApiToken, Order, Result, ResultOutcome, User
+from core.storage import ApiToken, Order, Recorded, Result, ResultOutcome, Store, User, open_store
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def test_a_totp_step_is_accepted_once_even_concurrently(store: Store) -> None:
 
 
 def test_sessions_revoke(store: Store) -> None:
-    from core.storage.base import LoginSession
+    from core.storage import LoginSession
 
     user = new_user(store)
     s = LoginSession(id=str(uuid.uuid4()), user_id=user.id, created_at=now(), expires_at=now() + timedelta(hours=1))
@@ -385,8 +384,9 @@ def result_for(order: Order, n: int, miner: User, body: bytes = b"<html>page</ht
 def test_a_delivered_result_is_stored_once_and_paid_once(store: Store) -> None:
     customer, order = claimed(store, runs=3, price=2)
     miner, other = new_user(store), new_user(store)
-    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.paid
-    assert store.record_result(result_for(order, 1, other, body=b"different")) is ResultOutcome.duplicate
+    assert store.record_result(result_for(order, 1, miner)) == Recorded(outcome=ResultOutcome.paid, coins=2)
+    assert store.record_result(result_for(order, 1, other, body=b"different")) == Recorded(
+        outcome=ResultOutcome.duplicate, coins=0)
     stored = store.get_result(f"{order.id}:1")
     assert stored is not None and stored.body == b"<html>page</html>" and stored.miner_id == miner.id
     assert stored.sha256 == hashlib.sha256(b"<html>page</html>").hexdigest() and not stored.truncated
@@ -404,8 +404,10 @@ def test_a_batch_of_results_is_recorded_in_one_step(store: Store) -> None:
     miner = new_user(store)
     batch = [result_for(order, 1, miner), result_for(second, 2, miner), result_for(order, 2, miner),
              result_for(order, 1, miner), result_for(order, 9, miner)]
-    assert store.record_results(batch) == [ResultOutcome.paid, ResultOutcome.paid, ResultOutcome.paid,
-                                           ResultOutcome.duplicate, ResultOutcome.unknown]
+    recorded = store.record_results(batch)
+    assert [r.outcome for r in recorded] == [ResultOutcome.paid, ResultOutcome.paid, ResultOutcome.paid,
+                                             ResultOutcome.duplicate, ResultOutcome.unknown]
+    assert [r.coins for r in recorded] == [1, 1, 1, 0, 0], "each result says what it paid the miner"
     assert store.get_balance(ledger.user_account(miner.id)) == 3
     assert store.get_result(f"{order.id}:9") is None
     assert store.record_results([]) == []
@@ -415,7 +417,7 @@ def test_concurrent_deliveries_of_the_same_job_pay_once(store: Store) -> None:
     _, order = claimed(store, runs=2)
     miners = [new_user(store) for _ in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        outcomes = list(pool.map(lambda m: store.record_result(result_for(order, 1, m)), miners))
+        outcomes = list(pool.map(lambda m: store.record_result(result_for(order, 1, m)).outcome, miners))
     assert outcomes.count(ResultOutcome.paid) == 1 and outcomes.count(ResultOutcome.duplicate) == 7
     assert sum(store.get_balance(ledger.user_account(m.id)) for m in miners) == 1
     assert store.get_balance(ledger.escrow_account(order.id)) == 1
@@ -427,7 +429,8 @@ def test_concurrent_batches_across_orders_neither_deadlock_nor_double_pay(store:
 
     def deliver(i: int) -> list[ResultOutcome]:  # every batch touches every order, in a different order
         rotated = orders[i:] + orders[:i]
-        return store.record_results([result_for(o, n, miners[i]) for n in range(1, 7) for o in rotated])
+        return [r.outcome for r in store.record_results([result_for(o, n, miners[i]) for n in range(1, 7)
+                                                         for o in rotated])]
 
     with ThreadPoolExecutor(4) as pool:
         outcomes = [o for batch in pool.map(deliver, range(4)) for o in batch]
@@ -439,13 +442,14 @@ def test_concurrent_batches_across_orders_neither_deadlock_nor_double_pay(store:
 def test_an_error_result_refunds_the_customer_instead_of_paying(store: Store) -> None:
     customer, order = claimed(store, runs=2)
     miner = new_user(store)
-    assert store.record_result(result_for(order, 1, miner, error="robots_disallowed")) is ResultOutcome.refunded
+    assert store.record_result(result_for(order, 1, miner, error="robots_disallowed")) == Recorded(
+        outcome=ResultOutcome.refunded, coins=0)
     assert store.get_balance(ledger.user_account(miner.id)) == 0
     assert store.get_balance(ledger.user_account(customer.id)) == 1
     stored = store.get_result(f"{order.id}:1")
     assert stored is not None and stored.error == "robots_disallowed" and stored.status is None
     assert store.get_repetitions(order.id, [1])[0].state.value == "refunded"
-    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.duplicate
+    assert store.record_result(result_for(order, 1, miner)).outcome is ResultOutcome.duplicate
     assert store.get_balance(ledger.user_account(miner.id)) == 0
 
 
@@ -463,8 +467,8 @@ def test_attempts_up_to_the_limit_fail_and_refund_the_repetition(store: Store) -
     assert store.get_result(key).error == "timeout"  # type: ignore[union-attr]
     again = store.fail_attempt(key, max_attempts=3)
     assert again is not None and again.attempts == 3, "a closed repetition is left alone"
-    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.duplicate
-    assert store.record_result(result_for(order, 2, miner)) is ResultOutcome.paid
+    assert store.record_result(result_for(order, 1, miner)).outcome is ResultOutcome.duplicate
+    assert store.record_result(result_for(order, 2, miner)).outcome is ResultOutcome.paid
     assert store.fail_attempt(f"{order.id}:2", 3).state.value == "done"  # type: ignore[union-attr]
     assert store.fail_attempt("nope:1", 3) is None
     assert store.get_balance(ledger.user_account(customer.id)) + store.get_balance(
@@ -475,7 +479,7 @@ def test_a_late_result_for_a_failed_repetition_is_not_stored(store: Store) -> No
     _, order = claimed(store, runs=1)
     miner = new_user(store)
     store.fail_attempt(f"{order.id}:1", max_attempts=1)
-    assert store.record_result(result_for(order, 1, miner)) is ResultOutcome.closed
+    assert store.record_result(result_for(order, 1, miner)).outcome is ResultOutcome.closed
     assert store.get_result(f"{order.id}:1") is None
     assert store.get_balance(ledger.user_account(miner.id)) == 0
 

@@ -26,11 +26,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from core import ledger, schedules, security
-from core.queue import JOBS_STREAM, JobQueue
-from core.schemas import Job
+from core.protocol.jobs import JOBS_STREAM, Job
+from core.queue import JobQueue
 from core.settings import Settings
-from core.storage import Store, open_store
-from core.storage.base import ApiToken, Order, User
+from core.storage import ApiToken, Order, Store, User, open_store
 from miners.server.app import MiningServer
 from miners.server.stream import GROUP
 from tests.conftest import ThreadedServer, free_port, make_settings

@@ -8,10 +8,8 @@ from typing import Any
 import pytest
 import socketio
 
-from core.schemas import MinerPolicy
+from core.protocol.mining import NAMESPACE, MinerEvent, MinerPolicy, ServerEvent
 from tests.miners.server.conftest import Market, PageServer, Processes, wait_for
-
-NS = "/mine"
 
 
 class RawMiner:
@@ -25,22 +23,22 @@ class RawMiner:
         self.revoked: list[str] = []
         self.refusal: str | None = None
         self.disconnected = asyncio.Event()
-        self.sio.on("job", self.jobs.put, namespace=NS)
-        self.sio.on("problem", lambda d: self.problems.append(d["message"]), namespace=NS)
-        self.sio.on("revoke", lambda d: self.revoked.append(d["key"]), namespace=NS)
-        self.sio.on("connect_error", self._refused, namespace=NS)
-        self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=NS)
+        self.sio.on(ServerEvent.job, self.jobs.put, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.problem, lambda d: self.problems.append(d["message"]), namespace=NAMESPACE)
+        self.sio.on(ServerEvent.revoke, lambda d: self.revoked.append(d["key"]), namespace=NAMESPACE)
+        self.sio.on("connect_error", self._refused, namespace=NAMESPACE)
+        self.sio.on("disconnect", lambda *a: self.disconnected.set(), namespace=NAMESPACE)
 
     def _refused(self, data: Any) -> None:
         self.refusal = data.get("message") if isinstance(data, dict) else str(data)
 
     async def connect(self, policy: dict | None = None) -> dict:
         auth = {"token": self.token} if self.token is not None else None
-        await self.sio.connect(self.url, auth=auth, namespaces=[NS], transports=["websocket"], wait_timeout=10)
-        return await self.call("hello", policy if policy is not None else MinerPolicy(capacity=1).model_dump())
+        await self.sio.connect(self.url, auth=auth, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=10)
+        return await self.call(MinerEvent.hello, policy if policy is not None else MinerPolicy(capacity=1).model_dump())
 
     async def call(self, event: str, *data: Any) -> Any:
-        return await self.sio.call(event, *data, namespace=NS, timeout=15)
+        return await self.sio.call(event, *data, namespace=NAMESPACE, timeout=15)
 
     async def close(self) -> None:
         await self.sio.disconnect()
@@ -94,17 +92,17 @@ def test_bad_results_are_refused_clearly_and_change_nothing(market: Market, mini
         held = job["key"]
         other_key = f"{other.id}:1" if held != f"{other.id}:1" else f"{order.id}:1"
         answers = [
-            await miner.call("result", result_for(other_key)),  # a job it does not hold
-            await miner.call("result", result_for("nonsense")),
-            await miner.call("result", result_for(held, body="a str, not bytes")),
-            await miner.call("result", result_for(held, status="200")),
-            await miner.call("result", result_for(held, error="made_up_error")),
-            await miner.call("result", result_for(held, status=None)),
-            await miner.call("result", {"key": held}),
-            await miner.call("result", ["not", "an", "object"]),
-            await miner.call("result", result_for(held, unexpected="field")),
+            await miner.call(MinerEvent.result, result_for(other_key)),  # a job it does not hold
+            await miner.call(MinerEvent.result, result_for("nonsense")),
+            await miner.call(MinerEvent.result, result_for(held, body="a str, not bytes")),
+            await miner.call(MinerEvent.result, result_for(held, status="200")),
+            await miner.call(MinerEvent.result, result_for(held, error="made_up_error")),
+            await miner.call(MinerEvent.result, result_for(held, status=None)),
+            await miner.call(MinerEvent.result, {"key": held}),
+            await miner.call(MinerEvent.result, ["not", "an", "object"]),
+            await miner.call(MinerEvent.result, result_for(held, unexpected="field")),
             await miner.call("steal_coins", {"amount": 100}),
-            await miner.call("result", result_for(held, body=b"x" * 5000)),  # over its own cap: job goes back
+            await miner.call(MinerEvent.result, result_for(held, body=b"x" * 5000)),  # over its own cap: job goes back
         ]
         await miner.close()
         return answers, miner.problems
@@ -141,8 +139,8 @@ def test_junk_bursts_get_a_connection_dropped_and_spare_the_honest_miner(market:
         await miner.connect(MinerPolicy(capacity=1, methods=["POST"]).model_dump())  # takes no GET jobs
         for i in range(300):
             try:
-                await miner.sio.emit(f"junk-{i}", {"x": "y" * 100}, namespace=NS)
-                await miner.sio.emit("result", {"key": f"forged:{i}"}, namespace=NS)
+                await miner.sio.emit(f"junk-{i}", {"x": "y" * 100}, namespace=NAMESPACE)
+                await miner.sio.emit(MinerEvent.result, {"key": f"forged:{i}"}, namespace=NAMESPACE)
             except socketio.exceptions.BadNamespaceError:
                 break  # dropped already
         await asyncio.wait_for(miner.disconnected.wait(), 15)
@@ -168,7 +166,7 @@ def test_a_message_larger_than_the_transport_allows_drops_the_connection(market:
         await miner.connect()
         job = await asyncio.wait_for(miner.jobs.get(), 15)
         body = b"x" * (market.settings.result_body_max_bytes + 200 * 1024)
-        await miner.sio.emit("result", result_for(job["key"], body=body), namespace=NS)
+        await miner.sio.emit(MinerEvent.result, result_for(job["key"], body=body), namespace=NAMESPACE)
         await asyncio.wait_for(miner.disconnected.wait(), 15)
         await miner.close()
         return True
@@ -201,8 +199,8 @@ def test_a_lease_that_expires_goes_to_another_miner_and_the_late_result_is_refus
         await second.connect()
         again = await asyncio.wait_for(second.jobs.get(), 15)  # after the 3 s lease
         assert again["key"] == job["key"]
-        late = await first.call("result", result_for(job["key"]))
-        on_time = await second.call("result", result_for(job["key"], body=b"on time"))
+        late = await first.call(MinerEvent.result, result_for(job["key"]))
+        on_time = await second.call(MinerEvent.result, result_for(job["key"], body=b"on time"))
         await first.close()
         await second.close()
         return first.revoked, late, on_time

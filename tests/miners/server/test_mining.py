@@ -3,7 +3,7 @@ back: the result is stored once, the miner is paid from the order's escrow, resu
 
 from redis import Redis
 
-from core.queue import RESULTS_STREAM
+from core.protocol.notices import NOTICES_STREAM
 from tests.miners.server.conftest import Market, PageServer, Processes, wait_for
 
 
@@ -23,8 +23,8 @@ def test_a_job_reaches_a_miner_whose_result_is_stored_and_paid(market: Market, m
     assert market.balance(miner) == 1, "the miner earned the order's price per run"
     assert market.escrow(order) == 0 and market.balance(customer) == 4
     assert market.states(order) == {"done": 1}
-    wait_for(lambda: redis.xlen(RESULTS_STREAM) == 1, 15, "the notice to result servers")  # sent after the commit
-    [(_, notice)] = redis.xrange(RESULTS_STREAM)
+    wait_for(lambda: redis.xlen(NOTICES_STREAM) == 1, 15, "the notice to result servers")  # sent after the commit
+    [(_, notice)] = redis.xrange(NOTICES_STREAM)
     assert notice[b"key"] == f"{order.id}:1".encode() and notice[b"order_id"] == order.id.encode()
     assert proc.stop() == 0, proc.output()
     out = proc.output()

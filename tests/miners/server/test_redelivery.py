@@ -5,7 +5,7 @@ import signal
 from redis import Redis
 
 from core import ledger
-from core.queue import JOBS_STREAM
+from core.protocol.jobs import JOBS_STREAM
 from miners.server.stream import GROUP
 from tests.miners.server.conftest import Market, PageServer, Processes, pending_of, wait_for
 

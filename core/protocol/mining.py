@@ -1,0 +1,129 @@
+"""The `/mine` Socket.IO namespace: what a mining server and a miner say to each other.
+
+A miner connects with auth `{"token": "<mine API token>"}` and then calls `hello` (its
+`MinerPolicy`; answered with the `Welcome` terms), `result` (a `MinedResult` for a job it holds;
+answered with a `ResultAck`) and `drain` (send me nothing new; answered with `Drained`). The
+server sends `job` (a `JobOffer`), `revoke` (a `Revoke`: a lease ended) and `problem` (a
+`Problem`: what was wrong with the last message).
+"""
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, Field, Strict
+
+from core.protocol.jobs import JobKey
+from core.schemas import HttpMethod, Request, RequestSpec
+
+NAMESPACE = "/mine"
+
+
+class MinerEvent(StrEnum):
+    """What a miner sends; each is a call the server answers."""
+
+    hello = "hello"
+    result = "result"
+    drain = "drain"
+
+
+class ServerEvent(StrEnum):
+    """What the mining server sends a miner."""
+
+    job = "job"
+    revoke = "revoke"
+    problem = "problem"
+
+
+class FetchError(StrEnum):
+    """Why a fetch produced no page. An HTTP 4xx/5xx answer is a page, not an error."""
+
+    invalid_url = "invalid_url"  # the URL (or a redirect's Location) does not parse
+    invalid_request = "invalid_request"  # method or headers the fetcher will not send
+    refused_target = "refused_target"  # URL policy, block-list or a forbidden resolved address
+    robots_disallowed = "robots_disallowed"
+    dns_error = "dns_error"
+    connection_error = "connection_error"
+    tls_error = "tls_error"
+    timeout = "timeout"
+    too_many_redirects = "too_many_redirects"
+    http_error = "http_error"  # malformed response: oversized headers, bad encoding, cut-off body
+
+
+class MinerPolicy(Request):
+    """What a miner announces after connecting (`hello`): how many jobs at once, which ones."""
+
+    capacity: Annotated[int, Field(ge=1, le=1024, description="Jobs the miner runs at the same time.")] = 4
+    methods: Annotated[list[HttpMethod], Field(min_length=1, max_length=3)] = Field(
+        default_factory=lambda: ["GET", "HEAD"])
+    blocked_domains: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1000)] = (
+        Field(default_factory=list, description="Domains (and their subdomains) the miner never fetches."))
+    max_body_bytes: Annotated[int, Field(ge=1024, description="The miner keeps at most this much of a page.")] = (
+        2 * 1024 * 1024)
+    client: Annotated[str, Field(max_length=100)] = ""
+
+
+class Welcome(BaseModel):
+    """The server's answer to `hello`: the terms this connection mines under."""
+
+    server_id: str
+    miner: str = Field(description="The volunteer's username.")
+    capacity: int
+    max_body_bytes: int
+    lease_seconds: float
+
+
+class JobOffer(RequestSpec, JobKey):
+    """A job leased to one miner (server → miner, event `job`)."""
+
+    lease_seconds: float
+
+
+class MinedResult(Request):
+    """What a miner sends back for a job it holds (miner → server, event `result`)."""
+
+    key: Annotated[str, Field(min_length=3, max_length=100)]
+    status: Annotated[int, Field(ge=100, le=599)] | None = None
+    final_url: Annotated[str, Field(max_length=8192)]
+    headers: Annotated[dict[Annotated[str, Field(max_length=100)], Annotated[str, Field(max_length=1024)]],
+                       Field(max_length=50)] = Field(default_factory=dict)
+    body: bytes = b""
+    truncated: bool = False
+    elapsed_ms: Annotated[int, Field(ge=0, le=24 * 3600 * 1000)] = 0
+    error: Annotated[FetchError, Strict(False)] | None = None
+    error_text: Annotated[str, Field(max_length=1000)] | None = None
+
+
+class ResultAck(BaseModel):
+    """The server's answer to `result`: what became of it, or why it was refused."""
+
+    ok: bool
+    outcome: str | None = Field(default=None, description="paid, refunded, retry, failed, duplicate, closed")
+    coins: int = 0
+    error: str | None = None
+
+
+class Drained(BaseModel):
+    """The server's answer to `drain`: no new jobs come; this many are still leased to the miner."""
+
+    ok: bool = True
+    in_flight: int
+
+
+class Revoke(BaseModel):
+    """A lease ended before the miner's result came (server → miner, event `revoke`)."""
+
+    key: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """What was wrong with the miner's last message (server → miner, event `problem`).
+
+    `fatal` is sent only when true: the server disconnects right after.
+    """
+
+    message: str
+    fatal: bool = False
+
+    def payload(self) -> dict:
+        return self.model_dump(exclude_defaults=True)

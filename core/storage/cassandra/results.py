@@ -1,0 +1,141 @@
+"""Delivered results, the pay they settle, and result clients' delivery cursors, on Cassandra.
+
+A result is stored and its job settled in one LWT on the job row (jobs hold their result),
+then the miner is paid or the customer refunded; a `settle:` pending marker covers the gap.
+"""
+
+from core.errors import NotFound
+from core.schemas import RepetitionState
+from core.storage import rules
+from core.storage.cassandra.ledger import CasUnknown
+from core.storage.cassandra.session import (
+    JOB_COLS,
+    CassandraBase,
+    bucket_of,
+    order_from,
+    parse_job_key,
+    repetition_from,
+    result_from,
+)
+from core.storage.records import Order, Recorded, Repetition, Result, ResultOutcome
+
+
+class CassandraResults(CassandraBase):
+    def record_results(self, results: list[Result]) -> list[Recorded]:
+        orders: dict[str, Order | None] = {}
+        return [self._record(result, orders) for result in results]
+
+    def _record(self, result: Result, orders: dict[str, Order | None]) -> Recorded:
+        if parse_job_key(result.job_key) != (result.order_id, result.n):
+            return rules.recorded(ResultOutcome.unknown)
+        if result.order_id not in orders:
+            row = self._order_row(result.order_id)
+            orders[result.order_id] = order_from(row) if row else None
+        order = orders[result.order_id]
+        if order is None:
+            return rules.recorded(ResultOutcome.unknown)
+        where = (result.order_id, bucket_of(result.n), result.n)
+        marker = f"settle:{result.job_key}"
+        while True:
+            job = self._one("SELECT state, result FROM jobs WHERE order_id = ? AND bucket = ? AND n = ?", where)
+            if job is None:
+                return rules.recorded(ResultOutcome.unknown)
+            state = RepetitionState(job["state"])
+            prior = rules.prior_outcome(job["result"] is not None, state)
+            if prior is not None:
+                self._settle_transfer(order, result.n, state, job["result"])  # finish what a crash may have cut
+                return rules.recorded(prior)
+            to, movement = rules.settle(order, result)
+            self.ledger.mark_pending(marker)
+            try:
+                applied, _ = self._cas("UPDATE jobs SET state = ?, result = ?, body = ? "
+                                       "WHERE order_id = ? AND bucket = ? AND n = ? IF state = ?",
+                                       (to.value, result.model_dump_json(exclude={"body_zlib"}), result.body_zlib,
+                                        *where, state.value))
+            except CasUnknown:
+                continue  # the next read shows whether it was stored (and by whom)
+            if applied:
+                self._checkpoint("result:stored")
+                self.ledger.transfer(*movement)
+                self.ledger.clear_pending(marker)
+                return rules.settled(to, order)
+
+    def record_result(self, result: Result) -> Recorded:
+        return self.record_results([result])[0]
+
+    def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
+        parsed = parse_job_key(job_key)
+        if parsed is None:
+            return None
+        order_id, n = parsed
+        where = (order_id, bucket_of(n), n)
+        while True:
+            job = self._one(f"SELECT {JOB_COLS}, result FROM jobs WHERE order_id = ? AND bucket = ? AND n = ?",
+                            where)
+            if job is None:
+                return None
+            state = RepetitionState(job["state"])
+            if state not in rules.OPEN:
+                row = self._order_row(order_id)
+                if row is not None:
+                    self._settle_transfer(order_from(row), n, state, job["result"])
+                return repetition_from(job)
+            attempts = job["attempts"] + 1
+            if attempts < max_attempts:
+                applied, _ = self._cas_retry("UPDATE jobs SET attempts = ? WHERE order_id = ? AND bucket = ? AND n = ? "
+                                             "IF state = ? AND attempts = ?", (attempts, *where, state.value,
+                                                                               job["attempts"]))
+                if applied:
+                    return repetition_from({**job, "attempts": attempts})
+                continue
+            row = self._order_row(order_id)
+            if row is None:
+                raise NotFound("order not found")
+            keep = last is not None and job["result"] is None
+            self.ledger.mark_pending(f"settle:{job_key}")
+            applied, _ = self._cas_retry(
+                "UPDATE jobs SET attempts = ?, state = 'failed', result = ?, body = ? "
+                "WHERE order_id = ? AND bucket = ? AND n = ? IF state = ? AND attempts = ?",
+                (attempts, last.model_dump_json(exclude={"body_zlib"}) if keep and last else job["result"],
+                 last.body_zlib if keep and last else None, *where, state.value, job["attempts"]))
+            if applied:
+                self._settle_transfer(order_from(row), n, RepetitionState.failed, None)
+                self.ledger.clear_pending(f"settle:{job_key}")
+                return repetition_from({**job, "attempts": attempts, "state": RepetitionState.failed.value})
+
+    def get_result(self, job_key: str) -> Result | None:
+        parsed = parse_job_key(job_key)
+        if parsed is None:
+            return None
+        row = self._one("SELECT result, body FROM jobs WHERE order_id = ? AND bucket = ? AND n = ?",
+                        (parsed[0], bucket_of(parsed[1]), parsed[1]))
+        return result_from(row) if row and row["result"] is not None else None
+
+    def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
+        row = self._order_row(order_id)
+        if row is None or limit <= 0:
+            return []
+        out: list[Result] = []
+        for bucket in range(bucket_of(after_n + 1), bucket_of(order_from(row).max_runs) + 1):
+            for job in self._rows("SELECT result, body FROM jobs WHERE order_id = ? AND bucket = ? AND n > ?",
+                                  (order_id, bucket, after_n)):
+                if job["result"] is not None:
+                    out.append(result_from(job))
+            if len(out) >= limit:
+                break
+        return sorted(out, key=lambda r: r.n)[:limit]
+
+    def get_delivery_cursor(self, token_id: str, order_id: str) -> int:
+        row = self._one("SELECT last_n FROM delivery_cursors WHERE token_id = ? AND order_id = ?", (token_id, order_id))
+        return row["last_n"] if row else 0
+
+    def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
+        while True:
+            applied, current = self._cas_retry("UPDATE delivery_cursors SET last_n = ? WHERE token_id = ? "
+                                               "AND order_id = ? IF last_n < ?", (n, token_id, order_id, n))
+            if applied or current.get("last_n") is not None:
+                return
+            applied, _ = self._cas_retry("INSERT INTO delivery_cursors (token_id, order_id, last_n) VALUES (?, ?, ?) "
+                                         "IF NOT EXISTS", (token_id, order_id, n))
+            if applied:
+                return

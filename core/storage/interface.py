@@ -1,0 +1,233 @@
+"""The storage interface every backend (SQLite, PostgreSQL, Cassandra) implements.
+
+Every query is by key: a record's id, or the partition it is listed under (an owner's orders,
+tokens, an account's ledger entries). No joins, no scans of whole tables. Operations that
+must be atomic — a transfer, creating an order together with its escrow hold, cancelling an
+order together with its refund, accepting a TOTP step once — are single methods, so each
+backend can make them atomic in its own way (a transaction in SQL, lightweight transactions
+and a pending-transfer record in Cassandra).
+
+`Store` is the whole interface; it is composed of one Protocol per domain (accounts, ledger,
+orders, results, sync outbox), so a piece of code that needs only one domain can say so.
+Records (`core.storage.records`) are plain pydantic models; backends copy them in and out.
+Datetimes are timezone-aware UTC. The rules every backend applies the same way (what a
+delivered result settles, which repetitions a claim takes, what a cancel refunds) are
+written once, in `core.storage.rules`.
+"""
+
+from datetime import datetime
+from typing import Protocol
+
+from core.schemas import OrderStatus
+from core.storage.records import (
+    ApiToken,
+    Claim,
+    Cursor,
+    LedgerEntry,
+    LoginSession,
+    Order,
+    Recorded,
+    Repetition,
+    Result,
+    Transfer,
+    User,
+)
+
+
+class AccountStore(Protocol):
+    """Users, their login sessions and their API tokens."""
+
+    # users -------------------------------------------------------------------------------
+    def create_user(self, user: User) -> None:
+        """Store a new user; raise Conflict if the (lower-cased) username is taken."""
+
+    def get_user(self, user_id: str) -> User | None: ...
+
+    def get_user_by_username(self, username: str) -> User | None: ...
+
+    def set_totp_secret(self, user_id: str, secret: str) -> bool:
+        """Replace the pending TOTP secret; False if two-factor is already enabled."""
+
+    def enable_totp(self, user_id: str) -> None: ...
+
+    def use_totp_step(self, user_id: str, step: int) -> bool:
+        """Record that the TOTP code of time step `step` was used.
+
+        True only if `step` is newer than every step used before, atomically: of two
+        concurrent logins with the same code exactly one gets True.
+        """
+
+    # sessions ----------------------------------------------------------------------------
+    def create_session(self, session: LoginSession) -> None: ...
+
+    def get_session(self, session_id: str) -> LoginSession | None: ...
+
+    def revoke_session(self, session_id: str, at: datetime) -> None: ...
+
+    # API tokens --------------------------------------------------------------------------
+    def create_api_token(self, token: ApiToken) -> None: ...
+
+    def get_api_token(self, token_id: str) -> ApiToken | None: ...
+
+    def list_api_tokens(self, owner_id: str) -> list[ApiToken]:
+        """The owner's tokens, newest first."""
+
+    def revoke_api_token(self, owner_id: str, token_id: str, at: datetime) -> bool:
+        """Revoke the owner's token; False if the owner has no such token."""
+
+
+class LedgerStore(Protocol):
+    """Coin balances, moved only by idempotent transfers between two accounts."""
+
+    def transfer(
+        self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None
+    ) -> Transfer:
+        """Move `amount` coins, once per `key`.
+
+        Returns the stored transfer; a second call with the same key and the same accounts
+        and amount returns the first transfer and moves nothing. Raises IdempotencyConflict
+        if the key was used for a different movement and InsufficientFunds if the source
+        (any account but the mint) would go below zero — under any concurrency.
+        """
+
+    def get_transfer(self, key: str) -> Transfer | None: ...
+
+    def get_balance(self, account: str) -> int:
+        """Current balance; 0 for an account that never moved coins."""
+
+    def list_entries(self, account: str, limit: int, before: Cursor | None = None) -> list[LedgerEntry]:
+        """The account's ledger entries, newest first, strictly older than `before`."""
+
+    def recover_pending(self) -> int:
+        """Finish the multi-step operations a crashed process left half done; returns how many it found.
+
+        A backend whose operations are single transactions has none (SQL returns 0). Cassandra
+        completes pending transfers, order creations, claims, settlements and cancellations:
+        each one is completed or, if it never took effect, removed. Safe to run at any time.
+        """
+
+
+class OrderStore(Protocol):
+    """Orders, with their escrow, and the repetitions dispatch runs claim of them."""
+
+    # orders ------------------------------------------------------------------------------
+    def create_order(self, order: Order) -> tuple[Order, bool]:
+        """Store the order and hold its cost in escrow, atomically.
+
+        Returns (order, True) when created, with a Prefect sync requested. If an order with the same id exists (an
+        idempotent retry) returns (existing, False) when its request_hash matches and
+        raises IdempotencyConflict otherwise. Raises InsufficientFunds — and stores
+        nothing — when the owner cannot pay the cost.
+        """
+
+    def get_order(self, order_id: str) -> Order | None: ...
+
+    def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
+        """The owner's orders, newest first, strictly older than `before`."""
+
+    def set_order_status(
+        self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus, next_due_at: datetime | None = None
+    ) -> Order | None:
+        """Change the status (and next due time, if given) if it is one of `allowed_from`; else None.
+
+        Also requests a Prefect sync of the order, in the same atomic step.
+        """
+
+    def cancel_order(self, order_id: str) -> tuple[Order, int] | None:
+        """Cancel an active or paused order and refund its unclaimed repetitions, atomically.
+
+        Returns (order, refunded coins), or None if the order is not active or paused.
+        """
+
+    def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None: ...
+
+    # repetitions ---------------------------------------------------------------------------
+    def claim_repetitions(
+        self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
+    ) -> Claim:
+        """Claim, atomically, every unclaimed repetition of an active order due before `horizon`.
+
+        Idempotent per flow run: a second call with the same `flow_run_id` claims nothing new
+        and returns the repetitions that run claimed (replay=True). Repetitions due more than
+        `catchup_seconds` before `now` are refunded to the customer instead of queued. Claiming
+        the last repetition leaves next_due_at None and requests a sync (the order completes once
+        its last job has left the queue). Raises NotFound for an unknown order.
+        """
+
+    def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
+
+    def unclaim(self, order_id: str, ns: list[int]) -> int:
+        """Return withdrawn, never-released repetitions of a paused order to its counter.
+
+        They must be the newest claimed ones (`ns` = k+1..runs_claimed); otherwise they are
+        refunded instead. Returns how many went back.
+        """
+
+    def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
+        """Refund queued repetitions that will never run (idempotent); returns coins refunded."""
+
+
+class ResultStore(Protocol):
+    """What miners delivered, the pay it settles, and how far each result client has read."""
+
+    # results ---------------------------------------------------------------------------------
+    def record_results(self, results: list[Result]) -> list[Recorded]:
+        """Record results delivered by miners, all in one atomic step (a batch is one round trip).
+
+        For each result, once per job key: store it and settle its repetition. A result
+        without an error marks the repetition done and pays the miner the order's price per
+        run from the escrow (ledger key `reward:{job}`); a result with an error (target
+        refused, robots.txt disallows it, attempts exhausted) marks it refunded and returns
+        the price to the customer (`refund:{job}`). A second delivery of the same job, or one
+        for a repetition already refunded or failed, changes nothing. Returns one `Recorded`
+        per result, in order: its outcome and the coins this call paid the miner for it (the
+        price per run when the outcome is `paid`, else 0).
+        """
+
+    def record_result(self, result: Result) -> Recorded:
+        """`record_results` for one result."""
+
+    def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
+        """Count one attempt at a job that ended without a result (miner gone, lease expired).
+
+        When the repetition reaches `max_attempts` it is marked failed and its price refunded
+        to the customer, storing `last` (the final error, if any) as its result — atomically.
+        A repetition that is no longer queued or leased is returned unchanged. None if unknown.
+        """
+
+    def get_result(self, job_key: str) -> Result | None: ...
+
+    def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
+        """The order's results with n > `after_n`, by n ascending (a result client's resume point)."""
+
+    # delivery cursors ----------------------------------------------------------------------
+    def get_delivery_cursor(self, token_id: str, order_id: str) -> int:
+        """The highest repetition n the result client of `token_id` acknowledged for the order; 0 if none."""
+
+    def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
+        """Move the cursor forward to `n`; never backwards."""
+
+
+class SyncOutbox(Protocol):
+    """Orders whose Prefect deployment must be brought in line with them (the Prefect sync queue)."""
+
+    def request_sync(self, order_id: str, at: datetime) -> None:
+        """Note that the order's Prefect deployment must be brought in line with the order.
+
+        A request for a future `at` is a timer: it becomes pending at that time.
+        """
+
+    def pending_syncs(self, limit: int, now: datetime) -> list[tuple[str, datetime]]:
+        """Orders whose sync request is due by `now`, oldest first: (order id, requested at)."""
+
+    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
+        """Drop the request unless a newer one came in after `requested_at`."""
+
+
+class Store(AccountStore, LedgerStore, OrderStore, ResultStore, SyncOutbox, Protocol):
+    """Durable state of crawlcoin. Implementations must be safe to share between threads."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise if the backend cannot be reached."""

@@ -1,0 +1,166 @@
+"""The records the store keeps and returns: plain pydantic models that every backend copies in and out.
+
+Datetimes are timezone-aware UTC; coin amounts are integers.
+"""
+
+import hashlib
+import zlib
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from core.schemas import OrderStatus, RepetitionState
+
+Cursor = tuple[datetime, str]
+"""Position in a newest-first listing: (created_at, id) of the last item already seen."""
+
+
+class User(BaseModel):
+    id: str
+    username: str
+    password_hash: str
+    totp_secret: str | None = None
+    totp_enabled: bool = False
+    totp_last_step: int = 0
+    created_at: datetime
+
+
+class LoginSession(BaseModel):
+    id: str
+    user_id: str
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ApiToken(BaseModel):
+    id: str
+    owner_id: str
+    name: str
+    secret_hash: str
+    scopes: list[str]
+    order_id: str | None = None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class Order(BaseModel):
+    id: str
+    owner_id: str
+    url: str
+    method: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    schedule_kind: str
+    every_seconds: int | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    start_at: datetime
+    max_runs: int
+    runs_claimed: int = 0
+    next_due_at: datetime | None = Field(default=None, description="Due time of repetition runs_claimed + 1.")
+    status: OrderStatus = OrderStatus.active
+    price_per_run: int
+    deployment_id: str | None = None
+    request_hash: str = Field(description="Fingerprint of the create request, to recognise an idempotent retry.")
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def cost(self) -> int:
+        return self.max_runs * self.price_per_run
+
+
+class Repetition(BaseModel):
+    key: str = Field(description='"{order_id}:{n}", the idempotency key of everything downstream.')
+    order_id: str
+    n: int
+    due_at: datetime
+    flow_run_id: str
+    state: RepetitionState = RepetitionState.queued
+    attempts: int = 0
+    created_at: datetime
+
+
+class Claim(BaseModel):
+    """What one dispatch run claimed of an order."""
+
+    order: Order
+    queued: list[Repetition] = Field(default_factory=list, description="To enqueue, in due order.")
+    refunded: list[Repetition] = Field(default_factory=list, description="Missed by more than the catch-up limit.")
+    replay: bool = Field(default=False, description="This flow run had claimed before; same repetitions again.")
+
+
+def job_key(order_id: str, n: int) -> str:
+    return f"{order_id}:{n}"
+
+
+class Result(BaseModel):
+    """What a miner delivered for one repetition. One per job key, written once."""
+
+    job_key: str
+    order_id: str
+    n: int
+    miner_id: str = Field(description="The user id of the volunteer who fetched it.")
+    fetched_at: datetime
+    status: int | None = Field(default=None, description="HTTP status; None when the fetch failed.")
+    final_url: str
+    headers: dict[str, str] = Field(default_factory=dict, description="Selected response headers.")
+    body_zlib: bytes = Field(default=b"", description="The body, zlib-compressed.")
+    body_size: int = Field(default=0, description="Length of the body before compression.")
+    truncated: bool = Field(default=False, description="The page was longer than the body cap.")
+    sha256: str = Field(description="Hex digest of the (uncompressed, capped) body.")
+    elapsed_ms: int = 0
+    error: str | None = Field(default=None, description="Why there is no page (core.schemas.FetchError).")
+    error_text: str | None = None
+    stored_at: datetime
+
+    @property
+    def body(self) -> bytes:
+        return zlib.decompress(self.body_zlib) if self.body_zlib else b""
+
+    @classmethod
+    def with_body(cls, body: bytes, cap: int, **fields: object) -> "Result":
+        """A result holding at most `cap` bytes of `body`, compressed; cutting marks it truncated."""
+        if len(body) > cap:
+            body, fields["truncated"] = body[:cap], True
+        return cls(body_zlib=zlib.compress(body, 6) if body else b"", body_size=len(body),
+                   sha256=hashlib.sha256(body).hexdigest(), **fields)  # type: ignore[arg-type]
+
+
+class ResultOutcome(StrEnum):
+    """What recording a delivered result did."""
+
+    paid = "paid"  # stored, repetition done, miner paid from the escrow
+    refunded = "refunded"  # stored (an error no miner can fix), repetition refunded to the customer
+    duplicate = "duplicate"  # a result for this job was stored before: nothing changed
+    closed = "closed"  # the repetition was refunded or failed already: nothing stored
+    unknown = "unknown"  # no such repetition: nothing stored
+
+
+class Recorded(BaseModel):
+    """What recording one delivered result did, and what it paid the miner."""
+
+    outcome: ResultOutcome
+    coins: int = Field(default=0, description="Coins paid to the miner from the escrow; 0 unless the outcome is paid.")
+
+
+class Transfer(BaseModel):
+    key: str
+    from_account: str
+    to_account: str
+    amount: int
+    kind: str
+    reference: str | None = None
+    created_at: datetime
+
+
+class LedgerEntry(BaseModel):
+    account: str
+    txn_key: str
+    delta: int
+    balance_after: int
+    kind: str
+    reference: str | None = None
+    created_at: datetime

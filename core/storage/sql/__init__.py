@@ -1,0 +1,19 @@
+"""SQL backend (SQLModel on SQLAlchemy): SQLite for the embedded default, PostgreSQL at scale.
+
+One mixin per domain, composed into `SqlStore`: `engine` (engines, transactions, schema
+creation), `tables`, `accounts` (users, sessions, tokens), `ledger`, `orders` (orders and
+claims), `results` (results and delivery cursors), `outbox` (Prefect sync requests). Every
+write is one transaction; see `core.storage.sql.engine` for how that is made safe under
+concurrency on each dialect.
+"""
+
+from core.storage.sql.accounts import SqlAccounts
+from core.storage.sql.orders import SqlOrders
+from core.storage.sql.results import SqlResults
+
+
+class SqlStore(SqlAccounts, SqlOrders, SqlResults):
+    """The Store protocol on SQLite or PostgreSQL."""
+
+
+__all__ = ["SqlStore"]

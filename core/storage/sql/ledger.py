@@ -1,0 +1,117 @@
+"""The coin ledger on SQL: one balance row per account, a transfer row and two entries per transfer."""
+
+from sqlalchemy import tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from core import ledger
+from core.errors import IdempotencyConflict, InsufficientFunds, InvalidInput
+from core.storage.records import Cursor, LedgerEntry, Transfer
+from core.storage.rules import Movement
+from core.storage.sql.engine import SqlBase, record, utcnow
+from core.storage.sql.tables import AccountRow, LedgerEntryRow, TransferRow
+
+
+class SqlLedger(SqlBase):
+    def _move(self, s: Session, account: str, delta: int) -> int | None:
+        """Apply `delta` to one balance; None if that would take a non-mint account below 0."""
+        if delta > 0 or account == ledger.MINT:
+            stmt = (
+                self._insert(AccountRow)
+                .values(account=account, balance=delta)
+                .on_conflict_do_update(index_elements=["account"], set_={"balance": AccountRow.balance + delta})
+                .returning(AccountRow.balance)
+            )
+        else:
+            stmt = (
+                update(AccountRow)
+                .where(col(AccountRow.account) == account, col(AccountRow.balance) >= -delta)
+                .values(balance=AccountRow.balance + delta)
+                .returning(AccountRow.balance)
+            )
+        return s.execute(stmt).scalar_one_or_none()
+
+    def _transfer(
+        self, s: Session, key: str, src: str, dst: str, amount: int, kind: str, reference: str | None
+    ) -> Transfer:
+        if amount <= 0:
+            raise InvalidInput("a transfer moves a positive number of coins")
+        if src == dst:
+            raise InvalidInput("a transfer needs two different accounts")
+        at = utcnow()
+        claimed = s.execute(
+            self._insert(TransferRow)
+            .values(key=key, from_account=src, to_account=dst, amount=amount, kind=kind, reference=reference,
+                    created_at=at)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(TransferRow.key)
+        ).first()
+        if claimed is None:
+            existing = s.exec(select(TransferRow).where(TransferRow.key == key)).one()
+            if (existing.from_account, existing.to_account, existing.amount) != (src, dst, amount):
+                raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different transfer")
+            return record(Transfer, existing)
+        balances: dict[str, int] = {}
+        for account in sorted((src, dst)):  # one lock order for every transfer: no deadlocks
+            delta = -amount if account == src else amount
+            after = self._move(s, account, delta)
+            if after is None:
+                have = self._balance(s, src)
+                raise InsufficientFunds(f"insufficient coins: balance {have}, needed {amount}")
+            balances[account] = after
+        for account, delta in ((src, -amount), (dst, amount)):
+            s.add(LedgerEntryRow(account=account, txn_key=key, delta=delta, balance_after=balances[account],
+                                 kind=kind, reference=reference, created_at=at))
+        return Transfer(key=key, from_account=src, to_account=dst, amount=amount, kind=kind, reference=reference,
+                        created_at=at)
+
+    def _make(self, s: Session, movement: Movement) -> Transfer:
+        """Make a transfer a rule of `core.storage.rules` asks for, in the transaction of `s`."""
+        return self._transfer(s, *movement)
+
+    def _balance(self, s: Session, account: str) -> int:
+        row = s.get(AccountRow, account)
+        return row.balance if row else 0
+
+    def _lock_accounts(self, s: Session, accounts: set[str]) -> None:
+        """Row-lock every account a batch will touch, in one sorted order (creating missing ones).
+
+        A batch moves coins between many accounts; taking all their locks up front, sorted,
+        keeps two concurrent batches from locking the same pair in opposite orders.
+        """
+        if not accounts:
+            return
+        stmt = self._insert(AccountRow).values([{"account": a, "balance": 0} for a in sorted(accounts)])
+        s.execute(stmt.on_conflict_do_update(index_elements=["account"], set_={"balance": AccountRow.balance}))
+
+    def transfer(
+        self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None
+    ) -> Transfer:
+        def run() -> Transfer:
+            with self._write() as s:
+                return self._transfer(s, key, from_account, to_account, amount, kind, reference)
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # a concurrent first use of the same key won the race
+            return self._retrying(run)
+
+    def get_transfer(self, key: str) -> Transfer | None:
+        with self._read() as s:
+            row = s.get(TransferRow, key)
+            return record(Transfer, row) if row else None
+
+    def get_balance(self, account: str) -> int:
+        with self._read() as s:
+            return self._balance(s, account)
+
+    def recover_pending(self) -> int:
+        return 0  # every operation is one transaction: a crash leaves nothing half done
+
+    def list_entries(self, account: str, limit: int, before: Cursor | None = None) -> list[LedgerEntry]:
+        with self._read() as s:
+            stmt = select(LedgerEntryRow).where(LedgerEntryRow.account == account)
+            if before is not None:
+                stmt = stmt.where(tuple_(LedgerEntryRow.created_at, LedgerEntryRow.txn_key) < tuple_(*before))
+            stmt = stmt.order_by(col(LedgerEntryRow.created_at).desc(), col(LedgerEntryRow.txn_key).desc())
+            return [record(LedgerEntry, r) for r in s.exec(stmt.limit(limit))]

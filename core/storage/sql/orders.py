@@ -1,0 +1,175 @@
+"""Orders, their escrow, and the repetitions dispatch runs claim of them, on SQL."""
+
+from datetime import datetime
+
+from sqlalchemy import tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from core.errors import IdempotencyConflict, NotFound
+from core.schemas import OrderStatus, RepetitionState
+from core.storage import rules
+from core.storage.records import Claim, Cursor, Order, Repetition, job_key
+from core.storage.sql.engine import record, utcnow
+from core.storage.sql.ledger import SqlLedger
+from core.storage.sql.outbox import SqlOutbox
+from core.storage.sql.tables import DispatchClaimRow, OrderRow, RepetitionRow
+
+
+class SqlOrders(SqlLedger, SqlOutbox):
+    # --- orders ------------------------------------------------------------------------
+
+    def create_order(self, order: Order) -> tuple[Order, bool]:
+        def run() -> tuple[Order, bool]:
+            with self._write() as s:
+                existing = s.get(OrderRow, order.id)
+                if existing is not None:
+                    if existing.owner_id != order.owner_id or existing.request_hash != order.request_hash:
+                        raise IdempotencyConflict("this idempotency key was already used for a different order")
+                    return record(Order, existing), False
+                s.add(OrderRow.model_validate(order.model_dump()))
+                s.flush()
+                self._make(s, rules.hold(order))
+                self._request_sync(s, order.id, order.created_at)
+                return order, True
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same order id was created concurrently: now it exists
+            return self._retrying(run)
+
+    def get_order(self, order_id: str) -> Order | None:
+        with self._read() as s:
+            row = s.get(OrderRow, order_id)
+            return record(Order, row) if row else None
+
+    def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
+        with self._read() as s:
+            stmt = select(OrderRow).where(OrderRow.owner_id == owner_id)
+            if before is not None:
+                stmt = stmt.where(tuple_(OrderRow.created_at, OrderRow.id) < tuple_(*before))
+            stmt = stmt.order_by(col(OrderRow.created_at).desc(), col(OrderRow.id).desc())
+            return [record(Order, r) for r in s.exec(stmt.limit(limit))]
+
+    def _locked_order(self, s: Session, order_id: str) -> OrderRow | None:
+        return s.exec(select(OrderRow).where(OrderRow.id == order_id).with_for_update()).first()
+
+    def set_order_status(
+        self, order_id: str, allowed_from: set[OrderStatus], to: OrderStatus, next_due_at: datetime | None = None
+    ) -> Order | None:
+        def run() -> Order | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None or row.status not in allowed_from:
+                    return None
+                row.status, row.updated_at = to, utcnow()
+                if next_due_at is not None:
+                    row.next_due_at = next_due_at
+                self._request_sync(s, order_id, row.updated_at)
+                s.flush()
+                return record(Order, row)
+
+        return self._retrying(run)
+
+    def cancel_order(self, order_id: str) -> tuple[Order, int] | None:
+        def run() -> tuple[Order, int] | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None or row.status not in rules.CANCELLABLE:
+                    return None
+                refund = rules.cancel_refund(record(Order, row))
+                row.status, row.updated_at = OrderStatus.cancelled, utcnow()
+                self._request_sync(s, order_id, row.updated_at)
+                s.flush()
+                if refund is not None:
+                    self._make(s, refund)
+                return record(Order, row), refund.amount if refund else 0
+
+        return self._retrying(run)
+
+    def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None:
+        with self._write() as s:
+            s.exec(update(OrderRow).where(col(OrderRow.id) == order_id).values(deployment_id=deployment_id))  # type: ignore[call-overload]
+
+    # --- repetitions -------------------------------------------------------------------
+
+    def _repetitions(self, s: Session, order_id: str, ns: list[int]) -> list[RepetitionRow]:
+        keys = [job_key(order_id, n) for n in ns]
+        stmt = select(RepetitionRow).where(col(RepetitionRow.key).in_(keys)).order_by(col(RepetitionRow.n))
+        return list(s.exec(stmt))
+
+    def claim_repetitions(
+        self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
+    ) -> Claim:
+        def run() -> Claim:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None:
+                    raise NotFound("order not found")
+                order = record(Order, row)
+                prior = s.get(DispatchClaimRow, flow_run_id)
+                if prior is not None:
+                    reps = [record(Repetition, r) for r in
+                            self._repetitions(s, order_id, list(range(prior.first_n, prior.last_n + 1)))]
+                    return rules.claim_of(order, reps, replay=True)
+                plan = rules.plan_claim(order, horizon, now, catchup_seconds)
+                reps = rules.claimed_repetitions(order, plan, flow_run_id, now)
+                for rep in reps:
+                    if rep.state is RepetitionState.refunded:
+                        self._make(s, rules.refund(order, rep.n))
+                    s.add(RepetitionRow.model_validate(rep.model_dump()))
+                if reps:
+                    row.runs_claimed, row.next_due_at, row.updated_at = plan.last_n, plan.next_due_at, now
+                    if row.runs_claimed >= row.max_runs:
+                        self._request_sync(s, order_id, now)  # nothing left to claim: drop the deployment
+                s.add(DispatchClaimRow(flow_run_id=flow_run_id, order_id=order_id, first_n=plan.first_n,
+                                       last_n=row.runs_claimed, created_at=now))
+                s.flush()
+                return rules.claim_of(record(Order, row), reps)
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same flow run claimed concurrently: replay its claim
+            return self._retrying(run)
+
+    def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]:
+        with self._read() as s:
+            return [record(Repetition, r) for r in self._repetitions(s, order_id, ns)]
+
+    def unclaim(self, order_id: str, ns: list[int]) -> int:
+        if not ns:
+            return 0
+        with self._write() as s:
+            row = self._locked_order(s, order_id)
+            if row is None:
+                raise NotFound("order not found")
+            reps = [r for r in self._repetitions(s, order_id, ns) if r.state == RepetitionState.queued]
+            if not rules.can_unclaim(record(Order, row), [r.n for r in reps], ns):
+                self._refund_rows(s, row, reps)
+                return 0
+            for r in reps:
+                s.delete(r)
+            row.runs_claimed = min(ns) - 1
+            row.next_due_at = None
+            row.updated_at = utcnow()
+            return len(reps)
+
+    def _refund_rows(self, s: Session, order: OrderRow, reps: list[RepetitionRow]) -> int:
+        refunded, owner = 0, record(Order, order)
+        for r in reps:
+            if r.state != RepetitionState.queued:
+                continue
+            r.state = RepetitionState.refunded
+            movement = rules.refund(owner, r.n)
+            self._make(s, movement)
+            refunded += movement.amount
+        return refunded
+
+    def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
+        if not ns:
+            return 0
+        with self._write() as s:
+            row = self._locked_order(s, order_id)
+            if row is None:
+                raise NotFound("order not found")
+            return self._refund_rows(s, row, self._repetitions(s, order_id, ns))

@@ -1,0 +1,115 @@
+"""Delivered results, the pay they settle, and result clients' delivery cursors, on SQL."""
+
+from sqlalchemy import case
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from core.errors import NotFound
+from core.schemas import RepetitionState
+from core.storage import rules
+from core.storage.records import Order, Recorded, Repetition, Result, ResultOutcome
+from core.storage.sql.engine import record
+from core.storage.sql.ledger import SqlLedger
+from core.storage.sql.tables import DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
+
+
+class SqlResults(SqlLedger):
+    # --- results -----------------------------------------------------------------------
+
+    def _settle(self, s: Session, rep: RepetitionRow, order: Order, result: Result) -> Recorded:
+        s.add(ResultRow.model_validate(result.model_dump()))
+        rep.state, movement = rules.settle(order, result)
+        self._make(s, movement)
+        return rules.settled(rep.state, order)
+
+    def record_results(self, results: list[Result]) -> list[Recorded]:
+        if not results:
+            return []
+        keys = sorted({r.job_key for r in results})
+
+        def run() -> list[Recorded]:
+            with self._write() as s:
+                stmt = (select(RepetitionRow).where(col(RepetitionRow.key).in_(keys))
+                        .order_by(col(RepetitionRow.key)).with_for_update())
+                reps = {r.key: r for r in s.exec(stmt)}
+                stored = set(s.exec(select(ResultRow.job_key).where(col(ResultRow.job_key).in_(keys))))
+                order_ids = sorted({r.order_id for r in reps.values()})
+                rows = s.exec(select(OrderRow).where(col(OrderRow.id).in_(order_ids)))
+                orders = {o.id: record(Order, o) for o in rows}
+                accounts: set[str] = set()
+                for result in results:
+                    rep = reps.get(result.job_key)
+                    if rep is not None and rep.order_id in orders:
+                        _, movement = rules.settle(orders[rep.order_id], result)
+                        accounts |= {movement.from_account, movement.to_account}
+                self._lock_accounts(s, accounts)
+                out: list[Recorded] = []
+                for result in results:
+                    rep = reps.get(result.job_key)
+                    if rep is None or rep.order_id not in orders or (rep.order_id, rep.n) != (result.order_id,
+                                                                                             result.n):
+                        out.append(rules.recorded(ResultOutcome.unknown))
+                    elif (prior := rules.prior_outcome(rep.key in stored, rep.state)) is not None:
+                        out.append(rules.recorded(prior))
+                    else:
+                        out.append(self._settle(s, rep, orders[rep.order_id], result))
+                        stored.add(rep.key)
+                return out
+
+        try:
+            return self._retrying(run)
+        except IntegrityError:  # the same result was stored concurrently: now it is a duplicate
+            return self._retrying(run)
+
+    def record_result(self, result: Result) -> Recorded:
+        return self.record_results([result])[0]
+
+    def fail_attempt(self, job_key: str, max_attempts: int, last: Result | None = None) -> Repetition | None:
+        def run() -> Repetition | None:
+            with self._write() as s:
+                rep = s.exec(select(RepetitionRow).where(RepetitionRow.key == job_key).with_for_update()).first()
+                if rep is None:
+                    return None
+                if rep.state in rules.OPEN:
+                    rep.attempts += 1
+                    if rep.attempts >= max_attempts:
+                        row = s.get(OrderRow, rep.order_id)
+                        if row is None:
+                            raise NotFound("order not found")
+                        if last is not None and s.get(ResultRow, job_key) is None:
+                            s.add(ResultRow.model_validate(last.model_dump()))
+                        rep.state = RepetitionState.failed
+                        self._make(s, rules.refund(record(Order, row), rep.n))
+                    s.flush()
+                return record(Repetition, rep)
+
+        return self._retrying(run)
+
+    def get_result(self, job_key: str) -> Result | None:
+        with self._read() as s:
+            row = s.get(ResultRow, job_key)
+            return record(Result, row) if row else None
+
+    def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
+        with self._read() as s:
+            stmt = (select(ResultRow).where(ResultRow.order_id == order_id, col(ResultRow.n) > after_n)
+                    .order_by(col(ResultRow.n)).limit(limit))
+            return [record(Result, r) for r in s.exec(stmt)]
+
+    # --- delivery cursors --------------------------------------------------------------
+
+    def get_delivery_cursor(self, token_id: str, order_id: str) -> int:
+        with self._read() as s:
+            row = s.get(DeliveryCursorRow, (token_id, order_id))
+            return row.last_n if row else 0
+
+    def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
+        with self._write() as s:
+            s.execute(
+                self._insert(DeliveryCursorRow)
+                .values(token_id=token_id, order_id=order_id, last_n=n)
+                .on_conflict_do_update(
+                    index_elements=["token_id", "order_id"],
+                    set_={"last_n": case((DeliveryCursorRow.last_n < n, n), else_=DeliveryCursorRow.last_n)},
+                )
+            )

@@ -1,0 +1,205 @@
+"""The one sync path from orders (the truth, in the store) to Prefect deployments.
+
+Every order change that Prefect must learn about (created, paused, resumed, cancelled,
+completed) writes a sync request into the store in the same transaction. `sync_pending`
+works through those requests under a Valkey lock, so only one process at a time writes to
+Prefect (Prefect on SQLite answers concurrent writes with 503s). Every crawlcoin worker calls
+it when the API wakes it after a change (`core.queue.SYNC_WAKEUP`; placing an order never
+waits on Prefect) and at least every `sync_interval_seconds`; a dispatch that completes an
+order and the `reconcile` flow call it too — so a Prefect outage only delays it. Each sync is
+idempotent: it makes Prefect match the order. The store is synchronous: its calls run in a
+thread, off the event loop the worker's flow runs share.
+
+- active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that repeats
+  every dispatch period. Its first run (`lead` seconds before the next due repetition, or now if
+  that is past) is created here, explicitly, and the RRule starts one period later: Prefect's
+  scheduler only creates runs that are still in the future when its loop comes round, so a
+  first run close to the deployment's creation could otherwise be skipped (measured with
+  bench/e2e.py: dispatch runs started up to 2 min late when syncs fell behind a burst of orders).
+- paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
+  counter; the deployment is paused (which drops its future runs).
+- active with every repetition claimed → the deployment is deleted (nothing left to
+  schedule); once the order's last job has left the queue the order is completed.
+- completed / cancelled → withdrawn jobs of a cancelled order are refunded; the deployment
+  is deleted.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+from prefect.client.schemas.schedules import RRuleSchedule
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.states import Scheduled
+from redis.asyncio import Redis
+
+from core import schedules
+from core.errors import ServiceUnavailable
+from core.queue import JobQueue
+from core.schemas import OrderStatus
+from core.settings import Settings
+from core.storage import Order, Store
+
+log = logging.getLogger("crawlcoin.prefect_sync")
+
+DISPATCH_FLOW = "dispatch"
+DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
+RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their entrypoints from here
+SYNC_LOCK = "crawlcoin:lock:prefect-sync"
+RETRY_SECONDS = 3
+LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
+
+
+def prefect_client(settings: Settings) -> PrefectClient:
+    """A client for the configured Prefect server (PREFECT_API_URL), to use as `async with`.
+
+    Without a URL Prefect would start a throw-away in-process server; refuse instead.
+    """
+    if not settings.prefect_api_url:
+        raise ServiceUnavailable("no Prefect server configured: set PREFECT_API_URL")
+    return PrefectClient(api=settings.prefect_api_url)
+
+
+def deployment_name(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def first_run_at(settings: Settings, next_due: datetime) -> datetime:
+    """When the dispatch run covering the next due repetition should start."""
+    return (next_due - timedelta(seconds=settings.dispatch_lead_seconds)).astimezone(UTC)
+
+
+def dispatch_rrule(order: Order, settings: Settings, first_due: datetime) -> str:
+    """The schedule of the runs after the first one (which `PrefectSync` creates itself)."""
+    period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
+    start = first_run_at(settings, first_due) + timedelta(seconds=period)
+    return f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL={period}"
+
+
+class PrefectSync:
+    """Brings Prefect in line with the store, one order at a time."""
+
+    def __init__(self, client: PrefectClient, store: Store, queue: JobQueue, settings: Settings) -> None:
+        self.client = client
+        self.store = store
+        self.queue = queue
+        self.settings = settings
+        self._flow_id: UUID | None = None
+        self._pool_ready = False
+
+    async def _dispatch_flow_id(self) -> UUID:
+        if self._flow_id is None:
+            self._flow_id = await self.client.create_flow_from_name(DISPATCH_FLOW)
+        return self._flow_id
+
+    async def _ensure_pool(self) -> None:
+        if self._pool_ready:
+            return
+        try:
+            await self.client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="crawlcoin"))
+        except ObjectAlreadyExists:
+            pass
+        self._pool_ready = True
+
+    async def sync_order(self, order: Order) -> None:
+        if order.status is OrderStatus.active and order.next_due_at is not None:
+            await self._activate(order)
+            return
+        if order.status is OrderStatus.active:  # every repetition claimed
+            await self._drop_deployment(order)
+            waiting, last_due = await self.queue.queued_for(order.id)
+            if waiting:
+                # Look again once the last job is due; never earlier than a second from now, so
+                # the request this sync is finishing cannot swallow the new one.
+                again = max(datetime.fromtimestamp(last_due or 0, UTC), datetime.now(UTC)) + timedelta(seconds=1)
+                await asyncio.to_thread(self.store.request_sync, order.id, again)
+            elif await asyncio.to_thread(self.store.set_order_status, order.id, {OrderStatus.active},
+                                         OrderStatus.completed):
+                await self.queue.announce(order.id, OrderStatus.completed.value)
+            return
+        if order.status is OrderStatus.paused:
+            await asyncio.to_thread(self.store.unclaim, order.id, await self.queue.withdraw(order.id))
+        elif order.status is OrderStatus.cancelled:
+            await asyncio.to_thread(self.store.refund_repetitions, order.id, await self.queue.withdraw(order.id))
+            await self.queue.announce(order.id, OrderStatus.cancelled.value)
+        if order.status is OrderStatus.paused and order.deployment_id is not None:
+            try:
+                await self.client.pause_deployment(order.deployment_id)
+            except ObjectNotFound:
+                await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
+        elif order.status is not OrderStatus.paused:
+            await self._drop_deployment(order)
+
+    async def _drop_deployment(self, order: Order) -> None:
+        if order.deployment_id is None:
+            return
+        try:
+            await self.client.delete_deployment(UUID(order.deployment_id))
+        except ObjectNotFound:
+            pass
+        await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
+
+    async def _activate(self, order: Order) -> None:
+        assert order.next_due_at is not None
+        await self._ensure_pool()
+        deployment_id = await self.client.create_deployment(
+            flow_id=await self._dispatch_flow_id(),
+            name=deployment_name(order.id),
+            entrypoint=DISPATCH_ENTRYPOINT,
+            path=str(PROJECT_ROOT),
+            parameters={"order_id": order.id},
+            work_pool_name=self.settings.work_pool,
+            schedules=[DeploymentScheduleCreate(
+                schedule=RRuleSchedule(rrule=dispatch_rrule(order, self.settings, order.next_due_at)), active=True,
+            )],
+            paused=False,
+            tags=["crawlcoin", "order"],
+            description=f"Dispatches the repetitions of order {order.id} ({order.url}).",
+        )
+        if order.deployment_id != str(deployment_id):
+            await asyncio.to_thread(self.store.set_deployment_id, order.id, str(deployment_id))
+        else:
+            await self.client.resume_deployment(deployment_id)
+        first_run = max(first_run_at(self.settings, order.next_due_at), datetime.now(UTC))
+        await self.client.create_flow_run_from_deployment(
+            deployment_id, state=Scheduled(scheduled_time=first_run),
+            # once per activation (created, resumed): a retried sync does not start it twice
+            idempotency_key=f"first:{order.id}:{order.updated_at.isoformat()}:{order.next_due_at.isoformat()}",
+        )
+
+    async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
+        """Work through the sync requests if no other process is; returns orders synced."""
+        lock = redis.lock(SYNC_LOCK, timeout=LOCK_SECONDS, blocking=False)
+        if not await lock.acquire():
+            return 0
+        done = failures = 0
+        try:
+            while True:
+                pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
+                if not pending:
+                    return done
+                for order_id, requested_at in pending:
+                    order = await asyncio.to_thread(self.store.get_order, order_id)
+                    try:
+                        if order is not None:
+                            await self.sync_order(order)
+                    except Exception:
+                        # Retry this order a little later; give up the pass if Prefect seems down.
+                        await asyncio.to_thread(self.store.request_sync, order_id,
+                                                datetime.now(UTC) + timedelta(seconds=RETRY_SECONDS))
+                        failures += 1
+                        if failures >= 3:
+                            raise
+                        log.warning("sync of order %s failed; retrying in %s s", order_id, RETRY_SECONDS,
+                                    exc_info=True)
+                        continue
+                    await asyncio.to_thread(self.store.finish_sync, order_id, requested_at)
+                    done += 1
+                    await lock.extend(LOCK_SECONDS, replace_ttl=True)
+        finally:
+            await lock.release()

@@ -1,0 +1,294 @@
+"""Handing jobs to connected miners: who may take what, leases, and what happens when one ends.
+
+One `Handout` per server process. It reads only as many stream entries as its miners have
+free slots, gives each job to a miner whose announced policy accepts it once the job's domain
+has budget, and holds a lease per job. A lease ends in one of three ways: the miner returns a
+result (see `ResultWriter`), the miner disconnects (the job goes back at once), or the lease
+expires (the miner is told and the job goes back). A job that went back counts one attempt;
+at `max_attempts` the store refunds it.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import ada_url
+
+from core.protocol.jobs import Job
+from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
+from core.settings import Settings
+from miners.server.stream import Entry, JobStream
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, str, dict], Awaitable[None]]  # (event, sid, payload)
+Fail = Callable[["Held", str, str | None], None]  # a lease ended without a result: (entry, why, avoid sid)
+
+
+def job_host(url: str) -> str:
+    try:
+        return ada_url.URL(url).hostname.rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+def domain_blocked(host: str, blocked: frozenset[str]) -> bool:
+    return any(host == d or host.endswith("." + d) for d in blocked)
+
+
+@dataclass(eq=False, slots=True)
+class Held:
+    """A stream entry this server is responsible for, from XREADGROUP/XAUTOCLAIM to XACK."""
+
+    entry: Entry
+    host: str
+    since: float = field(default_factory=time.monotonic)  # waiting for a miner since
+    not_before: float = 0.0  # the domain is busy until then
+    avoid: str | None = None  # the connection that just failed it, if another can take it
+
+    @property
+    def job(self) -> Job:
+        assert self.entry.job is not None
+        return self.entry.job
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    held: Held
+    sid: str
+    deadline: float
+    delivered: bool = False  # the result is in; the lease (and the miner's slot) ends once it is written
+
+
+@dataclass(eq=False)
+class MinerConn:
+    """One authenticated connection that announced its policy."""
+
+    sid: str
+    user_id: str
+    username: str
+    policy: MinerPolicy
+    capacity: int
+    max_body_bytes: int
+    blocked: frozenset[str]
+    leases: dict[str, Lease] = field(default_factory=dict)
+    draining: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.draining else max(0, self.capacity - len(self.leases))
+
+    def accepts(self, held: Held) -> bool:
+        return held.job.method in self.policy.methods and not domain_blocked(held.host, self.blocked)
+
+
+class Handout:
+    def __init__(self, settings: Settings, stream: JobStream, send: Send, fail: Fail) -> None:
+        self.settings = settings
+        self.stream = stream
+        self._send = send
+        self._fail = fail
+        self.miners: dict[str, MinerConn] = {}
+        self.backlog: deque[Held] = deque()
+        self.held: dict[str, Held] = {}  # by entry id: everything to keep alive
+        self.leases: dict[str, Lease] = {}  # by job key
+        self.wake = asyncio.Event()
+        self._backlog_cap = 50
+
+    # --- miners -----------------------------------------------------------------------------
+
+    def add_miner(self, conn: MinerConn) -> None:
+        self.miners[conn.sid] = conn
+        self._backlog_cap = max(50, 4 * sum(m.capacity for m in self.miners.values()))
+        self.wake.set()
+
+    def remove_miner(self, sid: str) -> None:
+        conn = self.miners.pop(sid, None)
+        if conn is None:
+            return
+        for lease in list(conn.leases.values()):
+            self.end_lease(lease)
+            if not lease.delivered:  # a delivered result is being written already
+                self._fail(lease.held, "the miner disconnected", None)
+
+    def drain(self, sid: str) -> int:
+        conn = self.miners.get(sid)
+        if conn is None:
+            return 0
+        conn.draining = True
+        return len(conn.leases)
+
+    def end_lease(self, lease: Lease) -> None:
+        conn = self.miners.get(lease.sid)
+        if conn is not None:
+            conn.leases.pop(lease.held.job.key, None)
+        self.leases.pop(lease.held.job.key, None)
+        self.wake.set()
+
+    def lease_of(self, sid: str, key: str) -> Lease | None:
+        lease = self.leases.get(key)
+        return lease if lease is not None and lease.sid == sid else None
+
+    # --- entries ----------------------------------------------------------------------------
+
+    def hold(self, entry: Entry) -> Held:
+        assert entry.job is not None
+        held = Held(entry, job_host(entry.job.url))
+        self.held[entry.id] = held
+        return held
+
+    def put_back(self, held: Held, avoid: str | None = None) -> None:
+        """A job whose lease ended without a final result waits for a miner again, first in line."""
+        held.avoid, held.since, held.not_before = avoid, time.monotonic(), 0.0
+        self.backlog.appendleft(held)
+        self.wake.set()
+
+    def release(self, entry_id: str) -> None:
+        """The entry is acknowledged (or handed on): this server no longer keeps it alive."""
+        self.held.pop(entry_id, None)
+
+    # --- loops ------------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self.wake.clear()
+            try:
+                await self._place()
+                free = sum(m.free for m in self.miners.values())
+                count = min(free, self._backlog_cap - len(self.backlog))
+                if count > 0:
+                    block = 200 if self.backlog else 1000
+                    for entry in await self.stream.read(count, block):
+                        if entry.job is None:
+                            await self.stream.finish([entry.id], [])  # unreadable: nothing anyone can do
+                            continue
+                        self.backlog.append(self.hold(entry))
+                    if not self.backlog:
+                        continue
+                    await self._place()
+                await self._sleep(stopping)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hand-out loop error; retrying in 1 s")
+                await asyncio.sleep(1)
+
+    async def _sleep(self, stopping: asyncio.Event) -> None:
+        now = time.monotonic()
+        timers = [h.not_before for h in self.backlog if h.not_before > now]
+        delay = min(timers, default=now + 1.0) - now
+        if self.backlog and not timers:
+            delay = 0.5  # jobs no free miner takes yet: look again soon (requeue check)
+        if sum(m.free for m in self.miners.values()) > 0 and not self.backlog:
+            return  # free miners, nothing waiting: go straight back to reading
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=max(0.01, min(delay, 1.0)))
+        except TimeoutError:
+            pass
+
+    async def _place(self) -> None:
+        """Give waiting jobs to miners: choose a miner per job, then ask the domain budgets at once."""
+        now = time.monotonic()
+        free = {sid: m.free for sid, m in self.miners.items()}
+        picks: list[tuple[Held, MinerConn]] = []
+        for held in list(self.backlog):
+            if held.not_before > now:
+                continue
+            # No free miner here may also mean no miner at all (a restarted server holding the
+            # jobs it took over): such jobs must still go back to the stream for other servers.
+            conn = self._choose(held, free) if any(free.values()) else None
+            if conn is None:
+                if now - held.since > self.settings.lease_seconds and not any(
+                        m.accepts(held) for m in self.miners.values()):
+                    self._remove_from_backlog(held)
+                    self.release(held.entry.id)
+                    await self.stream.requeue(held.entry)  # maybe a miner on another server takes it
+                continue
+            free[conn.sid] -= 1
+            picks.append((held, conn))
+        if not picks:
+            return
+        waits = await self.stream.take_budget([h.host for h, _ in picks])
+        now = time.monotonic()
+        for (held, conn), wait in zip(picks, waits, strict=True):
+            if wait > 0:
+                held.not_before = now + wait
+            elif conn.sid in self.miners and conn.free > 0:
+                self._remove_from_backlog(held)
+                await self._lease(held, conn, now)
+            else:  # the miner left meanwhile; the booked slot is spent, the job waits its turn
+                held.not_before = now + 0.05
+
+    def _choose(self, held: Held, free: dict[str, int]) -> MinerConn | None:
+        best: MinerConn | None = None
+        for sid, n in free.items():
+            conn = self.miners.get(sid)
+            if n <= 0 or conn is None or not conn.accepts(held):
+                continue
+            if sid == held.avoid and best is not None:
+                continue
+            if best is None or n > free[best.sid] or best.sid == held.avoid:
+                best = conn
+        return best
+
+    def _remove_from_backlog(self, held: Held) -> None:
+        try:
+            self.backlog.remove(held)
+        except ValueError:
+            pass
+
+    async def _lease(self, held: Held, conn: MinerConn, now: float) -> None:
+        job = held.job
+        lease = Lease(held, conn.sid, now + self.settings.lease_seconds)
+        conn.leases[job.key] = lease
+        self.leases[job.key] = lease
+        offer = JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields())
+        await self._send(ServerEvent.job, conn.sid, offer.model_dump())
+
+    async def expire_leases(self, stopping: asyncio.Event) -> None:
+        """End leases whose miner kept the job too long; tell the miner, put the job back."""
+        while not stopping.is_set():
+            await asyncio.sleep(min(0.5, self.settings.lease_seconds / 4))
+            now = time.monotonic()
+            for lease in [lease for lease in self.leases.values() if lease.deadline <= now and not lease.delivered]:
+                self.end_lease(lease)
+                try:
+                    revoke = Revoke(key=lease.held.job.key, reason="the lease expired")
+                    await self._send(ServerEvent.revoke, lease.sid, revoke.model_dump())
+                except Exception:  # the miner may be gone already
+                    pass
+                self._fail(lease.held, "the lease expired", lease.sid)  # someone else, if anyone
+
+    async def keep_alive(self, stopping: asyncio.Event) -> None:
+        """Re-claim held entries to this server often enough that none looks abandoned."""
+        period = max(0.2, min(5.0, self.settings.lease_seconds / 4))
+        while not stopping.is_set():
+            await asyncio.sleep(period)
+            try:
+                await self.stream.keep(list(self.held))
+            except Exception:
+                log.exception("could not renew held entries")
+
+    async def reclaim(self, stopping: asyncio.Event) -> None:
+        """Take over entries of servers that stopped renewing them (dead), as failed attempts."""
+        lease_ms = round(self.settings.lease_seconds * 1000)
+        period = max(0.2, min(5.0, self.settings.lease_seconds / 2))
+        rounds = 0
+        while not stopping.is_set():
+            await asyncio.sleep(period)
+            try:
+                for entry in await self.stream.reclaim(lease_ms, 100):
+                    if entry.id in self.held:
+                        continue  # ours already (we were stalled); nothing changed
+                    if entry.job is None:
+                        await self.stream.finish([entry.id], [])
+                        continue
+                    self._fail(self.hold(entry), "its mining server stopped", None)
+                rounds += 1
+                if rounds % 20 == 0:
+                    await self.stream.forget_idle_consumers(10 * lease_ms + 600_000)
+            except Exception:
+                log.exception("could not reclaim abandoned entries")

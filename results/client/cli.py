@@ -1,0 +1,41 @@
+"""`crawlcoin results`: write every result of your orders to files, live or once."""
+
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from results.client.client import Progress, ResultClient
+
+console = Console()
+
+
+def _table(p: Progress, orders: list[str], out: Path) -> Table:
+    t = Table.grid(padding=(0, 2))
+    t.add_row("written", str(p.written), "already on disk", str(p.duplicates))
+    t.add_row("orders caught up", f"{len(p.caught_up)}/{len(orders)}", "finished", str(len(p.finished)))
+    t.add_row("into", str(out), "last", p.last[-60:])
+    return t
+
+
+async def _run(client: ResultClient, orders: list[str], out: Path) -> Progress:
+    task = asyncio.create_task(client.run())
+    with Live(_table(client.progress, orders, out), console=console, refresh_per_second=4,
+              transient=False) as live:
+        while not task.done():
+            live.update(_table(client.progress, orders, out))
+            await asyncio.sleep(0.25)
+        live.update(_table(client.progress, orders, out))
+    return await task
+
+
+def run_results(server: str, token: str, orders: list[str], out: Path, once: bool) -> None:
+    client = ResultClient(server, token, orders, out, once=once)
+    try:
+        progress = asyncio.run(_run(client, orders, out))
+    except KeyboardInterrupt:
+        console.print("stopped; the next run resumes where this one left off")
+        return
+    console.print(f"{progress.written} result(s) written to {out}")

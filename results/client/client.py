@@ -1,0 +1,105 @@
+"""The customer's result client: subscribe to orders, write every result, acknowledge it."""
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import socketio
+from pydantic import ValidationError
+
+from core.errors import CrawlcoinError
+from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ServerEvent, Subscribe, decode_result
+from results.client.files import ResultFiles
+
+log = logging.getLogger("crawlcoin.results")
+
+
+@dataclass
+class Progress:
+    written: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    caught_up: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    last: str = ""
+
+
+class ResultClient:
+    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.orders = list(dict.fromkeys(orders))
+        self.files = ResultFiles(out)
+        self.once = once
+        self.progress = Progress()
+        self.done = asyncio.Event()
+        self.refused: str | None = None
+        self._lock = asyncio.Lock()
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30)
+        self.sio.on("connect", self._subscribe, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.result, self._on_result, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.caught_up, self._on_caught_up, namespace=NAMESPACE)
+        self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
+
+    async def _on_connect_error(self, data: Any) -> None:
+        # Only the server's refusal carries {"message": …}; a transport failure is retried.
+        if isinstance(data, dict) and data.get("message"):
+            self.refused = str(data["message"])
+
+    async def _subscribe(self) -> None:
+        cursors = {o: self.files.cursors.get(o) for o in self.orders}
+        subscription = Subscribe.model_construct(orders=cursors)  # the server validates it and says what is wrong
+        reply = await self.sio.call(ClientEvent.subscribe, subscription.model_dump(), namespace=NAMESPACE, timeout=30)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
+            self.done.set()
+
+    async def _on_result(self, data: Any) -> dict[str, Any]:
+        try:
+            msg, body = decode_result(data)
+        except (KeyError, TypeError, ValidationError) as e:
+            self.progress.errors += 1
+            return {"ok": False, "error": f"malformed result: {e}"}
+        async with self._lock:  # one writer: the cursor file and the once-per-n check stay consistent
+            path, new = await asyncio.to_thread(self.files.write, msg, body)
+            await asyncio.to_thread(self.files.advance, msg.order_id, msg.n)
+        if new:
+            self.progress.written += 1
+        else:
+            self.progress.duplicates += 1
+        self.progress.last = str(path)
+        return {"ok": True}
+
+    async def _on_caught_up(self, data: Any) -> None:
+        try:
+            caught = CaughtUp.model_validate(data)
+        except ValidationError:
+            return
+        if caught.order_id not in self.orders:
+            return
+        await asyncio.to_thread(self.files.advance, caught.order_id, caught.cursor)
+        self.progress.caught_up.add(caught.order_id)
+        if caught.finished:
+            self.progress.finished.add(caught.order_id)
+        if self.once and self.progress.caught_up >= set(self.orders):
+            self.done.set()
+        if self.progress.finished >= set(self.orders):
+            self.done.set()
+
+    async def run(self) -> Progress:
+        try:
+            await self.sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE],
+                                   transports=["websocket"], wait_timeout=15)
+        except socketio.exceptions.ConnectionError as e:
+            if self.refused:
+                raise CrawlcoinError(f"the result server refused the connection: {self.refused}") from None
+            raise CrawlcoinError(f"cannot connect to the result server at {self.server}: {e}") from None
+        try:
+            await self.done.wait()
+        finally:
+            await self.sio.disconnect()
+        if self.refused:
+            raise CrawlcoinError(f"the result server refused: {self.refused}")
+        return self.progress

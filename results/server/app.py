@@ -1,0 +1,85 @@
+"""The result server as an ASGI app: Socket.IO (websocket transport only) plus `/health`.
+
+Mining servers announce every stored result on the result-notice stream (`core.protocol.notices`);
+each result server reads it (every server reads every notice: they are tiny) and wakes the
+deliveries of that order it holds. The store is the source of every result, so a result server
+keeps no state a restart could lose: the client resumes from its cursor on any server.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import socketio
+from redis.asyncio import Redis
+
+from core.protocol.notices import NOTICES_STREAM, ResultNotice
+from core.settings import Settings
+from core.storage import Store, open_store
+from results.server.namespace import ResultNamespace, Wakeups
+
+log = logging.getLogger("crawlcoin.results")
+_FRAME_OVERHEAD = 64 * 1024
+
+
+class ResultServer:
+    """Serve `ResultServer(settings).app` with uvicorn."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"],
+                                        max_http_buffer_size=_FRAME_OVERHEAD)
+        self.app = socketio.ASGIApp(self.sio, other_asgi_app=self._http, on_startup=self.start,
+                                    on_shutdown=self.stop)
+        self.wakeups = Wakeups()
+        self.redis: Redis | None = None
+        self.store: Store | None = None
+        self._stopping = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.redis = Redis.from_url(self.settings.resolved_redis_url)
+        self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
+        self.sio.register_namespace(ResultNamespace(self.store, self.wakeups))
+        self._listener = asyncio.create_task(self._listen(), name="results:notifications")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+    async def _listen(self) -> None:
+        assert self.redis is not None
+        last = "$"
+        while not self._stopping.is_set():
+            try:
+                reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
+            except Exception:  # Valkey restarting: deliveries fall back to polling meanwhile
+                log.warning("notification stream unavailable; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    notice = ResultNotice.decode(fields)
+                    if notice is not None:
+                        self.wakeups.wake(notice.order_id)
+
+    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/health":
+            status, body = 200, {"status": "ok"}
+        else:
+            status, body = 404, {"detail": "not found; result clients connect with Socket.IO at /socket.io/"}
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})

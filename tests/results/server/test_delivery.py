@@ -1,0 +1,162 @@
+"""Results reach the customer's disk: backlog, live, resumed after a crash, never duplicated."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import ledger
+from tests.flows.conftest import wait_for
+
+CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
+
+
+def run_client(server: str, token: str, orders: list[str], out: Path, once: bool = True,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    argv = [CRAWLCOIN, "results", "--server", server, "--token", token, "--out", str(out)]
+    for o in orders:
+        argv += ["--order", o]
+    if once:
+        argv.append("--once")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")} | {"COLUMNS": "200"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def sidecars(out: Path, order_id: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / order_id).glob("*.meta.json"))]
+
+
+def test_offline_client_gets_every_result_later_in_order(result_server, customer, tmp_path) -> None:
+    order = customer.order(runs=5)
+    hashes = customer.deliver(order, [3, 1, 2, 5, 4])  # delivered out of order while the client is offline
+    out = tmp_path / "out"
+    done = run_client(result_server, customer.token(), [order.id], out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metas = sidecars(out, order.id)
+    assert [m["n"] for m in metas] == [1, 2, 3, 4, 5]
+    expected = dict(zip([3, 1, 2, 5, 4], hashes, strict=True))
+    for meta in metas:
+        body = (out / order.id / meta["body"]).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == meta["sha256"] == expected[meta["n"]]
+        assert meta["body"].endswith(".html") and meta["status"] == 200
+    again = run_client(result_server, customer.token(), [order.id], out)
+    assert again.returncode == 0 and len(list((out / order.id).iterdir())) == 10, "nothing written twice"
+
+
+def test_live_results_arrive_while_connected(result_server, customer, tmp_path) -> None:
+    order = customer.order(runs=3)
+    out = tmp_path / "out"
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", customer.token(), "--out", str(out),
+            "--order", order.id]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        customer.deliver(order, [1])
+        wait_for(lambda: len(sidecars(out, order.id)) == 1, 30, "the first live result")
+        customer.deliver(order, [2, 3])
+        wait_for(lambda: len(sidecars(out, order.id)) == 3, 30, "the other live results")
+    finally:
+        # The client keeps waiting for more results until the order finishes; stop it as a user would.
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert [m["n"] for m in sidecars(out, order.id)] == [1, 2, 3]
+
+
+def test_client_killed_mid_delivery_resumes_without_gap_or_duplicate(result_server, customer, tmp_path) -> None:
+    order = customer.order(runs=200)
+    customer.deliver(order, list(range(1, 201)))
+    out = tmp_path / "out"
+    token = customer.token()
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", token, "--out", str(out),
+            "--order", order.id, "--once"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(list((out / order.id).glob("*.meta.json"))) >= 40 if (out / order.id).exists() else False,
+             60, "some results on disk", poll=0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(sidecars(out, order.id))
+    assert 40 <= partial < 200, f"the client was killed mid-delivery ({partial} written)"
+    done = run_client(result_server, token, [order.id], out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metas = sidecars(out, order.id)
+    assert [m["n"] for m in metas] == list(range(1, 201)), "200 files, no gap, no duplicate"
+    assert len([p for p in (out / order.id).glob("*.html") if not p.name.startswith(".")]) == 200
+    assert not list((out / order.id).glob(".tmp-*")), "no half-written files left behind"
+
+
+@pytest.mark.parametrize("case", ["other users order", "token limited to another order", "mine-only token",
+                                  "bad token"])
+def test_tokens_only_reach_their_own_orders(result_server, customer, other_customer, tmp_path, case) -> None:
+    order_x, order_y = customer.order(runs=1), customer.order(runs=1)
+    token = {
+        "other users order": lambda: other_customer.token(),
+        "token limited to another order": lambda: customer.token(order_id=order_x.id),
+        "mine-only token": lambda: customer.token(scopes=("mine",)),
+        "bad token": lambda: "cc_0123456789abcdef_wrong",
+    }[case]()
+    customer.deliver(order_y, [1])
+    done = run_client(result_server, token, [order_y.id], tmp_path / "out", timeout=60)
+    assert done.returncode != 0
+    message = {"other users order": f"order {order_y.id} not found",
+               "token limited to another order": f"limited to order {order_x.id}",
+               "mine-only token": "lacks the 'results' scope",
+               "bad token": "unknown API token"}[case]
+    assert message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "out" / order_y.id).exists()
+
+
+def test_a_live_client_ends_as_soon_as_its_order_is_cancelled(result_server, customer, settings, redis,
+                                                               tmp_path, monkeypatch) -> None:
+    """Cancelling refunds the queued repetitions: the result server learns it from a notice, not a poll."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from redis.asyncio import Redis as AsyncRedis
+
+    from core.queue import JobQueue
+    from flows.dispatch import dispatch_order
+    from flows.prefect_sync import PrefectSync
+    from results.server import delivery
+
+    monkeypatch.setattr(delivery, "SAFETY_POLL_SECONDS", 3600.0)  # only a notice can wake a delivery now
+    order = customer.new_order(runs=5, every=60)
+
+    async def dispatch() -> None:
+        aredis = AsyncRedis.from_url(settings.resolved_redis_url)
+        queue = JobQueue(aredis)
+        await dispatch_order(customer.store, queue, settings, order.id, "run-1")  # claims and queues 1-5
+        assert await queue.release_due(datetime.now(UTC).timestamp() + 1) == 1  # 1 is due now, 2-5 later
+        await aredis.aclose()
+
+    asyncio.run(dispatch())
+    customer.deliver(order, [1])
+    out = tmp_path / "out"
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", customer.token(), "--out", str(out),
+            "--order", order.id]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: len(sidecars(out, order.id)) == 1, 30, "the first result")
+        assert customer.store.cancel_order(order.id) is not None
+
+        async def sync_cancel() -> None:  # what the API's sync path does next (no deployment to delete)
+            aredis = AsyncRedis.from_url(settings.resolved_redis_url)
+            cancelled = customer.store.get_order(order.id)
+            assert cancelled is not None and cancelled.deployment_id is None
+            await PrefectSync(None, customer.store, JobQueue(aredis), settings).sync_order(cancelled)  # type: ignore[arg-type]
+            await aredis.aclose()
+
+        asyncio.run(sync_cancel())
+        code = proc.wait(timeout=30)  # finished: it exits by itself
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert code == 0, output
+    assert [m["n"] for m in sidecars(out, order.id)] == [1]
+    assert customer.store.get_balance(ledger.escrow_account(order.id)) == 0, "repetitions 2-5 were refunded"
