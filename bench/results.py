@@ -29,15 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.e2e import free_port, pct  # noqa: E402
-
 from core import ledger, schedules  # noqa: E402
 from core.protocol.notices import NOTICES_STREAM, ResultNotice  # noqa: E402
 from core.security import new_api_token  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import ApiToken, Order, Result, User, open_store  # noqa: E402
 from results.server.app import ResultServer  # noqa: E402
-
-
 
 
 def main() -> None:

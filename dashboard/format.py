@@ -3,6 +3,7 @@
 import shlex
 from datetime import UTC, datetime, tzinfo
 from http import HTTPStatus
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut
@@ -27,7 +28,8 @@ FETCH_ERRORS = {
     "http_error": "Malformed HTTP response",
 }
 
-STATUS_COLORS = {"active": "green", "paused": "orange", "completed": "blue", "cancelled": "gray"}
+BadgeColor = Literal["green", "orange", "blue", "gray"]
+STATUS_COLORS: dict[str, BadgeColor] = {"active": "green", "paused": "orange", "completed": "blue", "cancelled": "gray"}
 
 _UNITS = (("day", 86400), ("h", 3600), ("min", 60), ("s", 1))
 

@@ -183,7 +183,7 @@ def guard() -> Iterator[None]:
     """Around a whole page: expired sessions go back to sign-in, every other error becomes a message."""
     try:
         yield
-    except SessionExpired as e:
+    except SessionExpired:
         sign_out("Your session has ended. Please sign in again.", "warning")
         st.rerun()
     except ApiUnreachable as e:

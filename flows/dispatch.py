@@ -8,13 +8,12 @@ from prefect import flow, runtime
 
 from core import schedules
 from core.errors import NotFound
-from core.queue import JobQueue
 from core.protocol.jobs import Job
+from core.queue import JobQueue
 from core.schemas import OrderStatus, RepetitionState
 from core.settings import Settings
 from core.storage import Store
 from flows.context import FlowContext, open_flow_context
-
 
 RECHECK_MAX = 1000  # most recent claims looked at again per run
 RECHECK_CRON = 50

@@ -111,7 +111,9 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
 
         def files() -> list[dict]:
             folder = out / oid
-            return [json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.meta.json"))] if folder.exists() else []
+            if not folder.exists():
+                return []
+            return [json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.meta.json"))]
 
         wait_for(lambda: len(files()) >= 2, 180, "the first results on disk", poll=0.5)
         assert stop(proc) == 0  # the whole stack goes down mid-order …

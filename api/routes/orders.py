@@ -3,8 +3,8 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
 from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
-from api.sync_wakeup import wake_workers
 from api.services import orders
+from api.sync_wakeup import wake_workers
 from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
 
 router = APIRouter(prefix="/orders", tags=["orders"])

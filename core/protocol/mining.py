@@ -54,7 +54,7 @@ class MinerPolicy(Request):
 
     capacity: Annotated[int, Field(ge=1, le=1024, description="Jobs the miner runs at the same time.")] = 4
     methods: Annotated[list[HttpMethod], Field(min_length=1, max_length=3)] = Field(
-        default_factory=lambda: ["GET", "HEAD"])
+        default_factory=lambda: list[HttpMethod](("GET", "HEAD")))
     blocked_domains: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=1000)] = (
         Field(default_factory=list, description="Domains (and their subdomains) the miner never fetches."))
     max_body_bytes: Annotated[int, Field(ge=1024, description="The miner keeps at most this much of a page.")] = (

@@ -126,7 +126,7 @@ class Result(BaseModel):
         if len(body) > cap:
             body, fields["truncated"] = body[:cap], True
         return cls(body_zlib=zlib.compress(body, 6) if body else b"", body_size=len(body),
-                   sha256=hashlib.sha256(body).hexdigest(), **fields)  # type: ignore[arg-type]
+                   sha256=hashlib.sha256(body).hexdigest(), **fields)
 
 
 class ResultOutcome(StrEnum):

@@ -8,9 +8,8 @@ from zoneinfo import ZoneInfo, available_timezones
 import streamlit as st
 
 from core.schemas import MetaOut, OrderOut
-from dashboard import delivery
+from dashboard import delivery, ui
 from dashboard import format as fmt
-from dashboard import ui
 
 UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 FORM_KEYS = ("new_url", "new_method", "new_headers", "new_body", "new_kind", "new_every", "new_unit", "new_cron",

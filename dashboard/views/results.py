@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from core.schemas import OrderOut, ResultOut
-from dashboard import delivery
+from dashboard import delivery, ui
 from dashboard import format as fmt
-from dashboard import ui
 
 DEFAULT_OUT = "crawlcoin-results"
 PAGE_SIZE = 20
@@ -163,7 +162,7 @@ def results_table(order: OrderOut) -> list[ResultOut]:
     where_col.caption(f"Repetitions #{page.items[0].n:,} to #{page.items[-1].n:,}, newest first "
                       f"({order.runs_claimed:,} started so far).")
     if older_col.button("Older", key="results_older", icon=":material/chevron_right:", width="stretch",
-                        disabled=page.next_cursor is None):
+                        disabled=page.next_cursor is None) and page.next_cursor is not None:
         cursors.append(page.next_cursor)
         st.rerun()
     return page.items

@@ -190,7 +190,8 @@ class Fetcher:
                     try:
                         url = ada_url.join_url(target.href, location)
                     except ValueError:
-                        raise _Failure(FetchError.invalid_url, f"redirect to an invalid URL {location[:200]!r}") from None
+                        raise _Failure(FetchError.invalid_url,
+                                       f"redirect to an invalid URL {location[:200]!r}") from None
                     method, body, headers = _redirected(resp.status, method, body, headers)
                     continue
                 content, truncated = await _read_capped(resp, body_cap)
@@ -212,7 +213,7 @@ def _prepare(request: FetchRequest) -> tuple[HttpMethod, dict[str, str], bytes |
     if request.body is not None and method != "POST":
         raise _Failure(FetchError.invalid_request, "a request body is sent with POST only")
     body = request.body.encode() if request.body is not None else None
-    return method, headers, body  # type: ignore[return-value]  # checked against METHODS above
+    return method, headers, body
 
 
 def _redirected(

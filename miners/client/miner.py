@@ -8,6 +8,7 @@ server has already given them to someone else).
 """
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -209,7 +210,7 @@ class Miner:
             return
         task = asyncio.create_task(self._run_job(offer))
         self._tasks[offer.key] = task
-        task.add_done_callback(lambda t, key=offer.key: self._job_done(key, t))
+        task.add_done_callback(functools.partial(self._job_done, offer.key))
 
     def _job_done(self, key: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(key) is task:

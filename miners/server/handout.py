@@ -258,8 +258,8 @@ class Handout:
                 try:
                     revoke = Revoke(key=lease.held.job.key, reason="the lease expired")
                     await self._send(ServerEvent.revoke, lease.sid, revoke.model_dump())
-                except Exception:  # the miner may be gone already
-                    pass
+                except Exception as e:  # the miner may be gone already; the job goes on regardless
+                    log.debug("could not tell %s that its lease of %s expired: %s", lease.sid, lease.held.job.key, e)
                 self._fail(lease.held, "the lease expired", lease.sid)  # someone else, if anyone
 
     async def keep_alive(self, stopping: asyncio.Event) -> None:

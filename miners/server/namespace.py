@@ -106,14 +106,13 @@ class MinerNamespace(socketio.AsyncNamespace):
         if event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
         sid = args[0] if args else None
-        conn = self.connections.get(sid) if isinstance(sid, str) else None
-        if conn is None:
+        if not isinstance(sid, str) or (conn := self.connections.get(sid)) is None:
             return None
         if not conn.take():
             await self._drop(sid, "too many messages; disconnecting")
             return None
-        handler = {MinerEvent.hello: self._hello, MinerEvent.result: self._result,
-                   MinerEvent.drain: self._drain}.get(event)
+        handlers = {MinerEvent.hello: self._hello, MinerEvent.result: self._result, MinerEvent.drain: self._drain}
+        handler = handlers.get(MinerEvent(event)) if event in handlers else None
         try:
             if handler is None:
                 raise _Refused(f"unknown event {str(event)[:50]!r}; a miner sends {_KNOWN_EVENTS}")

@@ -110,8 +110,8 @@ class ResultWriter:
                 acked.append(att.held.entry.id)
                 if rep is not None and rep.state is RepetitionState.failed and att.last is not None:
                     notices.append(_notice(att.last, "failed"))
-                outcome = rep.state.value if rep is not None else ResultOutcome.unknown.value
-                answers.append((att.done, ResultAck(ok=True, outcome=outcome)))
+                final = rep.state.value if rep is not None else ResultOutcome.unknown.value
+                answers.append((att.done, ResultAck(ok=True, outcome=final)))
                 if rep is not None and rep.state is RepetitionState.failed:
                     log.info("%s failed after %d attempts (%s)", att.held.job.key, rep.attempts, att.why)
         await self.stream.finish(acked, notices)

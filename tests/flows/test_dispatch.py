@@ -173,10 +173,11 @@ def test_prefect_down_at_order_time(sched_settings, api_for, start_worker, redis
 
 @pytest.mark.parametrize("released_first", [False, True])
 def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, released_first: bool) -> None:
+    from redis.asyncio import Redis as AsyncRedis
+
     from core.queue import JobQueue
     from core.storage import open_store
     from flows.dispatch import dispatch_order
-    from redis.asyncio import Redis as AsyncRedis
 
     store = open_store(sched_settings.resolved_store_url)
     seed_order(store, "1", every=1, runs=4, now=datetime.now(UTC))
@@ -199,10 +200,11 @@ def test_the_same_flow_run_twice_enqueues_once(sched_settings, redis: Redis, rel
 
 def test_repetitions_claimed_by_a_run_that_died_before_queueing_are_queued_by_the_next(sched_settings,
                                                                                        redis: Redis) -> None:
+    from redis.asyncio import Redis as AsyncRedis
+
     from core.queue import JobQueue
     from core.storage import open_store
     from flows.dispatch import dispatch_order
-    from redis.asyncio import Redis as AsyncRedis
 
     store = open_store(sched_settings.resolved_store_url)
     now = datetime.now(UTC)

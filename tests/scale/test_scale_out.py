@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -128,7 +127,8 @@ def test_two_of_each_behind_haproxy_survive_sigkills(tmp_path: Path, haproxy: No
             token = api.post("/tokens", json={"scopes": ["mine"]}, headers=v.headers).json()["token"]
             clients.append(subprocess.Popen(
                 [CRAWLCOIN, "mine", "--server", mining_url, "--token", token, "--concurrency", "8",
-                 "--allow-private-targets"], env=client_env(), stdout=open(tmp_path / f"miner-{len(clients)}.log", "wb"),
+                 "--allow-private-targets"], env=client_env(),
+                stdout=open(tmp_path / f"miner-{len(clients)}.log", "wb"),
                 stderr=subprocess.STDOUT))
         results_token = api.post("/tokens", json={"scopes": ["results"]}, headers=customer.headers).json()["token"]
         out = tmp_path / "results"

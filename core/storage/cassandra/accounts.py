@@ -45,7 +45,8 @@ class CassandraAccounts(CassandraBase):
             return False  # refusing a code that may have been accepted is the safe answer
 
     def create_session(self, session: LoginSession) -> None:
-        self._exec("INSERT INTO login_sessions (id, user_id, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?)",
+        self._exec("INSERT INTO login_sessions (id, user_id, created_at, expires_at, revoked_at) "
+                   "VALUES (?, ?, ?, ?, ?)",
                    (session.id, session.user_id, us(session.created_at), us(session.expires_at),
                     opt_us(session.revoked_at)))
 

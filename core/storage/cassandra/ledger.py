@@ -129,6 +129,7 @@ class CassandraLedger:
         """Insert the transfer if its key is new; the stored transfer either way."""
         cols = ("key", "from_account", "to_account", "amount", "kind", "reference", "created_at", "state",
                 "src_seq0", "dst_seq0")
+        current: dict[str, Any] | None
         while True:
             try:
                 applied, current = self.cas(
@@ -245,7 +246,8 @@ class CassandraLedger:
 
 def _transfer(row: dict[str, Any]) -> Transfer:
     return Transfer(key=row["key"], from_account=row["from_account"], to_account=row["to_account"],
-                    amount=row["amount"], kind=row["kind"], reference=row["reference"], created_at=dt(row["created_at"]))
+                    amount=row["amount"], kind=row["kind"], reference=row["reference"],
+                    created_at=dt(row["created_at"]))
 
 
 class CassandraLedgerMethods:

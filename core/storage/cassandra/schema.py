@@ -32,7 +32,7 @@ from core.errors import InvalidInput
 try:  # libev is the fast reactor; asyncio is the fallback (asyncore is gone from Python 3.12)
     from cassandra.io.libevreactor import LibevConnection as _Connection
 except ImportError:  # pragma: no cover - depends on how the driver was built
-    from cassandra.io.asyncioreactor import AsyncioConnection as _Connection  # type: ignore[assignment]
+    from cassandra.io.asyncioreactor import AsyncioConnection as _Connection
 
 _TABLE = re.compile(r"\b(FROM|INTO|UPDATE)\s+(\w+)\b(?!\.)")
 SERIAL = "serial"

@@ -39,11 +39,11 @@ class SqlAccounts(SqlBase):
                 .where(col(UserRow.id) == user_id, col(UserRow.totp_enabled).is_(False))
                 .values(totp_secret=secret)
             )
-            return s.exec(stmt).rowcount == 1  # type: ignore[call-overload]
+            return s.exec(stmt).rowcount == 1
 
     def enable_totp(self, user_id: str) -> None:
         with self._write() as s:
-            s.exec(update(UserRow).where(col(UserRow.id) == user_id).values(totp_enabled=True))  # type: ignore[call-overload]
+            s.exec(update(UserRow).where(col(UserRow.id) == user_id).values(totp_enabled=True))
 
     def use_totp_step(self, user_id: str, step: int) -> bool:
         with self._write() as s:
@@ -52,7 +52,7 @@ class SqlAccounts(SqlBase):
                 .where(col(UserRow.id) == user_id, col(UserRow.totp_last_step) < step)
                 .values(totp_last_step=step)
             )
-            return s.exec(stmt).rowcount == 1  # type: ignore[call-overload]
+            return s.exec(stmt).rowcount == 1
 
     # --- sessions ----------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ class SqlAccounts(SqlBase):
     def revoke_session(self, session_id: str, at: datetime) -> None:
         with self._write() as s:
             stmt = update(SessionRow).where(col(SessionRow.id) == session_id, col(SessionRow.revoked_at).is_(None))
-            s.exec(stmt.values(revoked_at=at))  # type: ignore[call-overload]
+            s.exec(stmt.values(revoked_at=at))
 
     # --- API tokens --------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ class SqlBase:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self._writer = _sqlite_engine(url, immediate=True)
             self._reader = _sqlite_engine(url, immediate=False)
-            self._insert = sqlite.insert
+            self._insert: Callable[..., Any] = sqlite.insert  # dialect insert, for ON CONFLICT
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
                 url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)

@@ -20,14 +20,14 @@ class SqlLedger(SqlBase):
                 self._insert(AccountRow)
                 .values(account=account, balance=delta)
                 .on_conflict_do_update(index_elements=["account"], set_={"balance": AccountRow.balance + delta})
-                .returning(AccountRow.balance)
+                .returning(col(AccountRow.balance))
             )
         else:
             stmt = (
                 update(AccountRow)
                 .where(col(AccountRow.account) == account, col(AccountRow.balance) >= -delta)
                 .values(balance=AccountRow.balance + delta)
-                .returning(AccountRow.balance)
+                .returning(col(AccountRow.balance))
             )
         return s.execute(stmt).scalar_one_or_none()
 
@@ -44,7 +44,7 @@ class SqlLedger(SqlBase):
             .values(key=key, from_account=src, to_account=dst, amount=amount, kind=kind, reference=reference,
                     created_at=at)
             .on_conflict_do_nothing(index_elements=["key"])
-            .returning(TransferRow.key)
+            .returning(col(TransferRow.key))
         ).first()
         if claimed is None:
             existing = s.exec(select(TransferRow).where(TransferRow.key == key)).one()

@@ -89,7 +89,7 @@ class SqlOrders(SqlLedger, SqlOutbox):
 
     def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None:
         with self._write() as s:
-            s.exec(update(OrderRow).where(col(OrderRow.id) == order_id).values(deployment_id=deployment_id))  # type: ignore[call-overload]
+            s.exec(update(OrderRow).where(col(OrderRow.id) == order_id).values(deployment_id=deployment_id))
 
     # --- repetitions -------------------------------------------------------------------
 

@@ -110,6 +110,6 @@ class SqlResults(SqlLedger):
                 .values(token_id=token_id, order_id=order_id, last_n=n)
                 .on_conflict_do_update(
                     index_elements=["token_id", "order_id"],
-                    set_={"last_n": case((DeliveryCursorRow.last_n < n, n), else_=DeliveryCursorRow.last_n)},
+                    set_={"last_n": case((col(DeliveryCursorRow.last_n) < n, n), else_=DeliveryCursorRow.last_n)},
                 )
             )

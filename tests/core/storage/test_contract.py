@@ -34,7 +34,8 @@ def new_user(store: Store, coins: int = 0) -> User:
     return user
 
 
-def new_order(owner: User, runs: int = 5, price: int = 1, order_id: str | None = None, request_hash: str = "h") -> Order:
+def new_order(owner: User, runs: int = 5, price: int = 1, order_id: str | None = None,
+              request_hash: str = "h") -> Order:
     t = now()
     return Order(id=order_id or str(uuid.uuid4()), owner_id=owner.id, url="https://example.com/", method="GET",
                  schedule_kind="interval", every_seconds=60, start_at=t, max_runs=runs, price_per_run=price,

@@ -2,7 +2,6 @@
 
 import multiprocessing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +32,8 @@ def test_the_models_match_the_migrated_schema(sql_url: str, engine: Engine) -> N
     open_store(sql_url).close()
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-    assert diff == [], f"the models differ from the migrated schema; add a revision in core/storage/sql/migrations/versions: {diff}"
+    assert diff == [], ("the models differ from the migrated schema; "
+                        f"add a revision in core/storage/sql/migrations/versions: {diff}")
     assert revisions(engine) == ([head()], [(1, 2)])
 
 

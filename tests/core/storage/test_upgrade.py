@@ -24,8 +24,7 @@ from sqlalchemy import create_engine, text
 
 from core import ledger, schedules
 from core.errors import Conflict, InsufficientFunds
-from core.storage import Store, open_store
-from core.storage import Order, Result, User
+from core.storage import Order, Result, Store, User, open_store
 from core.storage.cassandra.migrations import LEGACY_OWNER
 from core.storage.cassandra.migrations import head as cassandra_head
 from core.storage.sql.migrate import LEGACY_REVISION, alembic_config, head
@@ -87,7 +86,8 @@ def sql_schema(url: str) -> dict[str, list[tuple[Any, ...]]]:
             else:
                 schema = {
                     "columns": rows("SELECT table_name, column_name, ordinal_position, data_type, "
-                                    "character_maximum_length, is_nullable, column_default FROM information_schema.columns "
+                                    "character_maximum_length, is_nullable, column_default "
+                                    "FROM information_schema.columns "
                                     "WHERE table_schema = 'public' AND table_name != 'alembic_version'"),
                     "indexes": rows("SELECT tablename, indexname, indexdef FROM pg_indexes "
                                     "WHERE schemaname = 'public' AND tablename != 'alembic_version'"),
@@ -186,7 +186,8 @@ def check_everything_is_there(store: Store, state: dict[str, Any]) -> None:
             expected["status"], expected["runs_claimed"], expected["max_runs"])
         assert (order.next_due_at.isoformat() if order.next_due_at else None) == expected["next_due_at"]
     assert [o.id for o in store.list_orders(CUSTOMER, 10)] == sorted([LIVE, CANCELLED], reverse=True)
-    assert {r.key: [str(r.state), r.flow_run_id] for r in store.get_repetitions(LIVE, [1, 2, 3])} == state["repetitions"]
+    repetitions = store.get_repetitions(LIVE, [1, 2, 3])
+    assert {r.key: [str(r.state), r.flow_run_id] for r in repetitions} == state["repetitions"]
 
     results = store.list_results(LIVE)
     assert [r.job_key for r in results] == list(state["results"]) == [f"{LIVE}:1", f"{LIVE}:2"]

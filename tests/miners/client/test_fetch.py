@@ -69,11 +69,13 @@ async def test_post_sends_body_and_headers(net: Net) -> None:
     assert seen["headers"]["Content-Type"] == "application/json" and seen["headers"]["X-Token"] == "t1"
 
 
-@pytest.mark.parametrize(("status", "method", "body"), [(303, "GET", ""), (302, "GET", ""), (307, "POST", "data"), (308, "POST", "data")])
+@pytest.mark.parametrize(("status", "method", "body"),
+                         [(303, "GET", ""), (302, "GET", ""), (307, "POST", "data"), (308, "POST", "data")])
 async def test_post_redirects_follow_browser_rules(net: Net, status: int, method: str, body: str) -> None:
     start = net.public.url(f"/redirect-any?status={status}&to=/echo")
     async with net.fetcher() as fetcher:
-        result = await fetcher.fetch(FetchRequest(start, method="POST", body="data", headers={"Content-Type": "text/plain"}))
+        request = FetchRequest(start, method="POST", body="data", headers={"Content-Type": "text/plain"})
+        result = await fetcher.fetch(request)
     seen = echoed(result.body)
     assert (seen["method"], seen["body"]) == (method, body)
     assert result.redirects == (Hop(start, status),)

@@ -102,7 +102,8 @@ async def test_direct_targets_are_refused_without_connecting(net: Net, template:
 
 @pytest.mark.parametrize("respect_robots", [True, False], ids=["with-robots", "without-robots"])
 @pytest.mark.parametrize("template", DNS_TARGETS.values(), ids=DNS_TARGETS.keys())
-async def test_names_resolving_to_forbidden_addresses_are_refused(net: Net, template: str, respect_robots: bool) -> None:
+async def test_names_resolving_to_forbidden_addresses_are_refused(net: Net, template: str,
+                                                                  respect_robots: bool) -> None:
     async with net.fetcher(respect_robots=respect_robots) as fetcher:
         result = await fetcher.fetch(FetchRequest(net.expand(template)))
     assert_refused(result, net)
@@ -140,7 +141,8 @@ async def test_the_injected_classifier_also_judges_ip_literals(net: Net) -> None
 class RebindingResolver(StaticResolver):
     """A DNS server that answers public once, then private: the classic rebinding attack."""
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         answers = await super().resolve(host, port, family)
         self.table[host] = ["127.0.0.1"]
         return answers

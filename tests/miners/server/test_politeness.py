@@ -19,7 +19,7 @@ def test_jobs_for_one_domain_wait_for_its_request_budget(market: Market, mining_
     wait_for(lambda: len(market.stored(order)) == 4, 30, "4 results")
     times = sorted(t for path, t in pages.requests if path == "/page/polite")
     assert len(times) == 4
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     # The budget is booked when a job is handed out; the request itself comes a little later (the
     # first one after robots.txt), so a gap can shrink by that jitter, never to near 0.
     assert min(gaps) >= 0.35, f"2 requests/s per domain means ~0.5 s between requests, got {gaps}"

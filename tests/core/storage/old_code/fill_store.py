@@ -38,7 +38,8 @@ def order(order_id: str, runs: int, price: int) -> Order:
     return made
 
 
-live, cancelled = order("00000000-0000-4000-8000-0000000000a1", 5, 7), order("00000000-0000-4000-8000-0000000000b2", 4, 3)
+live = order("00000000-0000-4000-8000-0000000000a1", 5, 7)
+cancelled = order("00000000-0000-4000-8000-0000000000b2", 4, 3)
 for o in (live, cancelled):
     store.create_order(o)
 store.cancel_order(cancelled.id)
