@@ -60,7 +60,19 @@ def _http(base_url: str) -> httpx.Client:
 
 def api() -> Api:
     session = st.session_state.get("session")
-    return Api(_http(settings().resolved_api_url), session["token"] if session else None)
+    return Api(_http(settings().resolved_api_url), session["token"] if session else None, forwarded_for())
+
+
+def forwarded_for() -> str | None:
+    """The X-Forwarded-For to send the API: the chain the browser's request came with, plus the address it came
+    from, as any proxy does. The API throttles failed sign-ins per user address, not per dashboard."""
+    try:
+        peer = st.context.ip_address or "127.0.0.1"  # Streamlit hides loopback peers
+        incoming = st.context.headers.get_all("X-Forwarded-For")
+    except Exception:  # no browser context (e.g. a bare script run)
+        return None
+    chain = [entry.strip() for header in incoming for entry in header.split(",") if entry.strip()]
+    return ", ".join([*chain[-8:], peer])  # a browser may send any chain; the API reads it from the right
 
 
 def viewer_timezone() -> tzinfo:
