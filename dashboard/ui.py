@@ -67,12 +67,14 @@ def forwarded_for() -> str | None:
     """The X-Forwarded-For to send the API: the chain the browser's request came with, plus the address it came
     from, as any proxy does. The API throttles failed sign-ins per user address, not per dashboard."""
     try:
-        peer = st.context.ip_address or "127.0.0.1"  # Streamlit hides loopback peers
+        peer = st.context.ip_address
         incoming = st.context.headers.get_all("X-Forwarded-For")
     except Exception:  # no browser context (e.g. a bare script run)
         return None
-    chain = [entry.strip() for header in incoming for entry in header.split(",") if entry.strip()]
-    return ", ".join([*chain[-8:], peer])  # a browser may send any chain; the API reads it from the right
+    peer = peer if isinstance(peer, str) and peer else "127.0.0.1"  # Streamlit hides loopback peers
+    headers = incoming if isinstance(incoming, list) else []
+    chain = [entry.strip() for header in headers if isinstance(header, str) for entry in header.split(",")]
+    return ", ".join([*[entry for entry in chain if entry][-8:], peer])  # the API reads it from the right
 
 
 def viewer_timezone() -> tzinfo:
