@@ -10,6 +10,7 @@ from redis.asyncio import Redis as AsyncRedis
 from api import errors
 from api.limits import BodySizeLimit
 from api.routes import auth, orders, results, service, tokens, wallet
+from api.security_headers import SecurityHeaders
 from core.security import Passwords
 from core.settings import Settings
 from core.storage import open_store
@@ -44,4 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (auth.router, tokens.router, wallet.router, orders.router, results.router, service.router):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SecurityHeaders)  # added last, so it wraps the rest: the 413 answers carry it too
     return app

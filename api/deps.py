@@ -2,11 +2,12 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
-from api.login_throttle import LoginThrottle
+from api.client_address import real_client
+from api.login_throttle import LoginThrottle, RegistrationThrottle
 from api.services import accounts
 from core.errors import AuthenticationFailed, InvalidInput
 from core.security import Passwords
@@ -42,8 +43,18 @@ def _throttle(redis: RedisDep, settings: SettingsDep) -> LoginThrottle:
     return LoginThrottle(redis, settings)
 
 
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _registration_throttle(redis: RedisDep, settings: SettingsDep) -> RegistrationThrottle:
+    return RegistrationThrottle(redis, settings)
+
+
+def no_store(response: Response) -> None:
+    """For answers that carry a secret (session, TOTP secret, API token): no cache may keep a copy."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+def _client_address(request: Request, settings: SettingsDep) -> str:
+    peer = request.client.host if request.client else None
+    return real_client(peer, request.headers.getlist("x-forwarded-for"), settings.trusted_proxy_networks)
 
 
 def _current_user(
@@ -73,6 +84,7 @@ def _idempotency_key(
 
 
 ThrottleDep = Annotated[LoginThrottle, Depends(_throttle)]
+RegistrationThrottleDep = Annotated[RegistrationThrottle, Depends(_registration_throttle)]
 ClientAddress = Annotated[str, Depends(_client_address)]
 CurrentUser = Annotated[User, Depends(_current_user)]
 SessionToken = Annotated[str, Depends(_session_token)]

@@ -1,7 +1,12 @@
-"""Throttling of failed logins, per account and per client address, shared through Valkey."""
+"""Throttling through Valkey: failed logins per account and per client address, registrations per client address.
+
+Client addresses are the real ones (`api.client_address`): the dashboard and other trusted proxies pass on
+their users' addresses, so one user's failures do not lock out everyone behind the same proxy.
+"""
 
 from redis import Redis
 
+from api.client_address import throttle_key
 from core.errors import Throttled
 from core.settings import Settings
 
@@ -18,7 +23,7 @@ class LoginThrottle:
         )
 
     def _keys(self, username: str, client: str) -> list[tuple[str, int, str]]:
-        names = {"account": username.lower(), "client": client}
+        names = {"account": username.lower(), "client": throttle_key(client)}
         return [(f"throttle:login:{kind}:{names[kind]}", limit, kind) for kind, limit in self._limits]
 
     def check(self, username: str, client: str) -> None:
@@ -44,3 +49,24 @@ class LoginThrottle:
 
     def reset_account(self, username: str) -> None:
         self._redis.delete(self._keys(username, "")[0][0])
+
+
+class RegistrationThrottle:
+    """Counts every registration attempt per client address in a fixed window; past the limit, 429."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._window = settings.register_window_seconds
+        self._limit = settings.register_max_per_client
+
+    def attempt(self, client: str) -> None:
+        key = f"throttle:register:client:{throttle_key(client)}"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.ttl(key)
+        pipe.expire(key, self._window, nx=True)
+        count, ttl, _ = pipe.execute()
+        if count > self._limit:
+            wait = ttl if ttl and ttl > 0 else self._window
+            raise Throttled(f"too many new accounts from your address; try again in {wait} seconds",
+                            retry_after=wait)

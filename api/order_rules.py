@@ -31,8 +31,8 @@ def check_headers(headers: dict[str, str], settings: Settings) -> dict[str, str]
             raise InvalidInput(f"header {name!r} is set by the fetcher and cannot be given")
         if lower in seen:
             raise InvalidInput(f"header {name!r} is given twice")
-        if any(c in value for c in "\r\n\0"):
-            raise InvalidInput(f"header {name!r} contains a line break or NUL")
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            raise InvalidInput(f"header {name!r} contains a line break, NUL or other control character")
         seen.add(lower)
         total += len(name.encode()) + len(value.encode())
     if total > settings.max_headers_bytes:
@@ -45,6 +45,8 @@ def check_body(method: str, body: str | None, settings: Settings) -> str | None:
         return None
     if method != "POST":
         raise InvalidInput("a request body is allowed only with method POST")
+    if "\0" in body:
+        raise InvalidInput("body must not contain NUL characters")
     if len(body.encode()) > settings.max_body_bytes:
         raise InvalidInput(f"body is larger than {settings.max_body_bytes} bytes")
     return body

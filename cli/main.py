@@ -80,7 +80,9 @@ def serve_api() -> None:
     from api.app import create_app
 
     settings = _settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port, proxy_headers=True,
+    # proxy_headers off: the API reads X-Forwarded-For itself, from CRAWLCOIN_TRUSTED_PROXIES only (uvicorn
+    # would believe any loopback peer first and hide the real one).
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port, proxy_headers=False,
                 log_level="info")
 
 

@@ -8,7 +8,35 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _surrogate_at(value: object, path: str) -> str | None:
+    """Where in a JSON value a string holds a lone surrogate, e.g. "headers.X-Key"; None if nowhere."""
+    if isinstance(value, str):
+        return path if any("\ud800" <= c <= "\udfff" for c in value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = _surrogate_at(k, f"a name in {path or 'the request'}")
+            if where or (where := _surrogate_at(v, f"{path}.{k}".lstrip("."))):
+                return where
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if where := _surrogate_at(v, f"{path}.{i}"):
+                return where
+    return None
+
+
+def _one_line(value: str) -> str:
+    """Names and other one-line text: no control characters (NUL, line breaks, tabs, escapes)."""
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in value):
+        raise PydanticCustomError("control_characters", "must not contain control characters (such as NUL, tab or "
+                                                        "a line break)")
+    return value
+
+
+OneLine = AfterValidator(_one_line)
 
 Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Password = Annotated[str, Field(min_length=1, max_length=256)]
@@ -30,6 +58,17 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, value: object) -> object:
+        # JSON may escape half of a surrogate pair ("\ud800"): such a string has no UTF-8 form, so no store,
+        # password hash or HTTP request could take it.
+        if where := _surrogate_at(value, ""):
+            raise PydanticCustomError(
+                "unicode", "{where} must be valid Unicode text: it contains an unpaired surrogate (a lone "
+                "\\uD800-\\uDFFF escape)", {"where": where or "the request"})
+        return value
 
 
 class Scope(StrEnum):
@@ -61,7 +100,7 @@ class RegisterRequest(Request):
 
 
 class CredentialsRequest(Request):
-    username: Annotated[str, Field(min_length=1, max_length=64)]
+    username: Annotated[str, Field(min_length=1, max_length=64), OneLine]
     password: Password
 
 
@@ -105,9 +144,10 @@ class MeOut(UserOut):
 
 
 class TokenCreate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=64)] = "token"
+    name: Annotated[str, Field(min_length=1, max_length=64), OneLine] = "token"
     scopes: Annotated[list[Annotated[Scope, Strict(False)]], Field(min_length=1, max_length=2)]
-    order_id: str | None = Field(default=None, description="Limit the token to this one order.")
+    order_id: Annotated[str, Field(max_length=64), OneLine] | None = Field(
+        default=None, description="Limit the token to this one order.")
 
 
 class TokenOut(BaseModel):
@@ -181,8 +221,8 @@ class IntervalSchedule(Request):
 
 class CronSchedule(Request):
     kind: Literal["cron"]
-    cron: Annotated[str, Field(min_length=9, max_length=120, description="Five-field cron expression.")]
-    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    cron: Annotated[str, Field(min_length=9, max_length=120, description="Five-field cron expression."), OneLine]
+    timezone: Annotated[str, Field(min_length=1, max_length=64), OneLine] = "UTC"
 
 
 Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]

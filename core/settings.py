@@ -1,13 +1,18 @@
 """All configuration, read from `CRAWLCOIN_*` environment variables (or a `.env` file)."""
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"
+
+
+def _entries(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 class Mode(StrEnum):
@@ -56,6 +61,17 @@ class Settings(BaseSettings):
     login_window_seconds: int = Field(default=900, ge=1)
     login_max_failures_per_account: int = Field(default=5, ge=1)
     login_max_failures_per_client: int = Field(default=30, ge=1)
+    register_window_seconds: int = Field(
+        default=3600, ge=1, description="Window over which registrations from one client address are counted.")
+    register_max_per_client: int = Field(
+        default=20, ge=1, description="Registrations per client address and window before 429.")
+    password_min_strength: int = Field(
+        default=3, ge=0, le=4, description=(
+            "Least zxcvbn score (0-4) of a new password: common passwords and easy variants of them are refused."))
+    trusted_proxies: str = Field(
+        default="127.0.0.1,::1", description=(
+            "Addresses or CIDR networks (comma-separated) of the proxies in front of the API, such as the "
+            "dashboard: only their X-Forwarded-For is believed, to find the real client address."))
 
     # Coins and orders.
     price_per_run: int = Field(default=1, ge=1)
@@ -114,6 +130,21 @@ class Settings(BaseSettings):
     result_body_max_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest page body a result may carry.")
     miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        for entry in _entries(value):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"CRAWLCOIN_TRUSTED_PROXIES: {entry[:64]!r} is not an IP address or CIDR network") from None
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in _entries(self.trusted_proxies))
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:

@@ -1,4 +1,4 @@
-"""The dashboard's entry script: `streamlit run dashboard/app.py` (see dashboard.launch)."""
+"""The dashboard's entry script, served by dashboard/server.py (see dashboard.launch)."""
 
 import streamlit as st
 

@@ -48,11 +48,13 @@ class ApiUnreachable(ApiError):
 
 
 class Api:
-    """The API as one user sees it; `token` is the session token once logged in."""
+    """The API as one user sees it; `token` is the session token once logged in, `forwarded_for` the
+    X-Forwarded-For chain that ends with the user's address (the API believes it from trusted proxies)."""
 
-    def __init__(self, http: httpx.Client, token: str | None = None) -> None:
+    def __init__(self, http: httpx.Client, token: str | None = None, forwarded_for: str | None = None) -> None:
         self.http = http
         self.token = token
+        self.forwarded_for = forwarded_for
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -66,6 +68,8 @@ class Api:
     def _send(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
               headers: dict[str, str] | None = None, auth: bool = True) -> httpx.Response:
         sent_headers = dict(headers or {})
+        if self.forwarded_for:
+            sent_headers["X-Forwarded-For"] = self.forwarded_for
         if auth and self.token:
             sent_headers["Authorization"] = f"Bearer {self.token}"
         try:

@@ -1,4 +1,5 @@
-"""How the dashboard is started: `streamlit run dashboard/app.py` with the flags a service needs."""
+"""How the dashboard is started: `streamlit run dashboard/server.py` (which serves app.py) with the flags a service
+needs."""
 
 import os
 import sys
@@ -7,7 +8,7 @@ from typing import NoReturn
 
 from core.settings import Settings
 
-APP = Path(__file__).resolve().parent / "app.py"
+APP = Path(__file__).resolve().parent / "server.py"  # serves app.py, with the headers it needs
 
 
 def streamlit_argv(settings: Settings) -> list[str]:

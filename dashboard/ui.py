@@ -60,7 +60,21 @@ def _http(base_url: str) -> httpx.Client:
 
 def api() -> Api:
     session = st.session_state.get("session")
-    return Api(_http(settings().resolved_api_url), session["token"] if session else None)
+    return Api(_http(settings().resolved_api_url), session["token"] if session else None, forwarded_for())
+
+
+def forwarded_for() -> str | None:
+    """The X-Forwarded-For to send the API: the chain the browser's request came with, plus the address it came
+    from, as any proxy does. The API throttles failed sign-ins per user address, not per dashboard."""
+    try:
+        peer = st.context.ip_address
+        incoming = st.context.headers.get_all("X-Forwarded-For")
+    except Exception:  # no browser context (e.g. a bare script run)
+        return None
+    peer = peer if isinstance(peer, str) and peer else "127.0.0.1"  # Streamlit hides loopback peers
+    headers = incoming if isinstance(incoming, list) else []
+    chain = [entry.strip() for header in headers if isinstance(header, str) for entry in header.split(",")]
+    return ", ".join([*[entry for entry in chain if entry][-8:], peer])  # the API reads it from the right
 
 
 def viewer_timezone() -> tzinfo:

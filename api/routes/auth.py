@@ -1,13 +1,15 @@
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
 from api.deps import (
     ClientAddress,
     CurrentUser,
     PasswordsDep,
+    RegistrationThrottleDep,
     SessionToken,
     SettingsDep,
     StoreDep,
     ThrottleDep,
+    no_store,
 )
 from api.services import accounts
 from core.schemas import (
@@ -24,13 +26,20 @@ from core.schemas import (
 router = APIRouter(tags=["accounts"])
 
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED)
-def register(req: RegisterRequest, store: StoreDep, passwords: PasswordsDep) -> Registered:
+@router.post("/auth/register", status_code=status.HTTP_201_CREATED, dependencies=[Depends(no_store)])
+def register(
+    req: RegisterRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    passwords: PasswordsDep,
+    throttle: RegistrationThrottleDep,
+    client: ClientAddress,
+) -> Registered:
     """Create an account; returns the TOTP secret and QR code to enrol an authenticator app."""
-    return accounts.register(store, passwords, req)
+    return accounts.register(store, settings, passwords, throttle, req, client)
 
 
-@router.post("/auth/totp/setup")
+@router.post("/auth/totp/setup", dependencies=[Depends(no_store)])
 def totp_setup(
     req: CredentialsRequest, store: StoreDep, passwords: PasswordsDep, throttle: ThrottleDep, client: ClientAddress
 ) -> TotpEnrolment:
@@ -38,7 +47,7 @@ def totp_setup(
     return accounts.totp_setup(store, passwords, throttle, req, client)
 
 
-@router.post("/auth/totp/confirm")
+@router.post("/auth/totp/confirm", dependencies=[Depends(no_store)])
 def totp_confirm(
     req: TotpConfirmRequest,
     store: StoreDep,
@@ -51,7 +60,7 @@ def totp_confirm(
     return accounts.totp_confirm(store, settings, passwords, throttle, req, client)
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", dependencies=[Depends(no_store)])
 def login(
     req: LoginRequest,
     store: StoreDep,

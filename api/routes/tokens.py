@@ -1,13 +1,13 @@
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Depends, status
 
-from api.deps import CurrentUser, StoreDep
+from api.deps import CurrentUser, StoreDep, no_store
 from api.services import tokens
 from core.schemas import TokenCreate, TokenCreated, TokenOut
 
 router = APIRouter(prefix="/tokens", tags=["API tokens"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Depends(no_store)])
 def create_token(req: TokenCreate, user: CurrentUser, store: StoreDep) -> TokenCreated:
     """Create an API token for the mining or result client; the secret is shown only now."""
     return tokens.create(store, user, req)

@@ -3,7 +3,8 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from api.login_throttle import LoginThrottle
+from api.login_throttle import LoginThrottle, RegistrationThrottle
+from api.password_rules import check_guessable
 from core import ledger, security
 from core.errors import AuthenticationFailed, Conflict, PermissionDenied
 from core.schemas import (
@@ -36,9 +37,12 @@ def _enrolment(secret: str, username: str) -> TotpEnrolment:
     return TotpEnrolment(secret=secret, otpauth_uri=uri, qr_png=security.qr_png_data_uri(uri))
 
 
-def register(store: Store, passwords: Passwords, req: RegisterRequest) -> Registered:
+def register(store: Store, settings: Settings, passwords: Passwords, throttle: RegistrationThrottle,
+             req: RegisterRequest, client: str) -> Registered:
+    throttle.attempt(client)
     username = req.username.lower()
     passwords.check_rules(req.password, username)
+    check_guessable(req.password, username, settings.password_min_strength)
     secret = security.new_totp_secret()
     user = User(
         id=str(uuid.uuid4()),
@@ -51,26 +55,28 @@ def register(store: Store, passwords: Passwords, req: RegisterRequest) -> Regist
     return Registered(user=user_out(user), totp=_enrolment(secret, username))
 
 
-def _check_password(
-    store: Store, passwords: Passwords, throttle: LoginThrottle, req: CredentialsRequest, client: str
-) -> User:
+# One answer for every failed sign-in, whichever part was wrong: a different answer for the right password
+# with a wrong, replayed or missing code would let anyone test passwords without the second factor.
+LOGIN_FAILED = "wrong username, password or two-factor code (a code works only once)"
+SETUP_FAILED = "wrong username or password, or two-factor sign-in is already set up for this account"
+
+
+def _check_password(store: Store, passwords: Passwords, throttle: LoginThrottle, req: CredentialsRequest,
+                    client: str, failure: str) -> User:
     throttle.check(req.username, client)
     user = store.get_user_by_username(req.username.lower())
     if not passwords.verify(user.password_hash if user else None, req.password) or user is None:
         throttle.record_failure(req.username, client)
-        raise AuthenticationFailed("wrong username or password")
+        raise AuthenticationFailed(failure)
     return user
 
 
 def _check_code(store: Store, passwords: Passwords, throttle: LoginThrottle, user: User, code: str,
                 client: str) -> None:
     step = security.totp_step_of(passwords.totp.open(user.totp_secret), code) if user.totp_secret else None
-    if step is None:
+    if step is None or not store.use_totp_step(user.id, step):
         throttle.record_failure(user.username, client)
-        raise AuthenticationFailed("wrong two-factor code")
-    if not store.use_totp_step(user.id, step):
-        throttle.record_failure(user.username, client)
-        raise AuthenticationFailed("this two-factor code was already used; wait for the next one")
+        raise AuthenticationFailed(LOGIN_FAILED)
 
 
 def _new_session(store: Store, settings: Settings, user: User) -> SessionOut:
@@ -89,10 +95,12 @@ def _new_session(store: Store, settings: Settings, user: User) -> SessionOut:
 def totp_setup(
     store: Store, passwords: Passwords, throttle: LoginThrottle, req: CredentialsRequest, client: str
 ) -> TotpEnrolment:
-    user = _check_password(store, passwords, throttle, req, client)
+    user = _check_password(store, passwords, throttle, req, client, SETUP_FAILED)
     secret = security.new_totp_secret()
-    if not store.set_totp_secret(user.id, passwords.totp.seal(secret)):
-        raise Conflict("two-factor authentication is already enabled for this account")
+    if user.totp_enabled or not store.set_totp_secret(user.id, passwords.totp.seal(secret)):
+        # The password alone must not tell an enrolled account apart: answer as for a wrong one.
+        throttle.record_failure(user.username, client)
+        raise AuthenticationFailed(SETUP_FAILED)
     return _enrolment(secret, user.username)
 
 
@@ -104,10 +112,10 @@ def totp_confirm(
     req: TotpConfirmRequest,
     client: str,
 ) -> SessionOut:
-    user = _check_password(store, passwords, throttle, req, client)
-    if user.totp_enabled:
-        raise Conflict("two-factor authentication is already enabled; log in instead")
+    user = _check_password(store, passwords, throttle, req, client, LOGIN_FAILED)
     _check_code(store, passwords, throttle, user, req.code, client)
+    if user.totp_enabled:  # only now: with the right password and code, nothing is given away
+        raise Conflict("two-factor authentication is already enabled; log in instead")
     store.enable_totp(user.id)
     throttle.reset_account(user.username)
     return _new_session(store, settings, user)
@@ -116,8 +124,8 @@ def totp_confirm(
 def login(
     store: Store, settings: Settings, passwords: Passwords, throttle: LoginThrottle, req: LoginRequest, client: str
 ) -> SessionOut:
-    user = _check_password(store, passwords, throttle, req, client)
-    if not user.totp_enabled:
+    user = _check_password(store, passwords, throttle, req, client, LOGIN_FAILED)
+    if not user.totp_enabled:  # the password is this account's only factor until a code is confirmed
         raise PermissionDenied("two-factor enrolment is not finished: confirm a code at POST /auth/totp/confirm")
     _check_code(store, passwords, throttle, user, req.code, client)
     throttle.reset_account(user.username)

@@ -78,7 +78,8 @@ def create(
 
 
 def get_own(store: Store, user: User, order_id: str) -> Order:
-    order = store.get_order(order_id)
+    # An id from the URL path may hold anything, NUL or a lone surrogate included, which no store can look up.
+    order = store.get_order(order_id) if order_id.isprintable() else None
     if order is None or order.owner_id != user.id:
         raise NotFound("order not found")
     return order

@@ -36,5 +36,5 @@ def list_for(store: Store, user: User) -> list[TokenOut]:
 
 
 def revoke(store: Store, user: User, token_id: str) -> None:
-    if not store.revoke_api_token(user.id, token_id, datetime.now(UTC)):
+    if not token_id.isprintable() or not store.revoke_api_token(user.id, token_id, datetime.now(UTC)):
         raise NotFound("token not found")

@@ -1,12 +1,14 @@
 """Bad input gets a 4xx with a clear message; nothing is stored and no coin moves."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from core import security
 from core.settings import Settings
-from tests.helpers import ApiClient, interval_order
+from tests.helpers import PASSWORD, ApiClient, interval_order
 
 LONG = "https://example.com/" + "a" * 3000
 SOON = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
@@ -145,3 +147,83 @@ def test_private_targets_can_be_allowed_for_local_testing(tmp_path, store_url, v
         assert r.status_code == 201, r.text
         r = api.post("/orders", json=interval_order(url="ftp://127.0.0.1/"), headers=alice.headers)
         assert r.status_code == 422
+
+
+def _post_json(api: ApiClient, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
+    """JSON as any client may write it: json.dumps escapes a lone surrogate as \\ud800 (httpx's own
+    encoder would refuse to send it)."""
+    return api.post(path, content=json.dumps(body).encode(), headers={**(headers or {}),
+                                                                      "content-type": "application/json"})
+
+
+def _problems(answers: dict[str, tuple[httpx.Response, str]]) -> list[str]:
+    problems = []
+    for case, (r, words) in answers.items():
+        detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else None
+        if r.status_code != 422 or not isinstance(detail, str) or words not in detail:
+            problems.append(f"{case}: {r.status_code} {r.text[:300]}")
+    return problems
+
+
+def test_lone_surrogates_are_refused_everywhere(api: ApiClient) -> None:
+    alice = api.new_account(coins=50)
+    bad = "x\ud800y"
+    unicode = "must be valid Unicode text"
+    orders = {
+        "header value": interval_order(headers={"X-Key": bad}),
+        "header name": interval_order(headers={bad: "v"}),
+        "body": interval_order(method="POST", body=bad),
+        "url": interval_order(url=f"https://example.com/{bad}"),
+        "cron": cron(f"0 9 * * * {bad}"),
+        "timezone": cron("0 9 * * *", tz=bad),
+    }
+    answers = {f"order {case}": (_post_json(api, "/orders", body, alice.headers), unicode)
+               for case, body in orders.items()}
+    account_calls = {
+        "register username": ("/auth/register", {"username": bad, "password": PASSWORD}),
+        "register password": ("/auth/register", {"username": "surro", "password": f"pelican ladder {bad}"}),
+        "login username": ("/auth/login", {"username": bad, "password": PASSWORD, "code": "123456"}),
+        "login password": ("/auth/login", {"username": alice.username, "password": bad, "code": "123456"}),
+        "totp setup password": ("/auth/totp/setup", {"username": alice.username, "password": bad}),
+        "totp confirm username": ("/auth/totp/confirm", {"username": bad, "password": PASSWORD, "code": "123456"}),
+    }
+    answers |= {case: (_post_json(api, path, body), unicode) for case, (path, body) in account_calls.items()}
+    answers["token name"] = (_post_json(api, "/tokens", {"name": bad, "scopes": ["mine"]}, alice.headers), unicode)
+    answers["token order"] = (_post_json(api, "/tokens", {"scopes": ["results"], "order_id": bad}, alice.headers),
+                              unicode)
+    assert not _problems(answers), "\n".join(_problems(answers))
+    assert "headers.X-Key must be valid Unicode text" in answers["order header value"][0].json()["detail"]
+    assert api.get("/orders", headers=alice.headers).json()["items"] == []
+    assert api.get("/tokens", headers=alice.headers).json() == []
+    assert api.balance(alice) == 50
+
+
+def test_control_characters_in_names_are_refused(api: ApiClient) -> None:
+    alice = api.new_account(coins=50)
+    control = "must not contain control characters"
+    answers = {
+        f"token name {name!r}": (api.post("/tokens", json={"name": name, "scopes": ["mine"]}, headers=alice.headers),
+                                 control)
+        for name in ("mi\x00ner", "line\nbreak", "tab\there", "esc\x1b[31m", "del\x7f", "c1\x85")
+    }
+    answers["token order id"] = (api.post("/tokens", json={"scopes": ["results"], "order_id": "o\x00"},
+                                          headers=alice.headers), control)
+    answers["login username"] = (api.post("/auth/login", json={"username": "bo\x00b", "password": PASSWORD,
+                                                               "code": "123456"}), control)
+    answers["cron"] = (api.post("/orders", json=cron("0 9 * * *\x00"), headers=alice.headers), control)
+    answers["timezone"] = (api.post("/orders", json=cron("0 9 * * *", tz="UTC\x00"), headers=alice.headers), control)
+    answers["header value"] = (api.post("/orders", json=interval_order(headers={"X-A": "v\x01"}),
+                                        headers=alice.headers), "control character")
+    answers["body"] = (api.post("/orders", json=interval_order(method="POST", body="a=\x00"), headers=alice.headers),
+                       "NUL")
+    answers["url"] = (api.post("/orders", json=interval_order(url="https://example.com/\x00"), headers=alice.headers),
+                      "control characters")
+    assert not _problems(answers), "\n".join(_problems(answers))
+    for path in ("/orders/%00", "/orders/x%00y/results", "/tokens/%00"):
+        r = api.get(path, headers=alice.headers) if "tokens" not in path else api.delete(path, headers=alice.headers)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+    r = api.get("/orders", params={"cursor": "\x00"}, headers=alice.headers)
+    assert r.status_code == 422, r.text
+    assert api.get("/tokens", headers=alice.headers).json() == []
+    assert api.get("/orders", headers=alice.headers).json()["items"] == []
+    assert api.balance(alice) == 50

@@ -47,7 +47,7 @@ def test_sign_up_enrol_sign_out_and_sign_in(dashboard: Callable[..., AppTest], a
     widget(at.text_input, "Two-factor code").input(wrong)
     button(at, "Confirm and sign in").click()
     at.run()
-    assert any("Wrong two-factor code" in e for e in alerts(at, "error"))
+    assert any("Wrong username, password or two-factor code" in e for e in alerts(at, "error"))
 
     fresh_totp_step(10)
     widget(at.text_input, "Two-factor code").input(totp.at(time.time() - 30))
@@ -88,7 +88,7 @@ def test_wrong_password_and_malformed_code(dashboard: Callable[..., AppTest], ap
     account = api.new_account()
     at = dashboard()
     sign_in(at, account.username, account.totp(1), password="not the password")
-    assert "Wrong username or password." in alerts(at, "error")
+    assert any("Wrong username, password or two-factor code" in e for e in alerts(at, "error"))
     sign_in(at, account.username, "12ab")
     assert "Enter the 6-digit code your authenticator app shows right now." in alerts(at, "error")
     assert "Signed in as" not in texts(at)
@@ -107,7 +107,7 @@ class TestThrottling:
         wrong = f"{(int(account.totp()) + 500_000) % 1_000_000:06d}"
         for _ in range(3):
             sign_in(at, account.username, wrong)
-            assert any("Wrong two-factor code" in e for e in alerts(at, "error"))
+            assert any("Wrong username, password or two-factor code" in e for e in alerts(at, "error"))
         sign_in(at, account.username, account.totp(1))
         [message] = alerts(at, "error")
         assert "Too many failed attempts" in message

@@ -212,3 +212,56 @@ def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server:
     assert page.get_by_test_id("stException").count() == 0
     context.close()
 
+
+
+def test_the_dashboard_refuses_to_be_framed(browser: object, dashboard_server: str) -> None:
+    """Clickjacking: no other site may show the sign-in page in a frame and overlay it."""
+    for path in ("/", "/sign-in", "/_stcore/health"):
+        r = httpx.get(dashboard_server + path, timeout=10)
+        assert r.status_code == 200, path
+        assert r.headers.get("x-frame-options") == "DENY", path
+        assert r.headers.get("content-security-policy") == "frame-ancestors 'none'", path
+    page = browser.new_page()  # type: ignore[attr-defined]
+    page.set_content(f'<iframe id="victim" src="{dashboard_server}" width="800" height="600"></iframe>')
+    page.wait_for_timeout(3000)
+    [frame] = [f for f in page.frames if f != page.main_frame]
+    assert "Recurring web scraping" not in frame.content() and "stApp" not in frame.content()
+    page.close()
+
+
+class TestSignInLocksArePerBrowser:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"login_max_failures_per_client": 3, "login_max_failures_per_account": 50}
+
+    def test_failed_sign_ins_in_one_browser_do_not_lock_out_another(
+        self, browser: object, dashboard_server: str, api: ApiClient
+    ) -> None:
+        """The dashboard passes each browser's address on to the API (here: as a proxy in front of it would)."""
+        from playwright.sync_api import expect
+
+        expect.set_options(timeout=WAIT_MS)
+        account = api.new_account()
+
+        def sign_in(forwarded_for: str, username: str, code: str) -> object:
+            context = browser.new_context(extra_http_headers={"X-Forwarded-For": forwarded_for})  # type: ignore
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(dashboard_server)
+            page.get_by_role("textbox", name="Username", exact=True).fill(username)
+            page.get_by_role("textbox", name="Password", exact=True).fill(PASSWORD)
+            page.get_by_role("textbox", name="Two-factor code", exact=True).fill(code)
+            page.get_by_role("button", name="Sign in").click()
+            return page
+
+        for i in range(3):
+            page = sign_in("203.0.113.7", f"ghost{i}", "000000")
+            expect(page.get_by_text("Wrong username, password or two-factor code").first).to_be_visible()
+            page.context.close()  # type: ignore[attr-defined]
+        page = sign_in("203.0.113.7", "ghost-new", "000000")
+        expect(page.get_by_text("Too many failed attempts").first).to_be_visible()
+        page.context.close()  # type: ignore[attr-defined]
+
+        page = sign_in("198.51.100.9", account.username, account.totp(1))
+        expect(page.get_by_text(f"Welcome back, {account.username}!").first).to_be_visible()
+        page.context.close()  # type: ignore[attr-defined]
