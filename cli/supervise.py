@@ -190,7 +190,7 @@ class Supervisor:
             w.fast_failures = 0
         if w.fast_failures >= GIVE_UP_AFTER:
             raise CrawlcoinError(
-                f"{child.name} {how}, and it failed {w.fast_failures} times in a row within "
+                f"{child.name} died ({how}) {w.fast_failures} times in a row, each time within "
                 f"{FAST_FAILURE_SECONDS:.0f} s of starting; giving up. Last lines of {child.log}:\n{child.log_tail()}")
         delay = BACKOFF_SECONDS[min(w.fast_failures, len(BACKOFF_SECONDS) - 1)]
         if w.state == "running":
