@@ -40,6 +40,8 @@ def postgres_may_enter(data_dir: Path) -> Iterator[None]:
     """Run as root, the wheel starts PostgreSQL as a system user of its own, which must traverse the
     data directory (the wheel widens it to 0755): allow that only while PostgreSQL (re)starts, then
     make the data directory private again. The server keeps its working directory, socket and log."""
+    if os.geteuid() == 0:
+        data_dir.chmod(0o711)  # traverse only, no listing; what is inside stays private
     try:
         yield
     finally:
@@ -49,8 +51,6 @@ def postgres_may_enter(data_dir: Path) -> Iterator[None]:
 def restart_postgres(server: Any) -> None:
     """Start the embedded PostgreSQL `server` again (after it died) on the same data and socket."""
     pgdata = Path(server.pgdata)
-    if os.geteuid() == 0:
-        pgdata.parent.chmod(0o711)
     with postgres_may_enter(pgdata.parent), server._lock:  # the wheel's inter-process lock around its starts
         server.ensure_postgres_running()
 
