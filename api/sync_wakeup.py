@@ -11,6 +11,7 @@ import logging
 
 from fastapi import BackgroundTasks, Request
 
+from core.outage import outage
 from core.queue import wake_sync
 
 log = logging.getLogger("crawlcoin.api.sync_wakeup")
@@ -20,8 +21,9 @@ async def _wake(request: Request) -> None:
     try:
         await wake_sync(request.app.state.aredis)
     except Exception as e:  # Valkey busy or down: the stored request is applied at the next interval
-        log.warning("workers not woken for an order change (%s: %s); they apply it at their next interval",
-                    type(e).__name__, e)
+        outage("Valkey").failed(e, "waking workers for an order change; they apply it at their next interval")
+        return
+    outage("Valkey").ok()
 
 
 def wake_workers(background: BackgroundTasks, request: Request) -> None:

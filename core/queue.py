@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
+from core.outage import VALKEY_DOWN, outage
 from core.protocol import KEY_PREFIX
 from core.protocol.jobs import JOB_FIELD, JOBS_STREAM, KEY_FIELD, Job
 from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
@@ -145,10 +146,16 @@ async def wake_sync(redis: Redis) -> None:
 async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:
     """Release due jobs until `stop` is set, waking up right when the next job is due."""
     while not stop.is_set():
-        moved = await queue.release_due()
+        try:
+            moved = await queue.release_due()
+            wait = None if moved else await queue.next_due_in()
+        except VALKEY_DOWN as e:  # Valkey restarting: the due jobs wait for it, the releaser too
+            outage("Valkey").failed(e, "releasing due jobs")
+            moved, wait = 0, 1.0
+        else:
+            outage("Valkey").ok()
         if moved:
             continue
-        wait = await queue.next_due_in()
         delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)

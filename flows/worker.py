@@ -27,6 +27,7 @@ from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from redis.asyncio.client import PubSub
 
+from core.outage import outage
 from core.queue import SYNC_WAKEUP, run_releaser
 from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
@@ -92,8 +93,9 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             wakeups = await self._subscribed(ctx, wakeups)
             try:
                 await ctx.sync.sync_pending(ctx.redis)
-            except Exception:  # Prefect or the store may be down for a while: try again later
-                log.warning("pending order changes could not be applied to Prefect yet", exc_info=True)
+                outage("Prefect or the store").ok()
+            except Exception as e:  # Prefect or the store may be down for a while: try again later
+                outage("Prefect or the store").failed(e, "applying order changes to Prefect")
             wakeups = await self._wait_for_wakeup(wakeups)
         if wakeups is not None:
             await wakeups.aclose()
@@ -105,9 +107,10 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         wakeups = ctx.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await wakeups.subscribe(SYNC_WAKEUP)
+            outage("Valkey").ok()
             return wakeups
         except Exception as e:  # Valkey down: sync on the interval until it is back
-            log.warning("not subscribed to order-change wake-ups (%s: %s)", type(e).__name__, e)
+            outage("Valkey").failed(e, "order-change wake-ups")
             await wakeups.aclose()
             return None
 
@@ -127,7 +130,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
                     break
             return wakeups
         except Exception as e:  # the connection broke (Valkey restarted): subscribe again next time
-            log.warning("order-change wake-ups interrupted (%s: %s)", type(e).__name__, e)
+            outage("Valkey").failed(e, "order-change wake-ups")
             await wakeups.aclose()
             return None
 
@@ -135,9 +138,10 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         while not await self._stopped_within(self.settings.recover_interval_seconds):
             try:
                 found = await asyncio.to_thread(ctx.store.recover_pending)
-            except Exception:  # the store may be down for a while: try again next time
-                log.warning("interrupted store operations could not be checked", exc_info=True)
+            except Exception as e:  # the store may be down for a while: try again next time
+                outage("the store").failed(e, "finishing interrupted store operations")
                 continue
+            outage("the store").ok()
             if found:
                 log.info("finished %d interrupted store operation(s)", found)
 

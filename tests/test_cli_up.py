@@ -1,15 +1,22 @@
 """`crawlcoin up`, the README's run command, started as a subprocess and driven over HTTP."""
 
+import base64
+import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pyotp
+import pytest
+import redis
 
 from tests.conftest import free_port
 from tests.helpers import PASSWORD, ApiClient, interval_order
@@ -41,6 +48,51 @@ def wait_for_table(proc: subprocess.Popen[str], timeout: float = 300) -> str:
         if line.lstrip().startswith("└") and any("/docs" in x for x in seen):  # the table's last line
             return "".join(seen)
     raise AssertionError("no URL table:\n" + "".join(seen))
+
+
+def prefect_auth(data_dir: Path) -> dict[str, str]:
+    """The header the embedded Prefect server asks for: Basic auth with the auth string of the data dir."""
+    secret = json.loads((data_dir / "secrets.json").read_text())["prefect_auth_string"]
+    return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
+
+
+class ConsoleLines:
+    """What `crawlcoin up` prints after its table, read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._proc = proc
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if m := re.search(pattern, line):
+                    return m
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every child process of `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), argv))
+    return found
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
@@ -107,3 +159,67 @@ def test_up_names_the_setting_when_a_port_is_taken(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert f"port {port}" in out and "CRAWLCOIN_API_PORT" in out and "Traceback" not in out
+
+
+def test_up_restarts_a_killed_valkey_and_postgres_and_refuses_strangers(tmp_path: Path) -> None:
+    api_port, valkey_port, prefect_port = free_port(), free_port(), free_port()
+    data = tmp_path / "data"
+    proc = start_up(data, api_port, valkey_port, CRAWLCOIN_PREFECT_PORT=str(prefect_port))
+    try:
+        wait_for_table(proc)
+        console = ConsoleLines(proc)
+        secrets = json.loads((data / "secrets.json").read_text())
+
+        # Only the owner reads the data directory, the secrets, the store and the logs.
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        private = [data / "secrets.json", data / "crawlcoin.db", *sorted((data / "logs").glob("*.log")),
+                   data / "valkey" / "valkey.conf"]
+        assert len(private) > 6
+        modes = {str(p.relative_to(data)): oct(stat.S_IMODE(p.stat().st_mode)) for p in private}
+        assert set(modes.values()) == {"0o600"}, modes
+
+        # Valkey and Prefect refuse a client without the credentials; the children have them in their
+        # environment, never on a command line.
+        with pytest.raises(redis.exceptions.AuthenticationError, match="(?i)auth"):
+            redis.Redis(port=valkey_port).ping()
+        keeper = redis.Redis(port=valkey_port, password=secrets["valkey_password"])
+        assert keeper.ping()
+        prefect = f"http://127.0.0.1:{prefect_port}/api"
+        assert httpx.post(f"{prefect}/deployments/filter", json={}, timeout=10).status_code == 401
+        assert httpx.post(f"{prefect}/deployments/filter", json={}, headers={"Authorization": "Basic eDp5"},
+                          timeout=10).status_code == 401
+        assert httpx.post(f"{prefect}/deployments/filter", json={}, headers=prefect_auth(data),
+                          timeout=10).status_code == 200
+        cmdlines = [argv for _, argv in children_of(proc.pid)]
+        assert len(cmdlines) >= 6 and not any(
+            secrets["valkey_password"] in a or secrets["prefect_auth_string"] in a for a in cmdlines), cmdlines
+
+        # SIGKILL Valkey: the supervisor says so, starts it on the same port and data, says when it is back.
+        keeper.set("kept", "yes")
+        time.sleep(1.5)  # appendfsync everysec
+        [(valkey_pid, _)] = [(pid, argv) for pid, argv in children_of(proc.pid) if "valkey" in argv.split()[0]]
+        os.kill(valkey_pid, signal.SIGKILL)
+        console.wait_for(r"^valkey died \(killed by SIGKILL\); restarting in \d+ s$", 10)
+        console.wait_for(r"^valkey is back \(down [\d.]+ s\)$", 30)
+        assert redis.Redis(port=valkey_port, password=secrets["valkey_password"]).get("kept") == b"yes", \
+            "the restarted Valkey replayed its AOF"
+        with ApiClient(f"http://127.0.0.1:{api_port}") as api:
+            deadline = time.monotonic() + 30
+            while api.get("/health").json().get("valkey") != "ok":
+                assert time.monotonic() < deadline, "the API never saw Valkey again"
+                time.sleep(0.5)
+
+        # SIGKILL the PostgreSQL of Prefect: restarted too, and Prefect answers again.
+        pg_pid = int((data / "prefect-postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(pg_pid, signal.SIGKILL)
+        console.wait_for(r"^prefect database died \(exited\); restarting in \d+ s$", 10)
+        console.wait_for(r"^prefect database is back", 60)
+        deadline = time.monotonic() + 60
+        while httpx.post(f"{prefect}/deployments/filter", json={}, headers=prefect_auth(data),
+                         timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "Prefect never reached its database again"
+            time.sleep(1)
+        assert proc.poll() is None, "crawlcoin up carried on"
+        assert "Traceback" not in "\n".join(console.lines)
+    finally:
+        assert stop(proc) == 0

@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient
-from tests.test_cli_up import start_up, stop, wait_for_table
+from tests.test_cli_up import prefect_auth, start_up, stop, wait_for_table
 
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
 
@@ -135,7 +135,8 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
                  "the order to complete")
         assert api.get(f"/orders/{oid}", headers=customer.headers).json()["escrow_balance"] == 0
         deployments = httpx.post(f"http://127.0.0.1:{ports['prefect']}/api/deployments/filter",
-                                 json={"deployments": {"name": {"any_": [f"order-{oid}"]}}}, timeout=10).json()
+                                 json={"deployments": {"name": {"any_": [f"order-{oid}"]}}},
+                                 headers=prefect_auth(tmp_path / "data"), timeout=10).json()
         assert deployments == [], "the order's deployment no longer schedules runs"
     finally:
         for p in (miner_proc, results_proc):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import ada_url
 
+from core.outage import VALKEY_DOWN, outage
 from core.protocol.jobs import Job
 from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
 from core.settings import Settings
@@ -169,9 +170,13 @@ class Handout:
                     if not self.backlog:
                         continue
                     await self._place()
+                outage("Valkey").ok()
                 await self._sleep(stopping)
             except asyncio.CancelledError:
                 raise
+            except VALKEY_DOWN as e:
+                outage("Valkey").failed(e, "hand-out")
+                await asyncio.sleep(1)
             except Exception:
                 log.exception("hand-out loop error; retrying in 1 s")
                 await asyncio.sleep(1)
@@ -269,6 +274,8 @@ class Handout:
             await asyncio.sleep(period)
             try:
                 await self.stream.keep(list(self.held))
+            except VALKEY_DOWN as e:
+                outage("Valkey").failed(e, "renewing held entries")
             except Exception:
                 log.exception("could not renew held entries")
 
@@ -290,5 +297,7 @@ class Handout:
                 rounds += 1
                 if rounds % 20 == 0:
                     await self.stream.forget_idle_consumers(10 * lease_ms + 600_000)
+            except VALKEY_DOWN as e:
+                outage("Valkey").failed(e, "reclaiming abandoned entries")
             except Exception:
                 log.exception("could not reclaim abandoned entries")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from core.outage import VALKEY_DOWN, outage
 from core.protocol.mining import ResultAck
 from core.protocol.notices import ResultNotice
 from core.schemas import RepetitionState
@@ -73,8 +74,10 @@ class ResultWriter:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
-            except Exception:
-                log.exception("could not write a batch of %d finished jobs", len(batch))
+                outage("the store").ok()
+            except Exception as e:  # the store or Valkey is down: one line per outage, not per batch
+                outage("Valkey" if isinstance(e, VALKEY_DOWN) else "the store").failed(
+                    e, f"writing a batch of {len(batch)} finished jobs")
                 for item in batch:  # left pending in the stream: taken over after the lease
                     self.handout.release(item.held.entry.id)
                     if item.done is not None and not item.done.done():

@@ -14,6 +14,7 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
+from core.outage import outage
 from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.settings import Settings
 from core.storage import Store, open_store
@@ -60,10 +61,11 @@ class ResultServer:
         while not self._stopping.is_set():
             try:
                 reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
-            except Exception:  # Valkey restarting: deliveries fall back to polling meanwhile
-                log.warning("notification stream unavailable; retrying", exc_info=True)
+            except Exception as e:  # Valkey restarting: deliveries fall back to polling meanwhile
+                outage("Valkey").failed(e, "result notifications")
                 await asyncio.sleep(1)
                 continue
+            outage("Valkey").ok()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
