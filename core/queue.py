@@ -11,10 +11,12 @@ does not depend on when Prefect ran the dispatch. Every step is one Lua script, 
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.protocol import KEY_PREFIX
 from core.protocol.jobs import JOB_FIELD, JOBS_STREAM, KEY_FIELD, Job
@@ -26,6 +28,7 @@ SYNC_WAKEUP = f"{KEY_PREFIX}:sync-wakeup"
 """Pub/sub channel: an order change and its sync request are stored; every worker's sync loop
 wakes up and applies pending changes to Prefect now instead of at its next interval."""
 RELEASED_TTL_SECONDS = 7 * 24 * 3600
+log = logging.getLogger("crawlcoin.queue")
 
 
 def _order_set(order_id: str) -> str:
@@ -133,6 +136,21 @@ class JobQueue:
         scores = [s for s in await self.redis.zmscore(DUE, list(keys)) if s is not None]
         return len(scores), max(scores) if scores else None
 
+    async def held(self, keys: list[str]) -> list[bool]:
+        """Whether Valkey holds each job: waiting in the queue, or released (its marker outlives the stream entry).
+
+        Release is one script, so a job is always in one of the two; a job in neither was never
+        queued or was lost (Valkey forgets its last second of writes when it crashes).
+        """
+        if not keys:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zmscore(DUE, keys)
+        for key in keys:
+            pipe.exists(_released_marker(key))
+        scores, *markers = await pipe.execute()
+        return [score is not None or bool(marker) for score, marker in zip(scores, markers, strict=True)]
+
     async def queued_count(self) -> int:
         return int(await self.redis.zcard(DUE))
 
@@ -142,14 +160,31 @@ async def wake_sync(redis: Redis) -> None:
     await redis.publish(SYNC_WAKEUP, b"1")
 
 
-async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:
-    """Release due jobs until `stop` is set, waking up right when the next job is due."""
+async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25,
+                       retry_seconds: float = 1.0) -> None:
+    """Release due jobs until `stop` is set, waking up right when the next job is due.
+
+    While Valkey is unreachable it tries again every `retry_seconds` (it never gives up).
+    """
+    down = False
     while not stop.is_set():
-        moved = await queue.release_due()
+        try:
+            moved = await queue.release_due()
+            wait = None if moved else await queue.next_due_in()
+        except (ConnectionError, OSError, RedisError) as e:
+            if not down:
+                log.warning("job releaser: Valkey unavailable (%s); retrying every %.0f s", e, retry_seconds)
+            down, moved, wait = True, 0, None
+        else:
+            if down:
+                log.info("job releaser: Valkey is back")
+            down = False
         if moved:
             continue
-        wait = await queue.next_due_in()
-        delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
+        if down:
+            delay = retry_seconds
+        else:
+            delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:
