@@ -134,6 +134,21 @@ class JobQueue:
         scores = [s for s in await self.redis.zmscore(DUE, list(keys)) if s is not None]
         return len(scores), max(scores) if scores else None
 
+    async def held(self, keys: list[str]) -> list[bool]:
+        """Whether Valkey holds each job: waiting in the queue, or released (its marker outlives the stream entry).
+
+        Release is one script, so a job is always in one of the two; a job in neither was never
+        queued or was lost (Valkey forgets its last second of writes when it crashes).
+        """
+        if not keys:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zmscore(DUE, keys)
+        for key in keys:
+            pipe.exists(_released_marker(key))
+        scores, *markers = await pipe.execute()
+        return [score is not None or bool(marker) for score, marker in zip(scores, markers, strict=True)]
+
     async def queued_count(self) -> int:
         return int(await self.redis.zcard(DUE))
 
@@ -143,20 +158,24 @@ async def wake_sync(redis: Redis) -> None:
     await redis.publish(SYNC_WAKEUP, b"1")
 
 
-async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25) -> None:
-    """Release due jobs until `stop` is set, waking up right when the next job is due."""
+async def run_releaser(queue: JobQueue, stop: asyncio.Event, max_sleep: float = 0.25,
+                       retry_seconds: float = 1.0) -> None:
+    """Release due jobs until `stop` is set, waking up right when the next job is due.
+
+    While Valkey is unreachable it tries again every `retry_seconds` (it never gives up).
+    """
     while not stop.is_set():
         try:
             moved = await queue.release_due()
             wait = None if moved else await queue.next_due_in()
         except VALKEY_DOWN as e:  # Valkey restarting: the due jobs wait for it, the releaser too
             outage("Valkey").failed(e, "releasing due jobs")
-            moved, wait = 0, 1.0
+            delay = retry_seconds
         else:
             outage("Valkey").ok()
-        if moved:
-            continue
-        delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
+            if moved:
+                continue
+            delay = max_sleep if wait is None else min(max(wait, 0.0), max_sleep)
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:

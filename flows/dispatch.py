@@ -63,6 +63,8 @@ async def dispatch_order(
     jobs = [Job(key=r.key, order_id=o.id, n=r.n, url=o.url, method=o.method, headers=o.headers, body=o.body,
                 due_at=r.due_at) for r in stale + claim.queued]
     added = await queue.enqueue(jobs)
+    if claim.queued:  # until confirmed, the requeue pass (flows/requeue.py) enqueues them again
+        await asyncio.to_thread(store.confirm_queued, flow_run_id)
     if claim.refunded:  # final without a result: deliveries waiting on them may move on
         await queue.announce(o.id, RepetitionState.refunded.value)
     return Dispatched(order_id, [r.n for r in claim.queued], [r.n for r in claim.refunded], added, claim.replay,

@@ -19,7 +19,8 @@ thread, off the event loop the worker's flow runs share.
 - paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
   counter; the deployment is paused (which drops its future runs).
 - active with every repetition claimed → the deployment is deleted (nothing left to
-  schedule); once the order's last job has left the queue the order is completed.
+  schedule); once the order's last job has left the queue and every repetition is settled
+  (its escrow is empty: `rules.completable`) the order is completed — never with coins in escrow.
 - completed / cancelled → withdrawn jobs of a cancelled order are refunded; the deployment
   is deleted.
 """
@@ -39,10 +40,11 @@ from redis.asyncio import Redis
 
 from core import schedules
 from core.errors import ServiceUnavailable
+from core.ledger import escrow_account
 from core.queue import JobQueue
 from core.schemas import OrderStatus
 from core.settings import Settings
-from core.storage import Order, Store
+from core.storage import Order, Store, rules
 
 log = logging.getLogger("crawlcoin.prefect_sync")
 
@@ -53,6 +55,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their e
 SYNC_LOCK = "crawlcoin:lock:prefect-sync"
 RETRY_SECONDS = 3
 LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
+SETTLE_RECHECK_SECONDS = 5  # how often an order whose jobs are all out looks again whether they are settled
 
 
 def prefect_client(settings: Settings) -> PrefectClient:
@@ -113,10 +116,14 @@ class PrefectSync:
         if order.status is OrderStatus.active:  # every repetition claimed
             await self._drop_deployment(order)
             waiting, last_due = await self.queue.queued_for(order.id)
-            if waiting:
-                # Look again once the last job is due; never earlier than a second from now, so
-                # the request this sync is finishing cannot swallow the new one.
-                again = max(datetime.fromtimestamp(last_due or 0, UTC), datetime.now(UTC)) + timedelta(seconds=1)
+            escrow = 0 if waiting else await asyncio.to_thread(self.store.get_balance, escrow_account(order.id))
+            if waiting or not rules.completable(order, escrow):
+                # Look again once the last job is due, or — jobs out with miners, or claimed but lost
+                # by Valkey until the requeue pass queues them again — a little later; never earlier
+                # than a second from now, so the request this sync is finishing cannot swallow the new one.
+                later = datetime.now(UTC) + timedelta(seconds=SETTLE_RECHECK_SECONDS)
+                again = max(datetime.fromtimestamp(last_due, UTC) if last_due else later,
+                            datetime.now(UTC)) + timedelta(seconds=1)
                 await asyncio.to_thread(self.store.request_sync, order.id, again)
             elif await asyncio.to_thread(self.store.set_order_status, order.id, {OrderStatus.active},
                                          OrderStatus.completed):

@@ -8,8 +8,9 @@ It runs the same function per flow as the `@flow` bodies (`run_dispatch`, `run_r
 with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. Each worker also
 releases due jobs from the queue onto the job stream, applies pending order changes to Prefect
 as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
-and finishes store operations a crashed process left half done every
-`recover_interval_seconds` — so none of them depends on a single process, nor on the API.
+finishes store operations a crashed process left half done every `recover_interval_seconds`,
+and queues again every few seconds the jobs the store claimed but Valkey does not hold
+(`flows/requeue.py`) — so none of them depends on a single process, nor on the API.
 """
 
 import asyncio
@@ -33,6 +34,8 @@ from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
 from flows.dispatch import run_dispatch
 from flows.reconcile import run_reconcile
+from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
+from flows.requeue import requeue_lost
 
 log = logging.getLogger("crawlcoin.worker")
 
@@ -70,6 +73,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             asyncio.create_task(run_releaser(self._ctx.queue, self._stop), name="releaser"),
             asyncio.create_task(self._sync_loop(self._ctx), name="prefect-sync"),
             asyncio.create_task(self._recover_loop(self._ctx), name="store-recovery"),
+            asyncio.create_task(self._requeue_loop(self._ctx), name="requeue"),
         ]
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -144,6 +148,21 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             outage("the store").ok()
             if found:
                 log.info("finished %d interrupted store operation(s)", found)
+
+    async def _requeue_loop(self, ctx: FlowContext) -> None:
+        failing = False
+        while not await self._stopped_within(REQUEUE_INTERVAL_SECONDS):
+            try:
+                done = await requeue_lost(ctx.store, ctx.queue, ctx.redis)
+            except Exception as e:  # Valkey or the store may be down for a while: try again next time
+                if not failing:
+                    log.warning("jobs claimed but not held by Valkey cannot be checked yet (%s: %s); retrying",
+                                type(e).__name__, e)
+                failing = True
+                continue
+            failing = False
+            if done:
+                log.info(done.summary())
 
     # --- running flow runs -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ from core.storage.records import (
     Cursor,
     LedgerEntry,
     LoginSession,
+    OpenClaim,
     Order,
     Recorded,
     Repetition,
@@ -19,9 +20,9 @@ from core.storage.records import (
 )
 
 __all__ = [
-    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "Order", "OrderStore",
-    "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User",
-    "job_key", "open_store",
+    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "OpenClaim", "Order",
+    "OrderStore", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer",
+    "User", "job_key", "open_store",
 ]
 
 

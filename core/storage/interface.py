@@ -25,6 +25,7 @@ from core.storage.records import (
     Cursor,
     LedgerEntry,
     LoginSession,
+    OpenClaim,
     Order,
     Recorded,
     Repetition,
@@ -152,6 +153,9 @@ class OrderStore(Protocol):
         `catchup_seconds` before `now` are refunded to the customer instead of queued. Claiming
         the last repetition leaves next_due_at None and requests a sync (the order completes once
         its last job has left the queue). Raises NotFound for an unknown order.
+
+        A claim with queued repetitions is recorded as an open claim (`open_claims`), not yet
+        confirmed queued, in the same atomic step.
         """
 
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
@@ -165,6 +169,20 @@ class OrderStore(Protocol):
 
     def refund_repetitions(self, order_id: str, ns: list[int]) -> int:
         """Refund queued repetitions that will never run (idempotent); returns coins refunded."""
+
+    # open claims: claimed in the store, to be held by Valkey until settled -------------------
+    def open_claims(self, claimed_before: datetime, limit: int) -> list[OpenClaim]:
+        """Claims made before `claimed_before` that are still open, oldest first, at most `limit`.
+
+        A claim is open from `claim_repetitions` (when it queued any repetition) until `close_claim`;
+        the requeue pass uses them to find jobs Valkey lost or never got, across all orders.
+        """
+
+    def confirm_queued(self, flow_run_id: str) -> None:
+        """Record that the claim's jobs were put in the Valkey queue (idempotent; no-op if not open)."""
+
+    def close_claim(self, flow_run_id: str) -> None:
+        """Forget an open claim whose repetitions are all final (idempotent)."""
 
 
 class ResultStore(Protocol):

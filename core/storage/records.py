@@ -92,6 +92,21 @@ class Claim(BaseModel):
     replay: bool = Field(default=False, description="This flow run had claimed before; same repetitions again.")
 
 
+class OpenClaim(BaseModel):
+    """A dispatch run's claim with queued repetitions that are not all settled yet.
+
+    The store keeps it from the claim until every repetition it took is final, so the requeue pass
+    can find repetitions the store claimed but Valkey does not hold, whatever the order does next.
+    """
+
+    flow_run_id: str
+    order_id: str
+    first_n: int
+    last_n: int
+    created_at: datetime
+    queued: bool = Field(default=False, description="Its jobs were confirmed in the Valkey queue once.")
+
+
 def job_key(order_id: str, n: int) -> str:
     return f"{order_id}:{n}"
 

@@ -74,6 +74,12 @@ def cancel_refund(order: Order) -> Movement | None:
                     ledger.user_account(order.owner_id), amount, "refund", order.id)
 
 
+def completable(order: Order, escrow: int) -> bool:
+    """Whether an active order may be completed: every repetition claimed and settled — delivered (the miner
+    paid), failed or refunded — which is exactly when its escrow is empty. Never with coins in escrow."""
+    return order.status is OrderStatus.active and order.runs_claimed >= order.max_runs and escrow == 0
+
+
 # --- results ----------------------------------------------------------------------------------
 
 

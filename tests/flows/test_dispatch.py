@@ -50,6 +50,20 @@ def seed_order(store: Store, suffix: str, every: int, runs: int, now: datetime) 
     store.create_order(order)
 
 
+def settle(settings: Settings, order_id: str, ns: list[int]) -> None:
+    """Record a page for each repetition, as a mining server does once a miner delivers it."""
+    from core.storage import Result, open_store
+
+    store = open_store(settings.resolved_store_url)
+    try:
+        store.record_results([Result.with_body(b"page", 1024, job_key=f"{order_id}:{n}", order_id=order_id, n=n,
+                                               miner_id="miner", fetched_at=datetime.now(UTC), status=200,
+                                               final_url="https://example.com/", stored_at=datetime.now(UTC))
+                              for n in ns])
+    finally:
+        store.close()
+
+
 def start_in(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
@@ -71,10 +85,14 @@ def test_interval_order_runs_exactly_its_repetitions_from_its_start(sched_settin
         due = start.timestamp() + 2 * (n - 1)
         assert at >= due - 0.01, f"job {n} released {due - at:.2f} s before it was due"
     wait_for(lambda: not deployment_exists(sched_settings, order["id"]), 20, "the deployment to be removed")
+    waiting = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
+    assert waiting["runs_claimed"] == 3 and waiting["escrow_balance"] == 3
+    assert waiting["status"] == "active", "not completed while its jobs are out, unpaid: coins are in escrow"
+    settle(sched_settings, order["id"], [1, 2, 3])  # what the miners deliver
     wait_for(lambda: api.get(f"/orders/{order['id']}", headers=alice.headers).json()["status"] == "completed", 20,
              "the order to complete")
     done = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
-    assert done["runs_claimed"] == 3 and done["escrow_balance"] == 3
+    assert done["runs_claimed"] == 3 and done["escrow_balance"] == 0
     assert api.balance(alice) == 7
 
 
@@ -158,11 +176,18 @@ def test_prefect_down_at_order_time(sched_settings, api_for, start_worker, redis
     assert r.json()["deployment_id"] is None and not deployment_exists(sched_settings, oid)
 
     start_worker(sched_settings.model_copy(update={"catchup_seconds": 5}))  # Prefect is back
-    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["status"] == "completed", 60,
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["runs_claimed"] == 5, 60,
              "the order to be dispatched")
     wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["escrow_balance"]
              == len(released(redis, oid)), 30, "every repetition released or refunded")
     ns = [n for n, _ in released(redis, oid)]
+    if ns:
+        assert api.get(f"/orders/{oid}", headers=alice.headers).json()["status"] == "active", (
+            "not completed while released jobs are unpaid: coins are in escrow")
+    settle(sched_settings, oid, ns)  # what the miners deliver
+    wait_for(lambda: api.get(f"/orders/{oid}", headers=alice.headers).json()["status"] == "completed", 30,
+             "the order to complete")
+    assert api.get(f"/orders/{oid}", headers=alice.headers).json()["escrow_balance"] == 0
     assert ns == sorted(set(ns)), "nothing enqueued twice"
     refunded = 5 - len(ns)
     assert refunded >= 1, "repetitions missed by more than the catch-up limit are refunded"

@@ -6,6 +6,7 @@ module makes it stick without a multi-partition transaction: the order row recor
 job rows, the refunds and the `dispatch_claims` row from it, idempotently.
 """
 
+import zlib
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,9 @@ from core.storage.cassandra.ledger import CasUnknown
 from core.storage.cassandra.orders import CassandraOrders
 from core.storage.cassandra.schema import dt, opt_us, us
 from core.storage.cassandra.session import JOB_COLS, bucket_of, order_from, repetition_from, utcnow
-from core.storage.records import Claim, Order, Repetition, job_key
+from core.storage.records import Claim, OpenClaim, Order, Repetition, job_key
+
+CLAIM_BUCKETS = 8
 
 
 class CassandraClaims(CassandraOrders):
@@ -83,6 +86,10 @@ class CassandraClaims(CassandraOrders):
             self.ledger.transfer(*rules.refund(order, rep.n))
         if last >= order.max_runs:
             self.request_sync(order.id, dt(created))  # nothing left to claim: drop the deployment
+        if claim.queued:  # before the dispatch_claims row, which says the claim is finished
+            self._exec("INSERT INTO open_claims (bucket, flow_run_id, order_id, first_n, last_n, created_at, queued) "
+                       "VALUES (?, ?, ?, ?, ?, ?, false)",
+                       (self._claim_bucket(run), run, order.id, first, last, created))
         self._cas_retry("INSERT INTO dispatch_claims (flow_run_id, order_id, first_n, last_n, created_at) "
                         "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS", (run, order.id, first, last, created))
         self.ledger.clear_pending(f"claim:{order.id}")
@@ -173,3 +180,26 @@ class CassandraClaims(CassandraOrders):
             if r["state"] not in rules.OPEN:
                 self._settle_transfer(order, r["n"], RepetitionState(r["state"]), r["result"])
         return self._refund_jobs(order, jobs)
+
+    # --- open claims ---------------------------------------------------------------------
+
+    @staticmethod
+    def _claim_bucket(flow_run_id: str) -> int:
+        return zlib.crc32(flow_run_id.encode()) % CLAIM_BUCKETS
+
+    def open_claims(self, claimed_before: datetime, limit: int) -> list[OpenClaim]:
+        found = self._many("SELECT flow_run_id, order_id, first_n, last_n, created_at, queued FROM open_claims "
+                           "WHERE bucket = ?", [(b,) for b in range(CLAIM_BUCKETS)])
+        rows = sorted((r for rs in found for r in rs if r["created_at"] < us(claimed_before)),
+                      key=lambda r: (r["created_at"], r["flow_run_id"]))
+        return [OpenClaim(flow_run_id=r["flow_run_id"], order_id=r["order_id"], first_n=r["first_n"],
+                          last_n=r["last_n"], created_at=dt(r["created_at"]), queued=bool(r["queued"]))
+                for r in rows[:limit]]
+
+    def confirm_queued(self, flow_run_id: str) -> None:
+        self._cas_retry("UPDATE open_claims SET queued = true WHERE bucket = ? AND flow_run_id = ? IF EXISTS",
+                        (self._claim_bucket(flow_run_id), flow_run_id))
+
+    def close_claim(self, flow_run_id: str) -> None:
+        self._cas_retry("DELETE FROM open_claims WHERE bucket = ? AND flow_run_id = ? IF EXISTS",
+                        (self._claim_bucket(flow_run_id), flow_run_id))

@@ -73,6 +73,11 @@ STEPS: list[tuple[int, list[str]]] = [
     # crawlcoin before versioned steps refuses a schema_version above 1 ("newer than this crawlcoin")
     # instead of running against tables it does not know; later steps leave schema_version alone.
     (2, ["UPDATE {ks}.schema_version SET version = 2 WHERE id = 1"]),
+    # Claims whose queued repetitions are not all settled, for the requeue pass (spread over a few
+    # partitions by flow run id). Claims made before this step are not in it: the dispatch of their
+    # order's next run still looks at its recent claims.
+    (3, ["""CREATE TABLE IF NOT EXISTS {ks}.open_claims (bucket int, flow_run_id text, order_id text, first_n int,
+            last_n int, created_at bigint, queued boolean, PRIMARY KEY (bucket, flow_run_id))"""]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"

@@ -2,18 +2,18 @@
 
 from datetime import datetime
 
-from sqlalchemy import tuple_, update
+from sqlalchemy import delete, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from core.errors import IdempotencyConflict, NotFound
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import rules
-from core.storage.records import Claim, Cursor, Order, Repetition, job_key
+from core.storage.records import Claim, Cursor, OpenClaim, Order, Repetition, job_key
 from core.storage.sql.engine import record, utcnow
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
-from core.storage.sql.tables import DispatchClaimRow, OrderRow, RepetitionRow
+from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
 
 
 class SqlOrders(SqlLedger, SqlOutbox):
@@ -124,8 +124,12 @@ class SqlOrders(SqlLedger, SqlOutbox):
                         self._request_sync(s, order_id, now)  # nothing left to claim: drop the deployment
                 s.add(DispatchClaimRow(flow_run_id=flow_run_id, order_id=order_id, first_n=plan.first_n,
                                        last_n=row.runs_claimed, created_at=now))
+                claim = rules.claim_of(record(Order, row), reps)
+                if claim.queued:
+                    s.add(OpenClaimRow(flow_run_id=flow_run_id, order_id=order_id, first_n=plan.first_n,
+                                       last_n=plan.last_n, created_at=now))
                 s.flush()
-                return rules.claim_of(record(Order, row), reps)
+                return claim
 
         try:
             return self._retrying(run)
@@ -173,3 +177,19 @@ class SqlOrders(SqlLedger, SqlOutbox):
             if row is None:
                 raise NotFound("order not found")
             return self._refund_rows(s, row, self._repetitions(s, order_id, ns))
+
+    # --- open claims -------------------------------------------------------------------
+
+    def open_claims(self, claimed_before: datetime, limit: int) -> list[OpenClaim]:
+        with self._read() as s:
+            stmt = (select(OpenClaimRow).where(col(OpenClaimRow.created_at) < claimed_before)
+                    .order_by(col(OpenClaimRow.created_at), col(OpenClaimRow.flow_run_id)).limit(limit))
+            return [record(OpenClaim, r) for r in s.exec(stmt)]
+
+    def confirm_queued(self, flow_run_id: str) -> None:
+        with self._write() as s:
+            s.exec(update(OpenClaimRow).where(col(OpenClaimRow.flow_run_id) == flow_run_id).values(queued=True))
+
+    def close_claim(self, flow_run_id: str) -> None:
+        with self._write() as s:
+            s.exec(delete(OpenClaimRow).where(col(OpenClaimRow.flow_run_id) == flow_run_id))

@@ -157,6 +157,18 @@ class DispatchClaimRow(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class OpenClaimRow(SQLModel, table=True):
+    """A claim whose queued repetitions are not all settled: the requeue pass checks Valkey holds them."""
+
+    __tablename__ = "open_claims"
+    flow_run_id: str = Field(primary_key=True, max_length=64)
+    order_id: str = Field(max_length=36)
+    first_n: int
+    last_n: int
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    queued: bool = False
+
+
 # --- results and cursors --------------------------------------------------------------------
 
 

@@ -349,6 +349,42 @@ def test_refund_repetitions_is_idempotent(store: Store) -> None:
     assert store.get_balance(ledger.escrow_account(order.id)) == 1
 
 
+def test_a_claim_with_queued_repetitions_stays_open_until_closed(store: Store) -> None:
+    user = new_user(store, coins=10)
+    t0 = now()
+    order = claimable(store, user, runs=4, every=60, start=t0 - timedelta(minutes=3))
+    store.claim_repetitions(order.id, "late-run", t0 + timedelta(seconds=30), t0, catchup_seconds=90)  # 1-2 refunded
+    idle = claimable(store, user, runs=1, every=60, start=t0 + timedelta(days=1))
+    store.claim_repetitions(idle.id, "idle-run", t0 + timedelta(seconds=30), t0, 60)  # nothing due: nothing to hold
+    later = t0 + timedelta(seconds=5)
+    [claim] = store.open_claims(later, 100)
+    assert (claim.flow_run_id, claim.order_id, claim.first_n, claim.last_n, claim.queued) == (
+        "late-run", order.id, 1, 4, False)
+    assert claim.created_at == t0
+    assert store.open_claims(t0, 100) == [], "only claims made before the given time"
+    store.claim_repetitions(order.id, "late-run", t0 + timedelta(seconds=30), t0, catchup_seconds=90)
+    assert len(store.open_claims(later, 100)) == 1, "a replayed claim is still one claim"
+    store.confirm_queued("late-run")
+    store.confirm_queued("late-run")
+    assert [c.queued for c in store.open_claims(later, 100)] == [True]
+    store.close_claim("late-run")
+    store.close_claim("late-run")
+    store.confirm_queued("late-run")
+    assert store.open_claims(later, 100) == [], "closed for good: confirming again does not reopen it"
+
+
+def test_open_claims_are_listed_oldest_first_across_orders_up_to_the_limit(store: Store) -> None:
+    user = new_user(store, coins=20)
+    t0 = now()
+    for i in range(3):
+        order = claimable(store, user, runs=2, every=60, start=t0)
+        store.claim_repetitions(order.id, f"run-{i}", t0 + timedelta(seconds=90), t0 + timedelta(seconds=i), 600)
+    later = t0 + timedelta(seconds=10)
+    assert [c.flow_run_id for c in store.open_claims(later, 100)] == ["run-0", "run-1", "run-2"]
+    assert [c.flow_run_id for c in store.open_claims(later, 2)] == ["run-0", "run-1"]
+    assert [c.flow_run_id for c in store.open_claims(t0 + timedelta(seconds=1.5), 100)] == ["run-0", "run-1"]
+
+
 def test_sync_requests_survive_until_finished_and_newer_requests_win(store: Store) -> None:
     user = new_user(store, coins=10)
     order = claimable(store, user)
