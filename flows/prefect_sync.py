@@ -10,6 +10,12 @@ order and the `reconcile` flow call it too — so a Prefect outage only delays i
 idempotent: it makes Prefect match the order. The store is synchronous: its calls run in a
 thread, off the event loop the worker's flow runs share.
 
+- active, first repetitions due soon (new or resumed order) → activated first: before any deployment
+  is written, the pass claims and queues the repetitions due within `activation_window_seconds`
+  (plus the lead) of every such order pending, all together, recorded in Prefect as one `activate`
+  flow run per batch (a run id of its own per order derives the claim, so a retried activation
+  claims nothing twice). A burst of new orders thus gets its first jobs out within a second or two,
+  however long Prefect then takes to write the deployments (measured with bench/e2e.py).
 - active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that repeats
   every dispatch period. Its first run (`lead` seconds before the next due repetition, or now if
   that is past) is created here, explicitly, and the RRule starts one period later: Prefect's
@@ -27,15 +33,17 @@ thread, off the event loop the worker's flow runs share.
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+from prefect.client.schemas.actions import DeploymentScheduleCreate, FlowRunCreate, WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import RRuleSchedule
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.states import Scheduled
+from prefect.states import Completed, Running, Scheduled, to_state_create
 from redis.asyncio import Redis
 
 from core import schedules
@@ -45,10 +53,14 @@ from core.queue import JobQueue
 from core.schemas import OrderStatus
 from core.settings import Settings
 from core.storage import Order, Store, rules
+from flows.claim import dispatch_order
 
 log = logging.getLogger("crawlcoin.prefect_sync")
 
 DISPATCH_FLOW = "dispatch"
+ACTIVATE_FLOW = "activate"
+ACTIVATE_BATCH = 1000  # pending orders looked at per activation
+ACTIVATE_EVERY_SECONDS = 1.0  # while deployments are written, new orders are activated at least this often
 DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
 RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their entrypoints from here
@@ -93,6 +105,7 @@ class PrefectSync:
         self.queue = queue
         self.settings = settings
         self._flow_id: UUID | None = None
+        self._activate_flow_id: UUID | None = None
         self._pool_ready = False
 
     async def _dispatch_flow_id(self) -> UUID:
@@ -179,18 +192,73 @@ class PrefectSync:
             idempotency_key=f"first:{order.id}:{order.updated_at.isoformat()}:{order.next_due_at.isoformat()}",
         )
 
+    def _needs_activation(self, order: Order, now: datetime) -> bool:
+        if order.status is not OrderStatus.active or order.next_due_at is None:
+            return False
+        soon = now + timedelta(seconds=self.settings.dispatch_lead_seconds + self.settings.activation_window_seconds)
+        return order.next_due_at <= soon
+
+    async def activate(self, orders: list[Order]) -> int:
+        """Claim and queue the first repetitions of `orders` now, as one `activate` flow run; returns jobs queued.
+
+        The run is created (Running) before anything is claimed, so every claim belongs to a run Prefect
+        shows; its idempotency key makes a retried activation of the same order changes reuse it."""
+        if not orders or not self.settings.activation_window_seconds:
+            return 0
+        if self._activate_flow_id is None:
+            self._activate_flow_id = await self.client.create_flow_from_name(ACTIVATE_FLOW)
+        key = "activate:" + ",".join(sorted(f"{o.id}@{o.updated_at.isoformat()}" for o in orders))
+        create = FlowRunCreate(
+            flow_id=self._activate_flow_id, name=f"activate-{len(orders)}-orders",
+            parameters={"order_ids": [o.id for o in orders]}, tags=["crawlcoin", "activate"],
+            state=to_state_create(Running()), idempotency_key=str(uuid5(UUID(int=0), key)),
+        )
+        response = await self.client.request("POST", "/flow_runs/", json=create.model_dump(mode="json",
+                                                                                           exclude_unset=True))
+        run = FlowRun.model_validate(response.json())
+        queued = 0
+        for order in orders:
+            claim_id = str(uuid5(run.id, order.id))  # one claim per order, derived from the run
+            try:
+                queued += len((await dispatch_order(self.store, self.queue, self.settings, order.id, claim_id,
+                                                    window_seconds=self.settings.activation_window_seconds)).queued)
+            except Exception:  # its deployment's first run claims them instead
+                log.warning("activation of order %s failed", order.id, exc_info=True)
+        await self.client.set_flow_run_state(
+            run.id, Completed(message=f"queued the first {queued} job(s) of {len(orders)} order(s)"), force=True)
+        return queued
+
+    async def _activate_pending(self, seen: set[tuple[str, datetime]]) -> None:
+        """Activate every pending order that needs it and was not looked at yet in this pass."""
+        now = datetime.now(UTC)
+        pending = [p for p in await asyncio.to_thread(self.store.pending_syncs, ACTIVATE_BATCH, now) if p not in seen]
+        seen.update(pending)
+        if not pending:
+            return
+        orders = await asyncio.to_thread(lambda: [self.store.get_order(order_id) for order_id, _ in pending])
+        due = [o for o in orders if o is not None and self._needs_activation(o, now)]
+        if due:
+            queued = await self.activate(due)
+            log.info("activated %d order(s): %d job(s) queued", len(due), queued)
+
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
         """Work through the sync requests if no other process is; returns orders synced."""
         lock = redis.lock(SYNC_LOCK, timeout=LOCK_SECONDS, blocking=False)
         if not await lock.acquire():
             return 0
         done = failures = 0
+        seen: set[tuple[str, datetime]] = set()
         try:
             while True:
                 pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
                 if not pending:
                     return done
+                await self._activate_pending(seen)
+                activated_at = time.monotonic()
                 for order_id, requested_at in pending:
+                    if time.monotonic() - activated_at >= ACTIVATE_EVERY_SECONDS:  # orders placed meanwhile
+                        await self._activate_pending(seen)
+                        activated_at = time.monotonic()
                     order = await asyncio.to_thread(self.store.get_order, order_id)
                     try:
                         if order is not None:
