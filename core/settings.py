@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description=(
             "How often each worker brings Prefect in line with pending order changes (at the latest: the API wakes "
             "workers at once)."))
+    prefect_retention_seconds: float = Field(
+        default=3600.0, gt=0, description=(
+            "crawlcoin's flow runs that finished longer ago than this are deleted from Prefect's database "
+            "(flows/retention.py)."))
     recover_interval_seconds: float = Field(
         default=60.0, gt=0, description=(
             "How often each worker finishes store operations a crashed process left half done (Cassandra)."))

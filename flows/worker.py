@@ -9,6 +9,7 @@ with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. Ea
 releases due jobs from the queue onto the job stream, applies pending order changes to Prefect
 as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
 finishes store operations a crashed process left half done every `recover_interval_seconds`,
+deletes crawlcoin's finished flow runs past their retention from Prefect (`flows/retention.py`),
 and queues again every few seconds the jobs the store claimed but Valkey does not hold
 (`flows/requeue.py`) — so none of them depends on a single process, nor on the API.
 """
@@ -36,12 +37,14 @@ from flows.dispatch import run_dispatch
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
+from flows.retention import RETENTION_INTERVAL_SECONDS, run_retention
 
 log = logging.getLogger("crawlcoin.worker")
 
 FLOWS: dict[str, Callable[[FlowContext, FlowRun], Awaitable[str]]] = {
     "dispatch": lambda ctx, run: run_dispatch(ctx, str(run.parameters["order_id"]), str(run.id)),
     "reconcile": lambda ctx, run: run_reconcile(ctx),
+    "retention": lambda ctx, run: run_retention(ctx),
 }
 
 
@@ -74,6 +77,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             asyncio.create_task(self._sync_loop(self._ctx), name="prefect-sync"),
             asyncio.create_task(self._recover_loop(self._ctx), name="store-recovery"),
             asyncio.create_task(self._requeue_loop(self._ctx), name="requeue"),
+            asyncio.create_task(self._retention_loop(self._ctx), name="retention"),
         ]
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -163,6 +167,15 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             failing = False
             if done:
                 log.info(done.summary())
+
+    async def _retention_loop(self, ctx: FlowContext) -> None:
+        while not await self._stopped_within(RETENTION_INTERVAL_SECONDS):
+            try:
+                summary = await run_retention(ctx)
+            except Exception as e:  # Prefect or Valkey may be down for a while: try again next time
+                outage("Prefect or Valkey").failed(e, "deleting finished flow runs")
+                continue
+            log.info(summary)
 
     # --- running flow runs -----------------------------------------------------------
 
