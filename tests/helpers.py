@@ -1,7 +1,10 @@
 """A small HTTP client for tests: the API as a user drives it, nothing in-process."""
 
+import signal
+import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -69,3 +72,15 @@ class ApiClient(httpx.Client):
 
 def interval_order(url: str = "https://example.com/page", every: int = 60, runs: int = 5, **extra: object) -> dict:
     return {"url": url, "schedule": {"kind": "interval", "every_seconds": every}, "max_runs": runs, **extra}
+
+
+def interrupt(processes: Iterable[subprocess.Popen[bytes] | None], timeout: float = 30) -> None:
+    """Stop client processes as a user would (Ctrl-C), killing any that does not stop in time."""
+    for p in processes:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

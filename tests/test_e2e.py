@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, interrupt
 from tests.test_cli_up import prefect_auth, start_up, stop, wait_for_table
 
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
@@ -139,13 +138,7 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
                                  headers=prefect_auth(tmp_path / "data"), timeout=10).json()
         assert deployments == [], "the order's deployment no longer schedules runs"
     finally:
-        for p in (miner_proc, results_proc):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        interrupt([miner_proc, results_proc])
         stop(proc)
         api.close()
         pages.shutdown()
