@@ -86,8 +86,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
 
     def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
               extra_env: dict[str, str] | None = None, timeout: float = 90, wait: bool = True,
-              ready: Callable[[], bool] | None = None) -> Child:
-        child = Child(name, argv, url, health, logs / log, ready=ready)
+              ready: Callable[[], bool] | None = None, one_shot: bool = False) -> Child:
+        child = Child(name, argv, url, health, logs / log, ready=ready, one_shot=one_shot)
         children.append(child)
         child.start(dict(env, **(extra_env or {})))
         if wait:
@@ -211,7 +211,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             out = data_dir / "demo-results"
             start("result client", crawlcoin + ["results", "--server", results_url, "--order",
                                                 demo_note["order_id"], "--out", str(out)],
-                  f"writing into {out}", "", "demo-results.log",
+                  f"writing into {out}", "", "demo-results.log", one_shot=True,  # ends with the demo order
                   extra_env={"CRAWLCOIN_RESULTS_TOKEN": demo_note["results_token"]})
         rows.append(("store", _display_store(settings), "-"))
         table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
