@@ -296,6 +296,19 @@ class ResultPage(BaseModel):
 # --- service --------------------------------------------------------------------------------
 
 
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="Where the problem is, e.g. [\"schedule\", \"cron\"].")
+    msg: str = Field(description="What is wrong there.")
+    type: str = Field(description="A machine-readable kind of problem.")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the API."""
+
+    detail: str = Field(description="What went wrong, in one sentence for a person to read.")
+    errors: list[FieldError] | None = Field(default=None, description="Invalid input only (422): each field.")
+
+
 class MetaOut(BaseModel):
     mode: str
     faucet_enabled: bool
