@@ -255,6 +255,10 @@ class OrderOut(RequestSpec, _Identified):
     created_at: datetime
 
 
+class CronPreview(BaseModel):
+    next_runs: list[datetime] = Field(description="The next fire times, in the schedule's timezone.")
+
+
 class OrderPage(BaseModel):
     items: list[OrderOut]
     next_cursor: str | None

@@ -10,6 +10,7 @@ import streamlit as st
 from core.schemas import MetaOut, OrderOut
 from dashboard import delivery, ui
 from dashboard import format as fmt
+from dashboard.client import ApiError
 
 UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 FORM_KEYS = ("new_url", "new_method", "new_headers", "new_body", "new_kind", "new_every", "new_unit", "new_cron",
@@ -87,6 +88,17 @@ def _start_inputs(tz_default: str) -> datetime | None:
     return at.replace(tzinfo=ZoneInfo(tz))
 
 
+def _cron_preview(schedule: dict[str, Any]) -> None:
+    """The next runs of the cron expression as typed, or what is wrong with it (the API's own check)."""
+    try:
+        preview = ui.api().cron_preview(schedule["cron"], schedule["timezone"])
+    except ApiError as e:
+        st.warning(f"This cron expression will be refused: {e.detail}", icon="🕒")
+        return
+    tz = ui.viewer_timezone()
+    st.caption("Next runs: " + ", ".join(fmt.when(t, tz) for t in preview.next_runs) + ".")
+
+
 def _cost_preview(meta: MetaOut, balance: int, runs: int, interval: int | None, start: datetime | None) -> bool:
     """Shows what the order costs and when it runs; returns whether the balance covers it."""
     cost = runs * meta.price_per_run
@@ -127,6 +139,8 @@ def create_form(meta: MetaOut, balance: int) -> None:
         else:
             st.caption("A body can be sent with the POST method.")
     schedule, interval = _schedule_inputs(tz_default)
+    if schedule["kind"] == "cron":
+        _cron_preview(schedule)
     start = _start_inputs(tz_default)
     runs = int(st.number_input("Repetitions", min_value=1, max_value=meta.max_runs_cap, value=10, step=1,
                                key="new_runs", help=f"How many times the page is fetched (at most "

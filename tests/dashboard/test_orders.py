@@ -84,7 +84,7 @@ def test_post_with_headers_body_cron_and_start_time(dashboard: Callable[..., App
 @pytest.mark.parametrize(("url", "cron", "message"), [
     ("ftp://example.com/file", None, "URL scheme 'ftp' is not allowed; use http or https."),
     ("http://10.1.2.3/admin", None, "private"),
-    ("https://example.com/", "61 * * * *", "Cron"),
+    ("https://example.com/", "61 * * * *", "ron field minute is 61: it must be between 0 and 59"),
 ])
 def test_the_apis_refusals_are_shown_readably(
     dashboard: Callable[..., AppTest], api: ApiClient, url: str, cron: str | None, message: str
@@ -103,6 +103,26 @@ def test_the_apis_refusals_are_shown_readably(
     assert error.startswith("The order was not placed:") and message in error
     assert "Traceback" not in error and "{" not in error
     assert api.balance(account) == 20
+
+
+def test_the_cron_form_previews_the_next_runs_or_names_the_wrong_field(
+    dashboard: Callable[..., AppTest], api: ApiClient
+) -> None:
+    account = api.new_account(coins=20)
+    at = dashboard(account)
+    fill(at, "https://example.com/", 2)
+    widget(at.radio, "Repeat").set_value("On a cron schedule")
+    at.run()
+    widget(at.text_input, "Cron expression").input("30 9 * * 1-5")
+    at.run()
+    [preview] = [c.value for c in at.caption if c.value.startswith("Next runs: ")]
+    assert preview.count(",") == 4, preview
+    assert not alerts(at, "warning")
+    widget(at.text_input, "Cron expression").input("61 * * * *")
+    at.run()
+    assert alerts(at, "warning") == ["This cron expression will be refused: cron field minute is 61: it must be "
+                                     "between 0 and 59"]
+    assert not [c for c in at.caption if c.value.startswith("Next runs: ")]
 
 
 def test_not_enough_coins_blocks_the_order(dashboard: Callable[..., AppTest], api: ApiClient) -> None:
