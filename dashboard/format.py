@@ -103,8 +103,9 @@ def short_id(order_id: str) -> str:
     return order_id.split("-")[0]
 
 
-def mine_command(server: str, token: str) -> str:
-    return shlex.join(["crawlcoin", "mine", "--server", server, "--token", token])
+def mine_command(server: str, token: str, private_targets: bool = False) -> str:
+    return shlex.join(["crawlcoin", "mine", "--server", server, "--token", token]
+                      + (["--allow-private-targets"] if private_targets else []))
 
 
 def results_command(server: str, token: str, order_id: str, out_dir: str) -> str:

@@ -222,3 +222,19 @@ def test_cards_show_last_result_and_delivery_latency(
     assert "median, over the newest 11 results" in texts(at)
     assert any(c.value.startswith("#11 · fetched ") for c in at.caption)
     assert not at.exception
+
+
+def test_a_card_with_failed_results_names_the_cause(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store
+) -> None:
+    account, miner = api.new_account(coins=30), api.new_account()
+    order = api.post("/orders", json=interval_order(url="https://example.com/local", runs=13),
+                     headers=account.headers).json()
+    results: dict[int, dict] = {n: {"status": None, "error": "refused_target", "error_text":
+                                    "url host is not allowed: 127.0.0.1 is a loopback address"} for n in range(1, 11)}
+    results.update({n: {"status": 200, "body": b"ok"} for n in (11, 12, 13)})
+    deliver(store, order["id"], miner.id, results)
+    at = dashboard(account)
+    assert metric(at, "Failed") == "10 of 13"
+    assert "10 × Target refused by policy (url host is not allowed: 127.0.0.1 is a loopback address)" in \
+        [c.value for c in at.caption], [c.value for c in at.caption]
