@@ -66,8 +66,9 @@ def progress(order: OrderOut) -> None:
 def result_client(order: OrderOut) -> None:
     st.subheader("Receive the results")
     st.markdown("The result client receives every result of this order, also the ones delivered while it was "
-                "offline, and writes each one as files (`<n>-<time>.json` with status and headers, and "
-                "`.body` with the page) into a folder on your computer.")
+                "offline, and writes each one into a folder on your computer, under the order's id: the page as "
+                "`<n>-<time>.html` (or `.json`, `.txt`, … after its content type) and beside it "
+                "`<n>-<time>.meta.json` with the status, final URL, headers, SHA-256 and timings.")
     out = st.text_input("Folder on your computer", value=DEFAULT_OUT, key=f"out_{order.id}")
     server = ui.settings().results_url
     created = st.session_state.setdefault("results_tokens", {}).get(order.id)

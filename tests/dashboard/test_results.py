@@ -18,6 +18,17 @@ def test_without_orders(dashboard: Callable[..., AppTest], api: ApiClient) -> No
     assert any("You have no orders yet" in i for i in alerts(at, "info"))
 
 
+def test_the_files_described_are_the_ones_the_client_writes(dashboard: Callable[..., AppTest],
+                                                            api: ApiClient) -> None:
+    """`crawlcoin results` writes `<n>-<time>.html` and `<n>-<time>.meta.json` (tests/results/server)."""
+    account = api.new_account(coins=10)
+    api.post("/orders", json=interval_order(runs=2), headers=account.headers)
+    at = dashboard(account, RESULTS)
+    text = texts(at)
+    assert "`<n>-<time>.html`" in text and "`<n>-<time>.meta.json`" in text
+    assert ".body" not in text and "`<n>-<time>.json` with status" not in text
+
+
 def test_progress_command_and_results_token(dashboard: Callable[..., AppTest], api: ApiClient) -> None:
     account = api.new_account(coins=10)
     order = api.post("/orders", json=interval_order(url="https://example.com/feed", runs=4),
