@@ -152,3 +152,14 @@ def result_status(result: ResultOut) -> str:
 
 def result_ok(result: ResultOut) -> bool:
     return not result.error and result.status is not None and result.status < 400
+
+
+# The repetition states as the API names them (`OrderOut.repetitions`), in the dashboard's words.
+TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued, waiting for their time",
+           "scheduled": "scheduled"}
+SETTLED = {"delivered": "delivered", "refunded": "refunded", "failed": "failed"}
+
+
+def repetition_parts(counts: dict[str, int], words: dict[str, str]) -> str:
+    """`1 queued for a miner · 25 scheduled`: the non-zero states among `words`."""
+    return " · ".join(f"{counts[k]:,} {w}" for k, w in words.items() if counts.get(k)) or "none"

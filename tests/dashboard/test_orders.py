@@ -172,7 +172,8 @@ def test_pause_resume_cancel_with_refund_and_prefect_link(
 
     button(at, "Cancel").click()
     at.run()
-    assert any("Its 7 repetitions not yet started are refunded (about 7 coins)" in w for w in alerts(at, "warning"))
+    assert any("Its 7 scheduled repetitions (not yet queued) are refunded (about 7 coins)" in w
+               for w in alerts(at, "warning"))
     button(at, "Keep the order").click()
     at.run()
     assert api.get(f"/orders/{order_id}", headers=account.headers).json()["status"] == "active"
