@@ -158,5 +158,17 @@ def test_demo_shows_results_arriving(tmp_path: Path) -> None:
 
         wait_for(lambda: len(written()) >= 2, 120, "demo results on disk", poll=0.5)
         assert all(b"Hello from the crawlcoin demo page" in p.read_bytes() for p in written())
+        # The result client exits when the demo order is done (12 × 5 s): the stack stays up.
+        console: list[str] = []
+        assert proc.stdout is not None
+        lines = proc.stdout
+        threading.Thread(target=lambda: console.extend(iter(lines.readline, "")), daemon=True).start()
+        wait_for(lambda: len(written()) == 12, 150, "all 12 demo results", poll=0.5)
+        wait_for(lambda: any("result client finished its work" in x for x in console), 60,
+                 "the result client to finish", poll=0.5)
+        time.sleep(30)  # longer than a restart loop of the finished client took to stop everything
+        assert proc.poll() is None, "".join(console)
+        assert not any("died" in x or "giving up" in x for x in console), "".join(console)
+        assert httpx.get(f"http://127.0.0.1:{ports['api']}/health", timeout=5).status_code == 200
     finally:
         assert stop(proc) == 0
