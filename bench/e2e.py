@@ -195,13 +195,18 @@ def compare(ours: dict, celery: dict) -> None:
           f"{ratio(ours['cpu_per_rep'], celery['cpu_per_rep']):>9}   (lower is better)")
 
 
-def prefect_runs(api_url: str) -> str:
-    """How late Prefect started the dispatch flow runs: start time − scheduled start time."""
+def prefect_runs(api_url: str, data_dir: Path) -> str:
+    """How late Prefect started the dispatch flow runs: start time − scheduled start time (the embedded
+    server asks for the credentials `crawlcoin up` keeps in the data directory)."""
     late, offset = [], 0
-    with httpx.Client(base_url=api_url, timeout=60) as prefect:
+    user, _, password = json.loads((data_dir / "secrets.json").read_text())["prefect_auth_string"].partition(":")
+    with httpx.Client(base_url=api_url, timeout=60, auth=(user, password)) as prefect:
         while True:
-            page = prefect.post("/flow_runs/filter", json={
-                "flow_runs": {"start_time": {"is_null_": False}}, "limit": 200, "offset": offset}).json()
+            r = prefect.post("/flow_runs/filter", json={
+                "flow_runs": {"start_time": {"is_null_": False}}, "flows": {"name": {"any_": ["dispatch"]}},
+                "limit": 200, "offset": offset})
+            r.raise_for_status()
+            page = r.json()
             for run in page:
                 start, expected = run.get("start_time"), run.get("expected_start_time")
                 if start and expected:
@@ -289,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
             meta = json.loads(path.read_text())
             files.append((index[meta["order_id"]], meta["n"], path.stat().st_mtime))
         fig = delivery(files, first, args.orders, end, args.on_time)
-        fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api")]
+        fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api", tmp / "data")]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
                    cpu_per_rep=(sampler.cpu_total() - cpu_start) / max(fig["files"], 1), kinds=sampler.per_kind())
@@ -297,8 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         sampler.stop.set()
         stop_processes(clients)
-        up.send_signal(signal.SIGINT)
-        up.wait(timeout=120)
+        stop_processes([up], timeout=120)
         if getattr(args, "pages", None) is None:
             pages.shutdown()
 
