@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> dict:
     clients: list[subprocess.Popen[bytes]] = []
     sampler = Sampler([up.pid])
     postmaster = tmp / "data" / "prefect-postgres" / "postmaster.pid"
-    if postmaster.exists():  # the embedded PostgreSQL runs detached from `crawlcoin up`
-        sampler.roots.append(int(postmaster.read_text().split()[0]))
+    pg_pids = [int(postmaster.read_text().split()[0])] if postmaster.exists() else []
+    sampler.roots += pg_pids  # the embedded PostgreSQL runs detached from `crawlcoin up`
     sampler.start()
     runs = int(args.minutes) + 2
     try:
@@ -302,7 +302,21 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         sampler.stop.set()
         stop_processes(clients)
+        tree = []  # `crawlcoin up`'s children (and the detached PostgreSQL) must not outlive it into the next run
+        for pid in [up.pid, *pg_pids]:
+            try:
+                root = psutil.Process(pid)
+                tree += [root, *root.children(recursive=True)] if pid != up.pid else root.children(recursive=True)
+            except psutil.Error:
+                pass
         stop_processes([up], timeout=120)
+        for proc in tree:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        for proc in psutil.wait_procs(tree, timeout=20)[1]:
+            proc.kill()
         if getattr(args, "pages", None) is None:
             pages.shutdown()
 
