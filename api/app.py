@@ -7,9 +7,9 @@ from fastapi import FastAPI
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from api import errors
+from api import errors, openapi
 from api.limits import BodySizeLimit
-from api.routes import auth, orders, results, service, tokens, wallet
+from api.routes import auth, orders, results, schedules, service, tokens, wallet
 from api.security_headers import SecurityHeaders
 from core.security import Passwords
 from core.settings import Settings
@@ -40,10 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Accounts, two-factor login, API tokens, coins and orders of the crawlcoin marketplace.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by `openapi.install` from the installed Swagger UI, not a CDN
+        redoc_url=None,
     )
     errors.install(app)
-    for router in (auth.router, tokens.router, wallet.router, orders.router, results.router, service.router):
+    for router in (auth.router, tokens.router, wallet.router, orders.router, schedules.router, results.router,
+                   service.router):
         app.include_router(router)
+    openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders)  # added last, so it wraps the rest: the 413 answers carry it too
     return app

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
+from core import schedules
 from core.errors import InvalidInput
 from core.schemas import CronSchedule, IntervalSchedule, OrderCreate
 from core.settings import Settings
@@ -79,8 +80,9 @@ def check_schedule(schedule: IntervalSchedule | CronSchedule, start_at: datetime
             )
         return
     tz = check_timezone(schedule.timezone)
-    if len(schedule.cron.split()) != 5 or not croniter.is_valid(schedule.cron):
-        raise InvalidInput("cron must be a five-field expression: minute hour day-of-month month day-of-week")
+    problem = schedules.cron_problem(schedule.cron)
+    if problem is not None:
+        raise InvalidInput(problem)
     try:
         croniter(schedule.cron, start_at.astimezone(tz)).get_next(datetime)
     except (CroniterBadCronError, CroniterBadDateError, ValueError):

@@ -3,7 +3,8 @@
 A child that dies is started again after a backoff (1 s, 2 s, 4 s, … up to 30 s while it keeps
 dying soon after each start), with one console line when it dies and one when it is back. Only a
 crash loop — `GIVE_UP_AFTER` deaths in a row, each within `FAST_FAILURE_SECONDS` of its start —
-stops the stack, with the child's last log lines.
+stops the stack, with the child's last log lines. A one-shot helper (the demo's result client) is
+done when it exits with code 0: it is reported once and left alone; any other exit restarts it.
 """
 
 import signal
@@ -46,6 +47,7 @@ class Child:
     health_url: str
     log: Path
     ready: Callable[[], bool] | None = None  # health check other than an HTTP 200 from health_url
+    one_shot: bool = False  # a helper with an end: exit code 0 means its work is done, not that it died
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict, repr=False)
     started_at: float = field(default=0.0, repr=False)
@@ -140,7 +142,7 @@ class PostgresChild(Child):
 @dataclass
 class _Watch:
     child: Child
-    state: str = "running"  # running → waiting (restart due at `restart_at`) → starting → running
+    state: str = "running"  # running → waiting (restart due at `restart_at`) → starting → running; or done
     fast_failures: int = 0
     restart_at: float = 0.0
     down_since: float = 0.0
@@ -160,6 +162,8 @@ class Supervisor:
         now = time.monotonic()
         for w in self.watches:
             child = w.child
+            if w.state == "done":
+                continue
             if w.state == "waiting":
                 if now >= w.restart_at:
                     try:
@@ -170,7 +174,10 @@ class Supervisor:
                     w.state = "starting"
                 continue
             how = child.exited()
-            if how is not None:
+            if how is not None and child.one_shot and child.process is not None and child.process.returncode == 0:
+                w.state = "done"
+                self.console.print(f"{child.name} finished its work (exit code 0); the rest keeps running")
+            elif how is not None:
                 self._died(w, how, now)
             elif w.state == "starting":
                 if child.is_ready():

@@ -86,8 +86,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
 
     def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
               extra_env: dict[str, str] | None = None, timeout: float = 90, wait: bool = True,
-              ready: Callable[[], bool] | None = None) -> Child:
-        child = Child(name, argv, url, health, logs / log, ready=ready)
+              ready: Callable[[], bool] | None = None, one_shot: bool = False) -> Child:
+        child = Child(name, argv, url, health, logs / log, ready=ready, one_shot=one_shot)
         children.append(child)
         child.start(dict(env, **(extra_env or {})))
         if wait:
@@ -211,15 +211,10 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             out = data_dir / "demo-results"
             start("result client", crawlcoin + ["results", "--server", results_url, "--order",
                                                 demo_note["order_id"], "--out", str(out)],
-                  f"writing into {out}", "", "demo-results.log",
+                  f"writing into {out}", "", "demo-results.log", one_shot=True,  # ends with the demo order
                   extra_env={"CRAWLCOIN_RESULTS_TOKEN": demo_note["results_token"]})
         rows.append(("store", _display_store(settings), "-"))
-        table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
-        for col in ("service", "URL", "log"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        print_table(console, rows)
         if demo_note is not None:
             console.print(
                 f"[bold]Demo:[/] order {demo_note['order_id']} fetches the demo page every 5 s, 12 times, "
@@ -236,6 +231,24 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def print_table(out: Console, rows: list[tuple[str, str, str]]) -> None:
+    """The services, their URLs and logs, never cut: folded on a narrow terminal, one line each in a log."""
+    table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
+    for col in ("service", "URL", "log"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = out.width  # a pipe or a file has no width: do not wrap at Rich's default of 80 columns
+    out.width = max(width, 4 + sum(3 + max(len(r[i]) for r in rows) for i in range(3)))
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 
 
 def _display_store(settings: Settings) -> str:

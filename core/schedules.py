@@ -8,10 +8,11 @@ apart, so one flow run covers several repetitions of a fast order.
 """
 
 import math
+import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from core.storage import Order
 
@@ -54,3 +55,40 @@ def dispatch_period_seconds(order: Order, window_seconds: int) -> int:
         every = order.every_seconds or 1
         return every * max(1, math.ceil(window_seconds / every))
     return window_seconds
+
+
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12), ("day-of-week", 0, 7))
+_CRON_PART = re.compile(r"^(\*|[a-z]+|\d+)(?:-([a-z]+|\d+))?(?:/(\d+))?$", re.IGNORECASE)
+
+
+def cron_problem(expr: str) -> str | None:
+    """What is wrong with a five-field cron expression, naming the field and its range; None if it is valid."""
+    fields = expr.split()
+    if len(fields) != 5:
+        return (f"cron must have five fields (minute hour day-of-month month day-of-week), not {len(fields)}: "
+                f"{expr.strip()[:60]!r}")
+    for text, (name, low, high) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            m = _CRON_PART.match(part)
+            if m is None:
+                return f"cron field {name} ({text!r}) is not a number, range, list or step (e.g. 5, 1-5, */15)"
+            for value in (m.group(1), m.group(2)):
+                if value is not None and value.isdigit() and not low <= int(value) <= high:
+                    return f"cron field {name} is {value}: it must be between {low} and {high}"
+            if m.group(3) is not None and int(m.group(3)) == 0:
+                return f"cron field {name} has a step of 0 ({text!r})"
+    if not croniter.is_valid(expr):
+        return f"cron expression {expr.strip()[:60]!r} is not valid (a name in the wrong field?)"
+    return None
+
+
+def next_fires(expr: str, timezone: str, after: datetime, count: int) -> list[datetime]:
+    """The next `count` fire times of a valid cron expression (in `timezone`); fewer if it stops firing."""
+    it = croniter(expr, after.astimezone(zoneinfo.ZoneInfo(timezone)))
+    fires = []
+    try:
+        for _ in range(count):
+            fires.append(it.get_next(datetime))
+    except (CroniterBadCronError, CroniterBadDateError, ValueError):
+        pass
+    return fires

@@ -234,6 +234,20 @@ class OrderCreate(Request, RequestSpec):
     max_runs: Annotated[int, Field(ge=1)]
 
 
+class RepetitionCounts(BaseModel):
+    """Where an order's repetitions are, in the words the API, the dashboard and the CLIs share. Every
+    repetition is in exactly one of these; the first four are still to come, the last three are settled."""
+
+    scheduled: int = Field(description="Not yet handed to the job queue; each is, shortly before it is due.")
+    waiting: int = Field(description="In the job queue ahead of time, waiting until they are due.")
+    queued: int = Field(description="Due, waiting for a miner to take them.")
+    fetching: int = Field(description="A miner is fetching them now.")
+    delivered: int = Field(description="Fetched and stored: the result is there and the miner was paid.")
+    refunded: int = Field(description="Not run, or run without a page to pay for (refused target, robots.txt, "
+                                      "cancelled, missed): the coins went back to you.")
+    failed: int = Field(description="Given up after every attempt; refunded too.")
+
+
 class _Identified(BaseModel):
     id: str
 
@@ -244,8 +258,11 @@ class OrderOut(RequestSpec, _Identified):
     schedule: IntervalSchedule | CronSchedule
     start_at: datetime
     max_runs: int
-    runs_claimed: int
-    runs_left: int
+    runs_claimed: int = Field(description="Repetitions handed to the job queue, most of them ahead of their time "
+                                          "(not how many have run: see `repetitions`).")
+    runs_left: int = Field(description="Repetitions not yet handed to the job queue (`max_runs - runs_claimed`).")
+    repetitions: RepetitionCounts
+    next_run_at: datetime | None = Field(description="When the next repetition is due; null once none is to come.")
     status: OrderStatus
     price_per_run: int
     cost: int
@@ -253,6 +270,10 @@ class OrderOut(RequestSpec, _Identified):
     next_due_at: datetime | None
     deployment_id: str | None
     created_at: datetime
+
+
+class CronPreview(BaseModel):
+    next_runs: list[datetime] = Field(description="The next fire times, in the schedule's timezone.")
 
 
 class OrderPage(BaseModel):
@@ -294,6 +315,19 @@ class ResultPage(BaseModel):
 
 
 # --- service --------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="Where the problem is, e.g. [\"schedule\", \"cron\"].")
+    msg: str = Field(description="What is wrong there.")
+    type: str = Field(description="A machine-readable kind of problem.")
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the API."""
+
+    detail: str = Field(description="What went wrong, in one sentence for a person to read.")
+    errors: list[FieldError] | None = Field(default=None, description="Invalid input only (422): each field.")
 
 
 class MetaOut(BaseModel):

@@ -6,6 +6,7 @@ import httpx
 
 from core.schemas import (
     CancelOut,
+    CronPreview,
     LedgerEntryOut,
     LedgerPage,
     MeOut,
@@ -113,6 +114,10 @@ class Api:
 
     def meta(self) -> MetaOut:
         return MetaOut.model_validate(self._request("GET", "/meta", auth=False))
+
+    def cron_preview(self, cron: str, timezone: str, count: int = 5) -> CronPreview:
+        return CronPreview.model_validate(self._request("GET", "/schedules/cron-preview", auth=False,
+                                                        params={"cron": cron, "timezone": timezone, "count": count}))
 
     # --- coins ------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 (scheduled time → result stored) over its newest results."""
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,19 @@ class Delivery:
     def failed(self) -> int:
         return sum(not fmt.result_ok(r) for r in self.results)
 
+    def failure_causes(self) -> str:
+        """`10 × Refused by the miner (url host is not allowed: 127.0.0.1 is a loopback address)`: the
+        commonest causes among the failed results, with the latest words of the miner about the first."""
+        failed = [r for r in self.results if not fmt.result_ok(r)]
+        if not failed:
+            return ""
+        counts = Counter(fmt.result_status(r) for r in failed)
+        parts = []
+        for cause, n in counts.most_common(2):
+            text = next((r.error_text for r in failed if fmt.result_status(r) == cause and r.error_text), None)
+            parts.append(f"{n:,} × {cause}" + (f" ({text[:160]})" if text else ""))
+        return "; ".join(parts)
+
 
 def metrics(order: OrderOut, delivery: Delivery) -> None:
     """One row: last result, delivery latency p50 and p95, and how many of the newest results failed."""
@@ -78,3 +92,5 @@ def metrics(order: OrderOut, delivery: Delivery) -> None:
     p95_col.caption("95 % arrived within this")
     failed_col.metric("Failed", f"{delivery.failed:,} of {len(delivery.results):,}",
                       help="Results with a fetch error or an HTTP status of 400 or more, among the newest.")
+    if delivery.failed:
+        failed_col.caption(delivery.failure_causes())

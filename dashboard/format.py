@@ -103,8 +103,9 @@ def short_id(order_id: str) -> str:
     return order_id.split("-")[0]
 
 
-def mine_command(server: str, token: str) -> str:
-    return shlex.join(["crawlcoin", "mine", "--server", server, "--token", token])
+def mine_command(server: str, token: str, private_targets: bool = False) -> str:
+    return shlex.join(["crawlcoin", "mine", "--server", server, "--token", token]
+                      + (["--allow-private-targets"] if private_targets else []))
 
 
 def results_command(server: str, token: str, order_id: str, out_dir: str) -> str:
@@ -151,3 +152,14 @@ def result_status(result: ResultOut) -> str:
 
 def result_ok(result: ResultOut) -> bool:
     return not result.error and result.status is not None and result.status < 400
+
+
+# The repetition states as the API names them (`OrderOut.repetitions`), in the dashboard's words.
+TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued, waiting for their time",
+           "scheduled": "scheduled"}
+SETTLED = {"delivered": "delivered", "refunded": "refunded", "failed": "failed"}
+
+
+def repetition_parts(counts: dict[str, int], words: dict[str, str]) -> str:
+    """`1 queued for a miner · 25 scheduled`: the non-zero states among `words`."""
+    return " · ".join(f"{counts[k]:,} {w}" for k, w in words.items() if counts.get(k)) or "none"

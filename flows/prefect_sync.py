@@ -67,6 +67,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their e
 SYNC_LOCK = "crawlcoin:lock:prefect-sync"
 RETRY_SECONDS = 3
 LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
+LOCK_WAIT_SECONDS = 10  # how long a pass waits for the holder before leaving it to the next one
 SETTLE_RECHECK_SECONDS = 5  # how often an order whose jobs are all out looks again whether they are settled
 
 
@@ -242,8 +243,13 @@ class PrefectSync:
             log.info("activated %d order(s): %d job(s) queued", len(due), queued)
 
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
-        """Work through the sync requests if no other process is; returns orders synced."""
-        lock = redis.lock(SYNC_LOCK, timeout=LOCK_SECONDS, blocking=False)
+        """Work through the sync requests; returns orders synced.
+
+        If another process holds the lock for a while (its own sync pass, which then finds this
+        change too, or a requeue pass, which does not), this one waits for it rather than drop a
+        wake-up: a change must never wait for the next sync interval because of a busy lock.
+        """
+        lock = redis.lock(SYNC_LOCK, timeout=LOCK_SECONDS, blocking_timeout=LOCK_WAIT_SECONDS)
         if not await lock.acquire():
             return 0
         done = failures = 0

@@ -30,7 +30,7 @@ from core.queue import JobQueue
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import OpenClaim, Order, Repetition, Store
 from core.storage.rules import OPEN
-from flows.prefect_sync import LOCK_SECONDS, SYNC_LOCK
+from flows.prefect_sync import LOCK_SECONDS, LOCK_WAIT_SECONDS, SYNC_LOCK
 
 log = logging.getLogger("crawlcoin.requeue")
 
@@ -38,7 +38,6 @@ INTERVAL_SECONDS = 5.0
 GRACE = timedelta(seconds=10)
 """How old a claim (and how late a job) must be before the pass looks: a dispatch enqueues well within it."""
 BATCH = 1000
-LOCK_WAIT_SECONDS = 10
 
 
 @dataclass

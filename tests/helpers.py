@@ -1,7 +1,14 @@
 """A small HTTP client for tests: the API as a user drives it, nothing in-process."""
 
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -69,3 +76,70 @@ class ApiClient(httpx.Client):
 
 def interval_order(url: str = "https://example.com/page", every: int = 60, runs: int = 5, **extra: object) -> dict:
     return {"url": url, "schedule": {"kind": "interval", "every_seconds": every}, "max_runs": runs, **extra}
+
+
+def interrupt(processes: Iterable[subprocess.Popen[bytes] | None], timeout: float = 30) -> None:
+    """Stop client processes as a user would (Ctrl-C), killing any that does not stop in time."""
+    for p in processes:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class Terminal:
+    """A command on a pseudo-terminal, as a user sees it: Rich draws its live display, Ctrl-C is a SIGINT."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], columns: int = 120) -> None:
+        self._master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                     env=env | {"COLUMNS": str(columns), "TERM": "xterm"}, start_new_session=True)
+        os.close(slave)
+        self.output = ""
+
+    def read(self, timeout: float = 0.1) -> str:
+        while select.select([self._master], [], [], timeout)[0]:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:  # the other side is closed
+                break
+            if not data:
+                break
+            self.output += data.decode(errors="replace")
+            timeout = 0.05
+        return self.output
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Wait until `text` is on the screen (colours taken out, runs of spaces counted as one)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.screen():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not shown within {timeout:.0f} s:\n{self.read()}")
+
+    def ctrl_c(self, timeout: float = 60) -> int:
+        """Send SIGINT as Ctrl-C does (to the foreground process group) and wait for the exit code."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.read()
+        self.read()
+        return self.proc.wait(timeout=1)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._master)
+
+    def screen(self) -> str:
+        self.read()
+        return " ".join(" ".join(self.lines()).split())
+
+    def lines(self) -> list[str]:
+        """The text lines of the output, with the terminal control sequences taken out."""
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", self.output)  # colours
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", plain)  # cursor moves, line erases
+        return [x.rstrip() for x in plain.replace("\r", "\n").split("\n") if x.strip()]

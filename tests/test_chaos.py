@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, interrupt
 from tests.test_cli_up import CRAWLCOIN, ConsoleLines, children_of, start_up, stop, wait_for_table
 from tests.test_e2e import Pages, client_env
 
@@ -110,14 +110,7 @@ def test_orders_survive_valkey_being_killed_during_dispatch(tmp_path: Path) -> N
         assert results.wait(timeout=60) == 0, "the result client finished with all orders"
         assert "Traceback" not in "\n".join(console.lines)
     finally:
-        for p in clients:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        interrupt(clients)
         stop(proc)
         api.close()
         pages.shutdown()

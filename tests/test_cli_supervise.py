@@ -50,3 +50,32 @@ def test_a_child_that_ran_a_while_is_restarted_and_reported_back(tmp_path: Path,
     assert lines[0] == "sleeper died (exit code 0); restarting in 1 s"
     assert lines[1].startswith("sleeper is back (down 1.")
     assert sum("is back" in x for x in lines) >= 6, "lived longer than a fast failure each time: never gives up"
+
+
+def test_a_one_shot_helper_that_finishes_is_left_alone(tmp_path: Path) -> None:
+    """The demo's result client exits 0 when the demo order is done: the stack stays up, nothing restarts."""
+    out = io.StringIO()
+    sup = Supervisor(Console(file=out, width=200))
+    helper = Child("result client", [sys.executable, "-c", "pass"], "", "", tmp_path / "h.log", one_shot=True)
+    service = Child("api", [sys.executable, "-c", "import time; time.sleep(60)"], "", "", tmp_path / "a.log")
+    for child in (helper, service):
+        child.start({})
+        sup.watch(child)
+    try:
+        run_until(sup, lambda: False, 8)  # a restart loop would give up within this (backoff 1+2+4 s)
+        assert out.getvalue().splitlines() == ["result client finished its work (exit code 0); the rest keeps running"]
+        assert service.exited() is None
+    finally:
+        service.kill()
+
+
+def test_a_one_shot_helper_that_fails_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervise, "BACKOFF_SECONDS", (0.05, 0.1))
+    out = io.StringIO()
+    sup = Supervisor(Console(file=out, width=200))
+    helper = Child("result client", [sys.executable, "-c", "raise SystemExit(2)"], "", "", tmp_path / "h.log",
+                   one_shot=True)
+    helper.start({})
+    sup.watch(helper)
+    run_until(sup, lambda: "restarting" in out.getvalue(), 10)
+    assert out.getvalue().splitlines()[0] == "result client died (exit code 2); restarting in 0.1 s"

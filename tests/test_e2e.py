@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, interrupt
 from tests.test_cli_up import prefect_auth, start_up, stop, wait_for_table
 
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
@@ -139,13 +138,7 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
                                  headers=prefect_auth(tmp_path / "data"), timeout=10).json()
         assert deployments == [], "the order's deployment no longer schedules runs"
     finally:
-        for p in (miner_proc, results_proc):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        interrupt([miner_proc, results_proc])
         stop(proc)
         api.close()
         pages.shutdown()
@@ -165,5 +158,17 @@ def test_demo_shows_results_arriving(tmp_path: Path) -> None:
 
         wait_for(lambda: len(written()) >= 2, 120, "demo results on disk", poll=0.5)
         assert all(b"Hello from the crawlcoin demo page" in p.read_bytes() for p in written())
+        # The result client exits when the demo order is done (12 × 5 s): the stack stays up.
+        console: list[str] = []
+        assert proc.stdout is not None
+        lines = proc.stdout
+        threading.Thread(target=lambda: console.extend(iter(lines.readline, "")), daemon=True).start()
+        wait_for(lambda: len(written()) == 12, 150, "all 12 demo results", poll=0.5)
+        wait_for(lambda: any("result client finished its work" in x for x in console), 60,
+                 "the result client to finish", poll=0.5)
+        time.sleep(30)  # longer than a restart loop of the finished client took to stop everything
+        assert proc.poll() is None, "".join(console)
+        assert not any("died" in x or "giving up" in x for x in console), "".join(console)
+        assert httpx.get(f"http://127.0.0.1:{ports['api']}/health", timeout=5).status_code == 200
     finally:
         assert stop(proc) == 0

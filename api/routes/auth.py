@@ -11,6 +11,7 @@ from api.deps import (
     ThrottleDep,
     no_store,
 )
+from api.openapi import errors
 from api.services import accounts
 from core.schemas import (
     CredentialsRequest,
@@ -26,7 +27,8 @@ from core.schemas import (
 router = APIRouter(tags=["accounts"])
 
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED, dependencies=[Depends(no_store)])
+@router.post("/auth/register", status_code=status.HTTP_201_CREATED, dependencies=[Depends(no_store)],
+             responses=errors(409, 413, 422, 429, 503))
 def register(
     req: RegisterRequest,
     store: StoreDep,
@@ -39,7 +41,7 @@ def register(
     return accounts.register(store, settings, passwords, throttle, req, client)
 
 
-@router.post("/auth/totp/setup", dependencies=[Depends(no_store)])
+@router.post("/auth/totp/setup", dependencies=[Depends(no_store)], responses=errors(401, 413, 422, 429, 503))
 def totp_setup(
     req: CredentialsRequest, store: StoreDep, passwords: PasswordsDep, throttle: ThrottleDep, client: ClientAddress
 ) -> TotpEnrolment:
@@ -47,7 +49,8 @@ def totp_setup(
     return accounts.totp_setup(store, passwords, throttle, req, client)
 
 
-@router.post("/auth/totp/confirm", dependencies=[Depends(no_store)])
+@router.post("/auth/totp/confirm", dependencies=[Depends(no_store)],
+             responses=errors(401, 409, 413, 422, 429, 503))
 def totp_confirm(
     req: TotpConfirmRequest,
     store: StoreDep,
@@ -60,7 +63,7 @@ def totp_confirm(
     return accounts.totp_confirm(store, settings, passwords, throttle, req, client)
 
 
-@router.post("/auth/login", dependencies=[Depends(no_store)])
+@router.post("/auth/login", dependencies=[Depends(no_store)], responses=errors(401, 403, 413, 422, 429, 503))
 def login(
     req: LoginRequest,
     store: StoreDep,
@@ -73,13 +76,13 @@ def login(
     return accounts.login(store, settings, passwords, throttle, req, client)
 
 
-@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT, responses=errors(401))
 def logout(token: SessionToken, user: CurrentUser, store: StoreDep, settings: SettingsDep) -> None:
     """End the current session."""
     accounts.logout(store, settings, token)
 
 
-@router.get("/me")
+@router.get("/me", responses=errors(401))
 def me(user: CurrentUser, store: StoreDep) -> MeOut:
     """The logged-in user and their coin balance."""
     return accounts.me(store, user)

@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response, status
 
 from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
+from api.openapi import errors
 from api.services import orders
 from api.sync_wakeup import wake_workers
 from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
@@ -10,7 +11,7 @@ from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(401, 402, 409, 413, 422))
 def create_order(
     req: OrderCreate,
     response: Response,
@@ -30,7 +31,7 @@ def create_order(
     return out
 
 
-@router.get("")
+@router.get("", responses=errors(401, 422))
 def list_orders(
     user: CurrentUser,
     store: StoreDep,
@@ -41,13 +42,13 @@ def list_orders(
     return orders.list_own(store, user, limit, cursor)
 
 
-@router.get("/{order_id}")
+@router.get("/{order_id}", responses=errors(401, 404))
 def get_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
     """One of your orders."""
     return orders.order_out(store, orders.get_own(store, user, order_id))
 
 
-@router.post("/{order_id}/pause")
+@router.post("/{order_id}/pause", responses=errors(401, 404, 409))
 def pause_order(
     order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
 ) -> OrderOut:
@@ -57,7 +58,7 @@ def pause_order(
     return out
 
 
-@router.post("/{order_id}/resume")
+@router.post("/{order_id}/resume", responses=errors(401, 404, 409))
 def resume_order(
     order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
 ) -> OrderOut:
@@ -67,7 +68,7 @@ def resume_order(
     return out
 
 
-@router.post("/{order_id}/cancel")
+@router.post("/{order_id}/cancel", responses=errors(401, 404, 409))
 def cancel_order(
     order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
 ) -> CancelOut:

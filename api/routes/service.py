@@ -6,7 +6,7 @@ from core.schemas import HealthOut, MetaOut
 router = APIRouter(tags=["service"])
 
 
-@router.get("/health")
+@router.get("/health", responses={503: {"model": HealthOut, "description": "The store or Valkey does not answer."}})
 def health(store: StoreDep, redis: RedisDep, response: Response) -> HealthOut:
     """Whether the store and Valkey answer."""
     checks = {}

@@ -3,19 +3,20 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
+from api.openapi import errors
 from api.services import wallet
 from core.schemas import FaucetRequest, LedgerPage, WalletOut
 
 router = APIRouter(prefix="/wallet", tags=["coins"])
 
 
-@router.get("")
+@router.get("", responses=errors(401))
 def get_wallet(user: CurrentUser, store: StoreDep) -> WalletOut:
     """Your coin balance."""
     return wallet.wallet(store, user)
 
 
-@router.get("/ledger")
+@router.get("/ledger", responses=errors(401, 422))
 def get_ledger(
     user: CurrentUser,
     store: StoreDep,
@@ -26,7 +27,7 @@ def get_ledger(
     return wallet.history(store, user, limit, cursor)
 
 
-@router.post("/faucet")
+@router.post("/faucet", responses=errors(401, 404, 409, 413, 422))
 def faucet(
     req: FaucetRequest, user: CurrentUser, store: StoreDep, settings: SettingsDep, idempotency_key: IdempotencyKey
 ) -> WalletOut:

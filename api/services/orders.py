@@ -2,18 +2,58 @@
 
 import hashlib
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 from api.order_rules import check_order
 from api.pagination import decode_cursor, encode_cursor
 from core import ledger, schedules
 from core.errors import Conflict, NotFound
-from core.schemas import CancelOut, CronSchedule, IntervalSchedule, OrderCreate, OrderOut, OrderPage, OrderStatus
+from core.schemas import (
+    CancelOut,
+    CronSchedule,
+    IntervalSchedule,
+    OrderCreate,
+    OrderOut,
+    OrderPage,
+    OrderStatus,
+    RepetitionCounts,
+    RepetitionState,
+)
 from core.settings import Settings
 from core.storage import Order, Store, User
 from core.urls import check_target_url
 
 _IDEMPOTENT_ORDER_NS = uuid.UUID("5b0e4a52-3c4e-4f7e-9a7e-6f1d2c3b4a59")
+
+
+_COUNTED_AS = {RepetitionState.leased: "fetching", RepetitionState.done: "delivered",
+               RepetitionState.refunded: "refunded", RepetitionState.failed: "failed"}
+
+
+def repetitions(store: Store, order: Order, now: datetime) -> tuple[RepetitionCounts, datetime | None]:
+    """Where each repetition is, and when the next one is due."""
+    counts: Counter[str] = Counter()
+    next_run_at = None
+    claimed = store.get_repetitions(order.id, list(range(1, order.runs_claimed + 1))) if order.runs_claimed else []
+    for rep in claimed:
+        if rep.state is RepetitionState.queued and rep.due_at > now:
+            counts["waiting"] += 1
+            next_run_at = min(next_run_at or rep.due_at, rep.due_at)
+        elif rep.state is RepetitionState.queued:
+            counts["queued"] += 1
+        else:
+            counts[_COUNTED_AS[rep.state]] += 1
+    unclaimed = order.max_runs - order.runs_claimed
+    if order.status in (OrderStatus.cancelled, OrderStatus.completed):
+        counts["refunded"] += unclaimed  # never handed out: refunded when the order ended
+    else:
+        counts["scheduled"] += unclaimed
+        if order.status is OrderStatus.active and order.next_due_at is not None:
+            next_run_at = min(next_run_at or order.next_due_at, order.next_due_at)
+    if order.status is not OrderStatus.active:
+        next_run_at = None
+    return RepetitionCounts(**{k: counts[k] for k in RepetitionCounts.model_fields}), next_run_at
 
 
 def order_out(store: Store, order: Order) -> OrderOut:
@@ -22,6 +62,7 @@ def order_out(store: Store, order: Order) -> OrderOut:
         schedule = IntervalSchedule(kind="interval", every_seconds=order.every_seconds or 0)
     else:
         schedule = CronSchedule(kind="cron", cron=order.cron or "", timezone=order.timezone or "UTC")
+    counts, next_run_at = repetitions(store, order, datetime.now(UTC))
     return OrderOut(
         id=order.id,
         url=order.url,
@@ -33,6 +74,8 @@ def order_out(store: Store, order: Order) -> OrderOut:
         max_runs=order.max_runs,
         runs_claimed=order.runs_claimed,
         runs_left=order.max_runs - order.runs_claimed,
+        repetitions=counts,
+        next_run_at=next_run_at,
         status=order.status,
         price_per_run=order.price_per_run,
         cost=order.cost,

@@ -47,13 +47,14 @@ def earnings(entries: list[LedgerEntryOut]) -> None:
     }), hide_index=True, width="stretch")
 
 
-def new_token(tokens: list[TokenOut]) -> None:
+def new_token(tokens: list[TokenOut], mode: str) -> None:
     server = ui.settings().mining_url
+    local = mode == "dev"  # a stack on one machine: the pages ordered are often on it too
     created = st.session_state.get("mine_token")
     if created:
         st.success(f"Mining token “{created['name']}” created. Copy the command now: the token is shown only this "
                    "once.", icon=":material/key:")
-        st.code(fmt.mine_command(server, created["token"]), language="bash", wrap_lines=True)
+        st.code(fmt.mine_command(server, created["token"], local), language="bash", wrap_lines=True)
         if st.button("Done, I copied it", key="mine_token_done"):
             st.session_state.pop("mine_token", None)
             st.rerun()
@@ -67,7 +68,11 @@ def new_token(tokens: list[TokenOut]) -> None:
             token = ui.api().create_token(name.strip() or "miner", ["mine"])
             st.session_state["mine_token"] = {"name": token.name, "token": token.token}
             st.rerun()
-    st.code(fmt.mine_command(server, "<TOKEN>"), language="bash", wrap_lines=True)
+    st.code(fmt.mine_command(server, "<TOKEN>", local), language="bash", wrap_lines=True)
+    if local:
+        st.caption("This installation runs in dev mode, so the command has `--allow-private-targets`: the miner "
+                   "may fetch pages on this machine and its network, as local test orders need. Leave it out when "
+                   "you mine for a public server.")
 
 
 def token_list(tokens: list[TokenOut]) -> None:
@@ -94,7 +99,7 @@ def main() -> None:
                 f"earns **{fmt.coins(meta.price_per_run)}** for every page it delivers. Install it with "
                 "`pip install 'crawlcoin[miner]'` and start it with a mining token.")
     tokens = [t for t in api.tokens() if "mine" in t.scopes and t.revoked_at is None]
-    new_token(tokens)
+    new_token(tokens, meta.mode)
     token_list(tokens)
     entries, _ = api.ledger()
     earnings(entries)

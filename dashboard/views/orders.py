@@ -10,6 +10,7 @@ import streamlit as st
 from core.schemas import MetaOut, OrderOut
 from dashboard import delivery, ui
 from dashboard import format as fmt
+from dashboard.client import ApiError
 
 UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 FORM_KEYS = ("new_url", "new_method", "new_headers", "new_body", "new_kind", "new_every", "new_unit", "new_cron",
@@ -87,6 +88,17 @@ def _start_inputs(tz_default: str) -> datetime | None:
     return at.replace(tzinfo=ZoneInfo(tz))
 
 
+def _cron_preview(schedule: dict[str, Any]) -> None:
+    """The next runs of the cron expression as typed, or what is wrong with it (the API's own check)."""
+    try:
+        preview = ui.api().cron_preview(schedule["cron"], schedule["timezone"])
+    except ApiError as e:
+        st.warning(f"This cron expression will be refused: {e.detail}", icon="🕒")
+        return
+    tz = ui.viewer_timezone()
+    st.caption("Next runs: " + ", ".join(fmt.when(t, tz) for t in preview.next_runs) + ".")
+
+
 def _cost_preview(meta: MetaOut, balance: int, runs: int, interval: int | None, start: datetime | None) -> bool:
     """Shows what the order costs and when it runs; returns whether the balance covers it."""
     cost = runs * meta.price_per_run
@@ -127,6 +139,8 @@ def create_form(meta: MetaOut, balance: int) -> None:
         else:
             st.caption("A body can be sent with the POST method.")
     schedule, interval = _schedule_inputs(tz_default)
+    if schedule["kind"] == "cron":
+        _cron_preview(schedule)
     start = _start_inputs(tz_default)
     runs = int(st.number_input("Repetitions", min_value=1, max_value=meta.max_runs_cap, value=10, step=1,
                                key="new_runs", help=f"How many times the page is fetched (at most "
@@ -195,12 +209,17 @@ def order_card(order: OrderOut) -> None:
         badge_col.badge(order.status.value.capitalize(), color=fmt.STATUS_COLORS.get(order.status.value, "gray"))
 
         done_col, left_col, next_col, cost_col = st.columns(4)
-        done_col.metric("Repetitions done", f"{order.runs_claimed:,} of {order.max_runs:,}",
-                        help="Repetitions started so far (handed to the miners).")
-        left_col.metric("Repetitions left", f"{order.runs_left:,}")
-        if order.status.value == "active" and order.next_due_at:
-            next_col.metric("Next run", fmt.relative(order.next_due_at), help=fmt.when(order.next_due_at, tz))
-            next_col.caption(fmt.when(order.next_due_at, tz))
+        counts = order.repetitions.model_dump()
+        done = sum(counts[k] for k in fmt.SETTLED)
+        done_col.metric("Repetitions done", f"{done:,} of {order.max_runs:,}",
+                        help="Settled: delivered (the miner was paid), refunded or failed.")
+        done_col.caption(fmt.repetition_parts(counts, fmt.SETTLED))
+        left_col.metric("Repetitions left", f"{order.max_runs - done:,}", help="Still to come: scheduled, queued "
+                        "(handed to the job queue shortly before they are due) or being fetched.")
+        left_col.caption(fmt.repetition_parts(counts, fmt.TO_COME))
+        if order.status.value == "active" and order.next_run_at:
+            next_col.metric("Next run", fmt.relative(order.next_run_at), help=fmt.when(order.next_run_at, tz))
+            next_col.caption(fmt.when(order.next_run_at, tz))
         else:
             next_col.metric("Next run", "—", help={"paused": "Resume the order to schedule more runs."}.get(
                 order.status.value, "This order has no more runs."))
@@ -210,8 +229,8 @@ def order_card(order: OrderOut) -> None:
 
         if st.session_state.get("confirm_cancel") == order.id:
             refund = order.runs_left * order.price_per_run
-            st.warning(f"Cancel this order? Its {order.runs_left:,} repetitions not yet started are refunded "
-                       f"(about {fmt.coins(refund)}). This cannot be undone.")
+            st.warning(f"Cancel this order? Its {order.runs_left:,} scheduled repetitions (not yet queued) are "
+                       f"refunded (about {fmt.coins(refund)}). This cannot be undone.")
             yes_col, no_col, _ = st.columns([2, 2, 4])
             if yes_col.button("Yes, cancel and refund", key=f"cancel_yes_{order.id}", type="primary"):
                 _act(order, "cancel")

@@ -22,42 +22,35 @@ LANGUAGES = {"html": "html", "json": "json", "xml": "xml", "javascript": "javasc
 
 
 def repetitions_frame(order: OrderOut) -> pd.DataFrame:
-    """The repetitions of an order grouped by state, as far as the order itself tells."""
+    """How many repetitions are in each state (the API's words), and when the ones to come run."""
     tz = ui.viewer_timezone()
-    rows: list[dict[str, str]] = []
-    if order.runs_claimed:
-        rows.append({"Repetitions": _span(1, order.runs_claimed), "State": "Started",
-                     "When": "their results are listed below as they arrive"})
-    first_left = order.runs_claimed + 1
-    if order.runs_left:
-        if order.status.value == "cancelled":
-            rows.append({"Repetitions": _span(first_left, order.max_runs), "State": "Refunded (order cancelled)",
-                         "When": "—"})
-        elif order.status.value == "paused":
-            rows.append({"Repetitions": _span(first_left, order.max_runs), "State": "Paused", "When": "after resume"})
-        else:
-            rows.append({"Repetitions": _span(first_left, first_left), "State": "Next",
-                         "When": fmt.when(order.next_due_at, tz)})
-            if order.runs_left > 1:
-                rows.append({"Repetitions": _span(first_left + 1, order.max_runs), "State": "Waiting",
-                             "When": f"then {fmt.schedule_text(order.schedule).replace('`', '')}"})
-    return pd.DataFrame(rows, columns=["Repetitions", "State", "When"])
-
-
-def _span(first: int, last: int) -> str:
-    return f"#{first:,}" if first == last else f"#{first:,} – #{last:,}"
+    counts = order.repetitions.model_dump()
+    status = order.status.value
+    later = {"paused": "after resume"}.get(status, f"{fmt.schedule_text(order.schedule).replace('`', '')}")
+    when = {"fetching": "now", "queued": "due now, as soon as a miner is free",
+            "waiting": f"next {fmt.when(order.next_run_at, tz)}" if order.next_run_at else later,
+            "scheduled": later, "delivered": "their results are listed below",
+            "refunded": "order cancelled" if status == "cancelled" else "coins back in your wallet",
+            "failed": "every attempt failed; refunded"}
+    rows = [{"State": words.capitalize(), "Repetitions": f"{counts[k]:,}", "When": when[k]}
+            for k, words in {**fmt.TO_COME, **fmt.SETTLED}.items() if counts[k]]
+    return pd.DataFrame(rows, columns=["State", "Repetitions", "When"])
 
 
 def progress(order: OrderOut) -> None:
     tz = ui.viewer_timezone()
     status_col, done_col, left_col, next_col = st.columns(4)
     status_col.metric("Status", order.status.value.capitalize())
-    done_col.metric("Repetitions done", f"{order.runs_claimed:,} of {order.max_runs:,}")
-    left_col.metric("Repetitions left", f"{order.runs_left:,}")
-    next_col.metric("Next run", fmt.relative(order.next_due_at) if order.status.value == "active"
-                    and order.next_due_at else "—")
-    st.progress(order.runs_claimed / order.max_runs if order.max_runs else 0.0,
-                text=f"{order.runs_claimed:,} of {order.max_runs:,} repetitions started")
+    counts = order.repetitions.model_dump()
+    done = sum(counts[k] for k in fmt.SETTLED)
+    done_col.metric("Repetitions done", f"{done:,} of {order.max_runs:,}",
+                    help="Settled: delivered (the miner was paid), refunded or failed.")
+    left_col.metric("Repetitions left", f"{order.max_runs - done:,}")
+    next_col.metric("Next run", fmt.relative(order.next_run_at) if order.status.value == "active"
+                    and order.next_run_at else "—")
+    st.progress(done / order.max_runs if order.max_runs else 0.0,
+                text=f"{counts['delivered']:,} of {order.max_runs:,} repetitions delivered"
+                     f" ({fmt.repetition_parts(counts, {**fmt.TO_COME, **fmt.SETTLED})})")
     st.dataframe(repetitions_frame(order), hide_index=True, width="stretch")
     st.caption(f"{order.method} {order.url} · {fmt.schedule_text(order.schedule)} · first run "
                f"{fmt.when(order.start_at, tz)} · order id `{order.id}`")
@@ -66,8 +59,9 @@ def progress(order: OrderOut) -> None:
 def result_client(order: OrderOut) -> None:
     st.subheader("Receive the results")
     st.markdown("The result client receives every result of this order, also the ones delivered while it was "
-                "offline, and writes each one as files (`<n>-<time>.json` with status and headers, and "
-                "`.body` with the page) into a folder on your computer.")
+                "offline, and writes each one into a folder on your computer, under the order's id: the page as "
+                "`<n>-<time>.html` (or `.json`, `.txt`, … after its content type) and beside it "
+                "`<n>-<time>.meta.json` with the status, final URL, headers, SHA-256 and timings.")
     out = st.text_input("Folder on your computer", value=DEFAULT_OUT, key=f"out_{order.id}")
     server = ui.settings().results_url
     created = st.session_state.setdefault("results_tokens", {}).get(order.id)

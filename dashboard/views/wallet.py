@@ -31,15 +31,22 @@ def balance_chart(entries: list[LedgerEntryOut]) -> alt.Chart:
     return charts.steps(times, balances, "Balance (coins)")
 
 
-def faucet(max_amount: int) -> None:
+def faucet(max_amount: int, mode: str) -> None:
     with st.container(border=True):
         st.markdown("**Test coins**")
-        st.caption("This installation runs in test mode: take free coins to try ordering.")
+        # The same words as the sign-in page, with the mode the API reports (dev or test).
+        st.caption(f"This installation runs in {mode} mode: take free coins to try ordering "
+                   f"(at most {fmt.coins(max_amount)} at a time).")
         amount_col, button_col = st.columns(2, vertical_alignment="bottom")
-        amount = amount_col.number_input("Amount", min_value=1, max_value=max_amount, value=min(100, max_amount),
-                                         step=10, key="faucet_amount")
+        # No max_value: a browser drops a typed value above it and keeps the old one, silently.
+        amount = amount_col.number_input("Amount", min_value=1, value=min(100, max_amount), step=10,
+                                         key="faucet_amount")
         if button_col.button("Get test coins", key="faucet", type="primary", icon=":material/savings:",
                              width="stretch"):
+            if amount > max_amount:
+                st.error(f"No test coins: {int(amount):,} is more than the {fmt.coins(max_amount)} you can take "
+                         "at a time.")
+                return
             with ui.reporting("No test coins:"):
                 wallet = ui.api().faucet(int(amount), str(uuid.uuid4()))
                 ui.flash("success", f"{fmt.coins(int(amount))} added. Your balance is now {fmt.coins(wallet.balance)}.")
@@ -61,7 +68,7 @@ def main() -> None:
                          "refunded for repetitions that are cancelled or cannot run.")
     if meta.faucet_enabled and meta.faucet_max_amount > 0:
         with faucet_col:
-            faucet(meta.faucet_max_amount)
+            faucet(meta.faucet_max_amount, meta.mode)
 
     st.subheader("History")
     entries, truncated = api.ledger()

@@ -12,7 +12,7 @@ import functools
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from core.errors import AuthenticationFailed, CrawlcoinError
 from core.protocol.mining import (
     NAMESPACE,
+    FetchError,
     JobOffer,
     MinedResult,
     MinerEvent,
@@ -54,6 +55,8 @@ class MinerStats:
     in_flight: int = 0
     capacity: int = 0
     last_problem: str | None = None
+    unpaid_reasons: Counter[str] = field(default_factory=Counter)  # why results earned nothing, by cause
+    last_unpaid: str | None = None  # the fetcher's words about the latest unpaid result
     finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def per_minute(self, window: float = 60.0) -> float:
@@ -62,6 +65,14 @@ class MinerStats:
         if not recent:
             return 0.0
         return len(recent) * 60.0 / max(min(window, now - recent[0]), 1.0)
+
+    def unpaid_text(self) -> str:
+        """`3 (refused target ×3: … loopback address …)`: how many, and why."""
+        if not self.unpaid:
+            return "0"
+        causes = ", ".join(f"{cause} ×{n}" for cause, n in self.unpaid_reasons.most_common())
+        last = f": {self.last_unpaid}" if self.last_unpaid else ""
+        return f"{self.unpaid} ({causes}{last})"
 
 
 class Miner:
@@ -144,6 +155,10 @@ class Miner:
             pass  # the transport died under us: there is nothing left to close
         except Exception:
             log.warning("could not close the connection to the mining server cleanly", exc_info=True)
+        # A failed connection attempt leaves the transport's aiohttp session open; close it (no "Unclosed" warning).
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
 
     async def _abandon_jobs(self) -> None:
         tasks = list(self._tasks.values())
@@ -248,6 +263,13 @@ class Miner:
             self.stats.coins += ack.coins
         else:
             self.stats.unpaid += 1
+            cause = fetched.error.value.replace("_", " ") if fetched.error else f"{ack.outcome or 'unpaid'}"
+            self.stats.unpaid_reasons[cause] += 1
+            if fetched.error_text:
+                self.stats.last_unpaid = fetched.error_text[:200]
+                if (fetched.error is FetchError.refused_target and " address" in fetched.error_text
+                        and not self.fetch_policy.allow_private_targets):
+                    self.stats.last_unpaid += "; only a miner run with --allow-private-targets fetches it"
 
 
 def _payload(key: str, r: FetchResult) -> dict[str, Any]:

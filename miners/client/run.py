@@ -1,6 +1,7 @@
 """`crawlcoin mine`: the mining loop with a live display and a graceful Ctrl-C."""
 
 import asyncio
+import logging
 import signal
 
 from rich.console import Console, Group
@@ -27,7 +28,7 @@ def render(stats: MinerStats) -> Panel:
     table.add_row("server", stats.server)
     table.add_row("state", stats.state)
     table.add_row("jobs paid", str(stats.done))
-    table.add_row("jobs unpaid", f"{stats.unpaid} (refused target, robots.txt, site errors)")
+    table.add_row("jobs unpaid", stats.unpaid_text())
     table.add_row("jobs failed", str(stats.failed))
     table.add_row("coins earned", str(stats.coins))
     table.add_row("in flight", f"{stats.in_flight} of {stats.capacity}")
@@ -39,8 +40,20 @@ def render(stats: MinerStats) -> Panel:
 
 
 def _summary(stats: MinerStats) -> str:
-    return (f"[miner] {stats.state} | paid {stats.done} | unpaid {stats.unpaid} | failed {stats.failed} | "
+    return (f"[miner] {stats.state} | paid {stats.done} | unpaid {stats.unpaid_text()} | failed {stats.failed} | "
             f"coins {stats.coins} | {stats.per_minute():.1f} jobs/min")
+
+
+def final_line(stats: MinerStats) -> str:
+    return (f"stopped: paid {stats.done}, unpaid {stats.unpaid_text()}, failed {stats.failed}, "
+            f"coins earned {stats.coins}")
+
+
+class _ShownAlready(logging.Filter):
+    """The fetcher logs its own private-targets warning; the command has printed it once already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "allow_private_targets is ON" not in record.getMessage()
 
 
 async def _mine(miner: Miner, console: Console) -> None:
@@ -81,11 +94,13 @@ def run_miner(server: str, token: str, concurrency: int, blocked_domains: list[s
               max_body_bytes: int, allow_private_targets: bool) -> int:
     console = Console()
     if allow_private_targets:
-        Console(stderr=True).print(f"[bold red]{PRIVATE_TARGETS_WARNING}[/]")
+        Console(stderr=True).print(f"[bold red]{PRIVATE_TARGETS_WARNING}[/]", soft_wrap=True)
+        logging.getLogger("miners.client.fetch").addFilter(_ShownAlready())
     policy = MinerPolicy(capacity=concurrency, methods=methods, blocked_domains=blocked_domains,  # type: ignore[arg-type]
                          max_body_bytes=max_body_bytes, client="crawlcoin-miner/0.1")
     fetch_policy = FetchPolicy(max_body_bytes=max_body_bytes, blocked_domains=frozenset(blocked_domains),
                                allow_private_targets=allow_private_targets)
     miner = Miner(server, token, policy, fetch_policy)
     asyncio.run(_mine(miner, console))
+    console.print(final_line(miner.stats), highlight=False, soft_wrap=True)
     return 0

@@ -1,6 +1,7 @@
 """`crawlcoin results`: write every result of your orders to files, live or once."""
 
 import asyncio
+import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -21,21 +22,30 @@ def _table(p: Progress, orders: list[str], out: Path) -> Table:
 
 
 async def _run(client: ResultClient, orders: list[str], out: Path) -> Progress:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, client.stop)
     task = asyncio.create_task(client.run())
+    if not console.is_terminal:  # logs and pipes: the table once, at the end, on lines of its own
+        try:
+            return await task
+        finally:
+            console.print(_table(client.progress, orders, out))
     with Live(_table(client.progress, orders, out), console=console, refresh_per_second=4,
               transient=False) as live:
         while not task.done():
             live.update(_table(client.progress, orders, out))
-            await asyncio.sleep(0.25)
+            await asyncio.wait([task], timeout=0.25)
         live.update(_table(client.progress, orders, out))
     return await task
 
 
 def run_results(server: str, token: str, orders: list[str], out: Path, once: bool) -> None:
     client = ResultClient(server, token, orders, out, once=once)
-    try:
-        progress = asyncio.run(_run(client, orders, out))
-    except KeyboardInterrupt:
-        console.print("stopped; the next run resumes where this one left off")
-        return
-    console.print(f"{progress.written} result(s) written to {out}")
+    progress = asyncio.run(_run(client, orders, out))
+    written = f"{progress.written} result(s) written to {out}"
+    if progress.stopped:
+        console.print(f"stopped: {written}; the next run resumes where this one left off", highlight=False,
+                      soft_wrap=True)
+    else:
+        console.print(written, highlight=False, soft_wrap=True)

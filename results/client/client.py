@@ -24,6 +24,7 @@ class Progress:
     caught_up: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
     last: str = ""
+    stopped: bool = False  # ended by Ctrl-C (or SIGTERM) rather than by the orders finishing
 
 
 class ResultClient:
@@ -37,7 +38,9 @@ class ResultClient:
         self.done = asyncio.Event()
         self.refused: str | None = None
         self._lock = asyncio.Lock()
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30)
+        # The command handles Ctrl-C itself (`stop`); the library's handler would cancel the run mid-await.
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30,
+                                        handle_sigint=False)
         self.sio.on("connect", self._subscribe, namespace=NAMESPACE)
         self.sio.on(ServerEvent.result, self._on_result, namespace=NAMESPACE)
         self.sio.on(ServerEvent.caught_up, self._on_caught_up, namespace=NAMESPACE)
@@ -88,18 +91,42 @@ class ResultClient:
         if self.progress.finished >= set(self.orders):
             self.done.set()
 
+    def stop(self) -> None:
+        """Ctrl-C: stop waiting. Every file written is acknowledged, so the next run resumes after it."""
+        self.progress.stopped = True
+        self.done.set()
+
     async def run(self) -> Progress:
+        connect = asyncio.create_task(self.sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE],
+                                                       transports=["websocket"], wait_timeout=15))
+        done = asyncio.create_task(self.done.wait())
         try:
-            await self.sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE],
-                                   transports=["websocket"], wait_timeout=15)
-        except socketio.exceptions.ConnectionError as e:
-            if self.refused:
-                raise CrawlcoinError(f"the result server refused the connection: {self.refused}") from None
-            raise CrawlcoinError(f"cannot connect to the result server at {self.server}: {e}") from None
-        try:
-            await self.done.wait()
+            await asyncio.wait([connect, done], return_when=asyncio.FIRST_COMPLETED)
+            if not connect.done():  # stopped, or the subscription refused, while still connecting
+                connect.cancel()
+                await asyncio.gather(connect, return_exceptions=True)
+            else:
+                try:
+                    connect.result()
+                except socketio.exceptions.ConnectionError as e:
+                    if self.refused:
+                        raise CrawlcoinError(f"the result server refused the connection: {self.refused}") from None
+                    raise CrawlcoinError(f"cannot connect to the result server at {self.server} ({e}); is it "
+                                         "running, and is --server its URL?") from None
+                await done
         finally:
-            await self.sio.disconnect()
+            done.cancel()
+            await self._close()
         if self.refused:
             raise CrawlcoinError(f"the result server refused: {self.refused}")
         return self.progress
+
+    async def _close(self) -> None:
+        try:
+            await self.sio.disconnect()
+        except Exception:  # the transport died under us: there is nothing left to close
+            log.debug("disconnect failed", exc_info=True)
+        # A failed first connection leaves the transport's aiohttp session open; close it (no "Unclosed" warning).
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()

@@ -45,7 +45,10 @@ BAD_ORDERS: list[tuple[str, object, int, str]] = [
     ("interval zero", interval_order(every=0), 422, "every_seconds"),
     ("interval negative", interval_order(every=-5), 422, "every_seconds"),
     ("interval huge", interval_order(every=10**9), 422, "every_seconds must be between"),
-    ("cron bad minute", cron("61 * * * *"), 422, "five-field"),
+    ("cron bad minute", cron("61 * * * *"), 422, "cron field minute is 61: it must be between 0 and 59"),
+    ("cron bad hour", cron("0 24 * * *"), 422, "cron field hour is 24: it must be between 0 and 23"),
+    ("cron bad month range", cron("0 9 * 1-13 *"), 422, "cron field month is 13: it must be between 1 and 12"),
+    ("cron not a field", cron("0 9 * * mon%"), 422, "cron field day-of-week ('mon%') is not a number"),
     ("cron four fields", cron("* * * *"), 422, "schedule"),
     ("cron never fires", cron("0 0 31 2 *"), 422, "never fires"),
     ("bad timezone", cron("0 9 * * *", "Mars/Olympus"), 422, "unknown timezone"),
@@ -227,3 +230,20 @@ def test_control_characters_in_names_are_refused(api: ApiClient) -> None:
     assert api.get("/tokens", headers=alice.headers).json() == []
     assert api.get("/orders", headers=alice.headers).json()["items"] == []
     assert api.balance(alice) == 50
+
+
+@pytest.mark.parametrize(("cron", "status", "message"), [
+    ("61 * * * *", 422, "cron field minute is 61: it must be between 0 and 59"),
+    ("0 9 31 2 *", 422, "never fires"),
+])
+def test_the_cron_preview_names_what_is_wrong(api, cron: str, status: int, message: str) -> None:
+    r = api.get("/schedules/cron-preview", params={"cron": cron})
+    assert r.status_code == status and message in r.json()["detail"]
+
+
+def test_the_cron_preview_lists_the_next_runs(api) -> None:
+    r = api.get("/schedules/cron-preview", params={"cron": "30 9 * * 1-5", "timezone": "Europe/Berlin", "count": 3})
+    assert r.status_code == 200
+    runs = [datetime.fromisoformat(t) for t in r.json()["next_runs"]]
+    assert len(runs) == 3 and runs == sorted(runs)
+    assert all((t.hour, t.minute, t.utcoffset() is not None) == (9, 30, True) and t.weekday() < 5 for t in runs)

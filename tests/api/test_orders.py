@@ -108,3 +108,30 @@ def test_post_order_with_headers_and_body(api: ApiClient) -> None:
     r = api.post("/orders", json=body, headers=alice.headers)
     assert r.status_code == 201, r.text
     assert r.json()["method"] == "POST" and r.json()["body"] == '{"q": 1}'
+
+
+def test_the_repetition_counts_say_where_each_repetition_is(api: ApiClient, api_settings) -> None:
+    """A 30 × 5 s order whose repetitions are all claimed ahead, 3 results in: not "30 done, next run —"."""
+    from core.storage import Result, open_store
+
+    alice = api.new_account(coins=40)
+    order = api.post("/orders", json=interval_order(every=5, runs=30), headers=alice.headers).json()
+    assert order["repetitions"] == {"scheduled": 30, "waiting": 0, "queued": 0, "fetching": 0, "delivered": 0,
+                                    "refunded": 0, "failed": 0}
+    store = open_store(api_settings.resolved_store_url)
+    try:
+        now = datetime.now(UTC)
+        store.claim_repetitions(order["id"], "run-1", now + timedelta(seconds=600), now, 600)  # all 30, ahead
+        store.record_results([Result.with_body(b"ok", 1024, job_key=f"{order['id']}:{n}", order_id=order["id"], n=n,
+                                               miner_id="m", fetched_at=now, status=200, final_url=order["url"],
+                                               headers={}, elapsed_ms=5, stored_at=now) for n in (1, 2, 3)])
+    finally:
+        store.close()
+    got = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
+    assert got["runs_claimed"] == 30 and got["runs_left"] == 0  # unchanged meaning: handed to the queue
+    counts = got["repetitions"]
+    assert counts["delivered"] == 3 and counts["scheduled"] == 0
+    assert counts["waiting"] + counts["queued"] == 27 and counts["waiting"] >= 20
+    assert sum(counts.values()) == 30
+    next_run = datetime.fromisoformat(got["next_run_at"])
+    assert datetime.now(UTC) < next_run <= datetime.now(UTC) + timedelta(seconds=16), "#4 is still to come"

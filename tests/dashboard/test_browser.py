@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pyotp
@@ -265,3 +267,26 @@ class TestSignInLocksArePerBrowser:
         page = sign_in("198.51.100.9", account.username, account.totp(1))
         expect(page.get_by_text(f"Welcome back, {account.username}!").first).to_be_visible()
         page.context.close()  # type: ignore[attr-defined]
+
+
+def test_the_api_docs_render_without_internet(browser: object, api_url: str) -> None:
+    """Swagger UI comes from the installed package: /docs works on a machine with no network."""
+    page = browser.new_page()  # type: ignore[attr-defined]
+    outside: list[str] = []
+
+    def local_only(route: Any) -> None:
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.goto(api_url + "/docs")
+    page.wait_for_selector(".opblock-summary", timeout=WAIT_MS)
+    assert page.locator(".opblock").count() >= 20
+    assert "Log in with password and current TOTP code" in page.content()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "api-docs.png"), full_page=True)
+    assert outside == [], "nothing loaded from outside this machine"
+    page.close()

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import ledger
@@ -57,3 +58,17 @@ def test_earnings_from_rewards(dashboard: Callable[..., AppTest], api: ApiClient
     assert list(table["Earned"]) == ["+1", "+1", "+1"]
     assert len(at.get("vega_lite_chart")) == 2
     assert metric(at, "Balance") == "3 coins"
+
+
+class TestDevMode:
+    """On a local stack (dev mode only) the command shown works for pages on this machine."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"mode": "dev"}
+
+    def test_the_command_allows_private_targets(self, dashboard: Callable[..., AppTest], api: ApiClient) -> None:
+        at = dashboard(api.new_account(), MINING)
+        assert at.code[0].value == ("crawlcoin mine --server http://127.0.0.1:8601 --token '<TOKEN>' "
+                                    "--allow-private-targets")
+        assert any("dev mode" in c.value and "--allow-private-targets" in c.value for c in at.caption)

@@ -84,7 +84,7 @@ def test_post_with_headers_body_cron_and_start_time(dashboard: Callable[..., App
 @pytest.mark.parametrize(("url", "cron", "message"), [
     ("ftp://example.com/file", None, "URL scheme 'ftp' is not allowed; use http or https."),
     ("http://10.1.2.3/admin", None, "private"),
-    ("https://example.com/", "61 * * * *", "Cron"),
+    ("https://example.com/", "61 * * * *", "ron field minute is 61: it must be between 0 and 59"),
 ])
 def test_the_apis_refusals_are_shown_readably(
     dashboard: Callable[..., AppTest], api: ApiClient, url: str, cron: str | None, message: str
@@ -103,6 +103,26 @@ def test_the_apis_refusals_are_shown_readably(
     assert error.startswith("The order was not placed:") and message in error
     assert "Traceback" not in error and "{" not in error
     assert api.balance(account) == 20
+
+
+def test_the_cron_form_previews_the_next_runs_or_names_the_wrong_field(
+    dashboard: Callable[..., AppTest], api: ApiClient
+) -> None:
+    account = api.new_account(coins=20)
+    at = dashboard(account)
+    fill(at, "https://example.com/", 2)
+    widget(at.radio, "Repeat").set_value("On a cron schedule")
+    at.run()
+    widget(at.text_input, "Cron expression").input("30 9 * * 1-5")
+    at.run()
+    [preview] = [c.value for c in at.caption if c.value.startswith("Next runs: ")]
+    assert preview.count(",") == 4, preview
+    assert not alerts(at, "warning")
+    widget(at.text_input, "Cron expression").input("61 * * * *")
+    at.run()
+    assert alerts(at, "warning") == ["This cron expression will be refused: cron field minute is 61: it must be "
+                                     "between 0 and 59"]
+    assert not [c for c in at.caption if c.value.startswith("Next runs: ")]
 
 
 def test_not_enough_coins_blocks_the_order(dashboard: Callable[..., AppTest], api: ApiClient) -> None:
@@ -152,7 +172,8 @@ def test_pause_resume_cancel_with_refund_and_prefect_link(
 
     button(at, "Cancel").click()
     at.run()
-    assert any("Its 7 repetitions not yet started are refunded (about 7 coins)" in w for w in alerts(at, "warning"))
+    assert any("Its 7 scheduled repetitions (not yet queued) are refunded (about 7 coins)" in w
+               for w in alerts(at, "warning"))
     button(at, "Keep the order").click()
     at.run()
     assert api.get(f"/orders/{order_id}", headers=account.headers).json()["status"] == "active"
@@ -202,3 +223,19 @@ def test_cards_show_last_result_and_delivery_latency(
     assert "median, over the newest 11 results" in texts(at)
     assert any(c.value.startswith("#11 · fetched ") for c in at.caption)
     assert not at.exception
+
+
+def test_a_card_with_failed_results_names_the_cause(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store
+) -> None:
+    account, miner = api.new_account(coins=30), api.new_account()
+    order = api.post("/orders", json=interval_order(url="https://example.com/local", runs=13),
+                     headers=account.headers).json()
+    results: dict[int, dict] = {n: {"status": None, "error": "refused_target", "error_text":
+                                    "url host is not allowed: 127.0.0.1 is a loopback address"} for n in range(1, 11)}
+    results.update({n: {"status": 200, "body": b"ok"} for n in (11, 12, 13)})
+    deliver(store, order["id"], miner.id, results)
+    at = dashboard(account)
+    assert metric(at, "Failed") == "10 of 13"
+    assert "10 × Target refused by policy (url host is not allowed: 127.0.0.1 is a loopback address)" in \
+        [c.value for c in at.caption], [c.value for c in at.caption]

@@ -18,6 +18,17 @@ def test_without_orders(dashboard: Callable[..., AppTest], api: ApiClient) -> No
     assert any("You have no orders yet" in i for i in alerts(at, "info"))
 
 
+def test_the_files_described_are_the_ones_the_client_writes(dashboard: Callable[..., AppTest],
+                                                            api: ApiClient) -> None:
+    """`crawlcoin results` writes `<n>-<time>.html` and `<n>-<time>.meta.json` (tests/results/server)."""
+    account = api.new_account(coins=10)
+    api.post("/orders", json=interval_order(runs=2), headers=account.headers)
+    at = dashboard(account, RESULTS)
+    text = texts(at)
+    assert "`<n>-<time>.html`" in text and "`<n>-<time>.meta.json`" in text
+    assert ".body" not in text and "`<n>-<time>.json` with status" not in text
+
+
 def test_progress_command_and_results_token(dashboard: Callable[..., AppTest], api: ApiClient) -> None:
     account = api.new_account(coins=10)
     order = api.post("/orders", json=interval_order(url="https://example.com/feed", runs=4),
@@ -27,8 +38,8 @@ def test_progress_command_and_results_token(dashboard: Callable[..., AppTest], a
     assert metric(at, "Repetitions done") == "0 of 4"
     assert metric(at, "Repetitions left") == "4"
     reps = at.dataframe[0].value
-    assert list(reps["State"]) == ["Next", "Waiting"]
-    assert list(reps["Repetitions"]) == ["#1", "#2 – #4"]
+    assert list(reps["State"]) == ["Scheduled"]  # the API's word (was "Next"/"Waiting" by number)
+    assert list(reps["Repetitions"]) == ["4"]
     assert any("No repetition has run yet, so there are no results" in i for i in alerts(at, "info"))
     assert not at.download_button
     placeholder = at.code[0].value
@@ -62,7 +73,8 @@ def test_cancelled_order_shows_refunded_repetitions(dashboard: Callable[..., App
     assert api.post(f"/orders/{order['id']}/cancel", headers=account.headers).status_code == 200
     at = dashboard(account, RESULTS)
     assert metric(at, "Status") == "Cancelled"
-    assert list(at.dataframe[0].value["State"]) == ["Refunded (order cancelled)"]
+    assert list(at.dataframe[0].value["State"]) == ["Refunded"]
+    assert list(at.dataframe[0].value["When"]) == ["order cancelled"]
 
 
 def test_results_with_status_latency_body_and_download(
@@ -81,7 +93,11 @@ def test_results_with_status_latency_body_and_download(
             "latency": 1, "elapsed_ms": 340, "final_url": "https://example.com/prices?page=1"},
     })  # repetition 5 has started, its result has not arrived
     at = dashboard(account, RESULTS)
-    assert metric(at, "Repetitions done") == "5 of 5"
+    # Repetition 5 is queued, its result not in: it is not done (this said "5 of 5" before).
+    assert metric(at, "Repetitions done") == "4 of 5"
+    states = dict(zip(at.dataframe[0].value["State"], at.dataframe[0].value["Repetitions"], strict=True))
+    assert sum(int(states.get(s, "0")) for s in ("Delivered", "Refunded", "Failed")) == 4
+    assert any(s.startswith("Queued") for s in states), states
     assert metric(at, "Last result") == "200 OK"
     assert metric(at, "Delivery latency p50") == "2.0 s"  # of 1, 2, 4 and 30 s
     assert metric(at, "Delivery latency p95") == "30 s"

@@ -37,6 +37,20 @@ def test_test_coins_and_history(dashboard: Callable[..., AppTest], api: ApiClien
     assert len(at.get("vega_lite_chart")) == 1, "the balance chart is drawn"
 
 
+def test_an_amount_above_the_limit_is_refused_with_the_reason(dashboard: Callable[..., AppTest],
+                                                              api: ApiClient) -> None:
+    """Typing 5000 must not silently grant the previous 100."""
+    account = api.new_account()
+    at = dashboard(account, WALLET)
+    assert "This installation runs in test mode: take free coins to try ordering (at most 1,000 coins at a time)." \
+        in [c.value for c in at.caption]
+    widget(at.number_input, "Amount").set_value(5000)
+    button(at, "Get test coins").click()
+    at.run()
+    assert alerts(at, "error") == ["No test coins: 5,000 is more than the 1,000 coins you can take at a time."]
+    assert not alerts(at, "success") and api.balance(account) == 0
+
+
 class TestProduction:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, object]:

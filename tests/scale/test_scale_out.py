@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import backend_unavailable, free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient
+from tests.helpers import ApiClient, interrupt
 from tests.miners.server.conftest import PageServer
 from tests.test_cli_up import CRAWLCOIN, start_up, stop, wait_for_table
 
@@ -183,14 +183,7 @@ def test_two_of_each_behind_haproxy_survive_sigkills(tmp_path: Path, haproxy: No
         wait_for(lambda: haproxy_servers(stats_url)["mining-1"]["status"] == "UP", 60,
                  "the killed mining server to be back in HAProxy")
     finally:
-        for p in clients:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        interrupt(clients)
         stop(proc)
         api.close()
         pages.__exit__(None, None, None)
