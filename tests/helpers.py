@@ -128,6 +128,12 @@ class Terminal:
         self.read()
         return self.proc.wait(timeout=1)
 
+    def __enter__(self) -> "Terminal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
