@@ -1,8 +1,11 @@
 """The dispatch flow of one order: claim the repetitions due soon and queue their jobs."""
 
+import asyncio
+from datetime import UTC, datetime
+
 from prefect import flow, runtime
 
-from core.schemas import OrderStatus
+from core.queue import wake_sync
 from core.settings import Settings
 from flows.claim import Dispatched, dispatch_order
 from flows.context import FlowContext, open_flow_context
@@ -11,10 +14,11 @@ __all__ = ["Dispatched", "dispatch", "dispatch_order", "run_dispatch"]
 
 
 async def run_dispatch(ctx: FlowContext, order_id: str, flow_run_id: str) -> str:
-    """The dispatch flow's work, wherever it runs: dispatch, then end the deployment of a completed order."""
+    """The dispatch flow's work, wherever it runs: claim and queue, then have the sync path create the
+    order's next dispatch run (or end its deployment), at once."""
     result = await dispatch_order(ctx.store, ctx.queue, ctx.settings, order_id, flow_run_id)
-    if result.status is OrderStatus.completed:
-        await ctx.sync.sync_pending(ctx.redis)
+    await asyncio.to_thread(ctx.store.request_sync, order_id, datetime.now(UTC))
+    await wake_sync(ctx.redis)
     return result.summary()
 
 

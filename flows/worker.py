@@ -19,9 +19,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.abc
+from prefect.client.schemas.actions import LogCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
 from prefect.states import Completed, Failed, Running
@@ -191,6 +193,15 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             raise ValueError(f"the crawlcoin worker does not run flow {name!r}")
         return await FLOWS[name](self._ctx, flow_run)
 
+    async def _log_to_run(self, flow_run: FlowRun, line: str) -> None:
+        """Put the run's summary (e.g. the repetitions it queued) on its page in the Prefect UI."""
+        try:
+            await self.client.create_logs([LogCreate(
+                name="crawlcoin", level=logging.INFO, message=line, timestamp=datetime.now(UTC),
+                flow_run_id=flow_run.id)])
+        except Exception:  # the run's state message says the same
+            log.warning("could not write the log line of flow run %s", flow_run.id, exc_info=True)
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -217,4 +228,5 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             return CrawlcoinWorkerResult(identifier=str(flow_run.id), status_code=0)
         await propose_state(self.client, Completed(message=summary), flow_run_id=flow_run.id)
         logger.info(summary)
+        await self._log_to_run(flow_run, summary)
         return CrawlcoinWorkerResult(identifier=str(flow_run.id), status_code=0)
