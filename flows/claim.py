@@ -11,7 +11,7 @@ from core.protocol.jobs import Job
 from core.queue import JobQueue
 from core.schemas import OrderStatus, RepetitionState
 from core.settings import Settings
-from core.storage import Store
+from core.storage import Order, Store
 
 RECHECK_MAX = 1000  # most recent claims looked at again per run
 RECHECK_CRON = 50
@@ -40,13 +40,13 @@ class Dispatched:
 
 async def dispatch_order(
     store: Store, queue: JobQueue, settings: Settings, order_id: str, flow_run_id: str, now: datetime | None = None,
-    window_seconds: int | None = None,
+    window_seconds: int | None = None, order: Order | None = None,
 ) -> Dispatched:
     """Claim the order's repetitions due before the next dispatch run (plus lead) and queue them.
 
     `window_seconds` claims a shorter window than the order's dispatch period (an activation)."""
     now = now or datetime.now(UTC)
-    order = await asyncio.to_thread(store.get_order, order_id)
+    order = order or await asyncio.to_thread(store.get_order, order_id)
     if order is None:
         raise NotFound(f"order {order_id} not found")
     period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
@@ -57,7 +57,7 @@ async def dispatch_order(
     per_run = period // order.every_seconds if order.every_seconds else RECHECK_CRON
     recent = list(range(max(1, order.runs_claimed - min(2 * per_run, RECHECK_MAX) + 1), order.runs_claimed + 1))
     stale = [r for r in await asyncio.to_thread(store.get_repetitions, order_id, recent)
-             if r.state is RepetitionState.queued]
+             if r.state is RepetitionState.queued] if recent else []
     claim = await asyncio.to_thread(store.claim_repetitions, order_id, flow_run_id, horizon, now,
                                     settings.catchup_seconds)
     o = claim.order

@@ -47,6 +47,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import Completed, Crashed, Running, Scheduled, to_state_create
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
 
 from core import schedules
 from core.errors import ServiceUnavailable
@@ -71,6 +72,7 @@ RETRY_SECONDS = 3
 LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
 LOCK_WAIT_SECONDS = 10  # how long a pass waits for the holder before leaving it to the next one
 WATCHDOG_SECONDS = 60  # a dispatch run that has not claimed this long after it was due is replaced
+LOG_BATCH = 50  # log lines sent to Prefect per request
 SETTLE_RECHECK_SECONDS = 5  # how often an order whose jobs are all out looks again whether they are settled
 
 
@@ -117,6 +119,7 @@ class PrefectSync:
         self._flow_id: UUID | None = None
         self._activate_flow_id: UUID | None = None
         self._activated: dict[str, tuple[str, str]] = {}  # order id → (activate run id, what it queued), until written
+        self._logs: list[LogCreate] = []
         self._pool_ready = False
 
     async def _dispatch_flow_id(self) -> UUID:
@@ -140,8 +143,9 @@ class PrefectSync:
         `updated_at`) from the timer this method set earlier (a watchdog on the next dispatch run)."""
         now = datetime.now(UTC)
         if order.status is OrderStatus.active:
-            change = (requested_at is None or order.deployment_id is None
-                      or requested_at <= order.updated_at + timedelta(seconds=1))
+            # A change is requested in the transaction that makes it (at its `updated_at`); the request a
+            # dispatch run makes after claiming, and the watchdog, come later: those need no deployment write.
+            change = requested_at is None or order.deployment_id is None or requested_at <= order.updated_at
             deployment_id = await self._write_deployment(order) if change else UUID(order.deployment_id or "")
             if order.id in self._activated:
                 await self._record_activation(order, deployment_id, *self._activated.pop(order.id))
@@ -214,9 +218,15 @@ class PrefectSync:
         run = await self.client.create_flow_run_from_deployment(
             deployment_id, name="activation", state=Completed(message=f"{summary} (activate run {activate_run})"),
             idempotency_key=f"activated:{order.id}:{activate_run}")
-        await self.client.create_logs([LogCreate(
+        self._logs.append(LogCreate(
             name="crawlcoin", level=logging.INFO, timestamp=datetime.now(UTC), flow_run_id=run.id,
-            message=f"{summary}, claimed at activation by the `activate` flow run {activate_run}")])
+            message=f"{summary}, claimed at activation by the `activate` flow run {activate_run}"))
+
+    async def _flush_logs(self) -> None:
+        """Send the log lines gathered for the runs this pass recorded, in one request."""
+        if self._logs:
+            logs, self._logs = self._logs, []
+            await self.client.create_logs(logs)
 
     async def _next_run(self, order: Order, deployment_id: UUID, now: datetime, watchdog: bool) -> datetime:
         """The dispatch run for the order's next due repetition, scheduled `lead` seconds before it
@@ -250,7 +260,7 @@ class PrefectSync:
         soon = now + timedelta(seconds=self.settings.dispatch_lead_seconds + self.settings.activation_window_seconds)
         return order.next_due_at <= soon
 
-    async def activate(self, orders: list[Order]) -> int:
+    async def activate(self, orders: list[Order], lock: Lock | None = None) -> int:
         """Claim and queue the first repetitions of `orders` now, as one `activate` flow run; returns jobs queued.
 
         The run is created (Running) before anything is claimed, so every claim belongs to a run Prefect
@@ -270,11 +280,13 @@ class PrefectSync:
         run = FlowRun.model_validate(response.json())
         queued = 0
         lines = []
-        for order in orders:
+        for i, order in enumerate(orders):
             claim_id = str(uuid5(run.id, order.id))  # one claim per order, derived from the run
+            if lock is not None and i % 25 == 24:
+                await lock.extend(LOCK_SECONDS, replace_ttl=True)
             try:
                 result = await dispatch_order(self.store, self.queue, self.settings, order.id, claim_id,
-                                              window_seconds=self.settings.activation_window_seconds)
+                                              window_seconds=self.settings.activation_window_seconds, order=order)
                 queued += len(result.queued)
                 lines.append(f"order {order.id} {result.summary()}")
                 if result.queued:
@@ -287,7 +299,7 @@ class PrefectSync:
         await self.client.set_flow_run_state(run.id, Completed(message=summary), force=True)
         return queued
 
-    async def _activate_pending(self, seen: set[tuple[str, datetime]]) -> None:
+    async def _activate_pending(self, seen: set[tuple[str, datetime]], lock: Lock) -> None:
         """Activate every pending order that needs it and was not looked at yet in this pass."""
         now = datetime.now(UTC)
         pending = [p for p in await asyncio.to_thread(self.store.pending_syncs, ACTIVATE_BATCH, now) if p not in seen]
@@ -297,7 +309,7 @@ class PrefectSync:
         orders = await asyncio.to_thread(lambda: [self.store.get_order(order_id) for order_id, _ in pending])
         due = [o for o in orders if o is not None and self._needs_activation(o, now)]
         if due:
-            queued = await self.activate(due)
+            queued = await self.activate(due, lock)
             log.info("activated %d order(s): %d job(s) queued", len(due), queued)
 
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
@@ -316,12 +328,13 @@ class PrefectSync:
             while True:
                 pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
                 if not pending:
+                    await self._flush_logs()
                     return done
-                await self._activate_pending(seen)
+                await self._activate_pending(seen, lock)
                 activated_at = time.monotonic()
                 for order_id, requested_at in pending:
                     if time.monotonic() - activated_at >= ACTIVATE_EVERY_SECONDS:  # orders placed meanwhile
-                        await self._activate_pending(seen)
+                        await self._activate_pending(seen, lock)
                         activated_at = time.monotonic()
                     order = await asyncio.to_thread(self.store.get_order, order_id)
                     again = None
@@ -340,6 +353,8 @@ class PrefectSync:
                         continue
                     await asyncio.to_thread(self.store.finish_sync, order_id, requested_at, again)
                     done += 1
+                    if len(self._logs) >= LOG_BATCH:
+                        await self._flush_logs()
                     await lock.extend(LOCK_SECONDS, replace_ttl=True)
         finally:
             await lock.release()
