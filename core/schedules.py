@@ -7,14 +7,34 @@ run claims every repetition due before `now + lead + period`, and the runs come 
 apart, so one flow run covers several repetitions of a fast order.
 """
 
+from __future__ import annotations
+
 import math
 import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from core.storage import Order
+if TYPE_CHECKING:  # the dashboard words schedules without the store's drivers
+    from core.storage import Order
+
+
+def every(seconds: int) -> str:
+    """An interval in words: 'every minute', 'every 5 seconds', 'every 2 hours'."""
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"every {name}" if n == 1 else f"every {n} {name}s"
+    return "every second" if seconds == 1 else f"every {seconds} seconds"
+
+
+def in_words(order: Order) -> str:
+    """The customer's schedule in words, as the dashboard and the order's Prefect deployment show it."""
+    how = every(order.every_seconds) if order.every_seconds else f"on cron `{order.cron}` ({order.timezone or 'UTC'})"
+    runs = "once" if order.max_runs == 1 else f"{order.max_runs} times"
+    return f"{how} from {order.start_at:%Y-%m-%d %H:%M:%S} UTC, {runs}"
 
 
 def _cron_next(order: Order, after: datetime) -> datetime:

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     dispatch_window_seconds: int = Field(default=600, ge=1, description="How far ahead one dispatch run claims.")
     dispatch_lead_seconds: int = Field(
         default=30, ge=0, description="Dispatch runs start this long before the first due repetition they cover.")
+    activation_window_seconds: int = Field(
+        default=600, ge=0, description=(
+            "A new (or resumed) order's repetitions due this soon (plus the lead; at most one dispatch period) are "
+            "claimed and queued by the sync pass at once, recorded as one `activate` flow run per batch of orders; "
+            "its deployment's runs claim the rest. 0 leaves everything to the deployment's runs."))
     catchup_seconds: int = Field(
         default=600, ge=0, description=(
             "Repetitions missed by more than this (e.g. Prefect was down) are refunded, not fetched late."))
@@ -107,6 +112,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description=(
             "How often each worker brings Prefect in line with pending order changes (at the latest: the API wakes "
             "workers at once)."))
+    prefect_retention_seconds: float = Field(
+        default=3600.0, gt=0, description=(
+            "crawlcoin's flow runs that finished longer ago than this are deleted from Prefect's database "
+            "(flows/retention.py)."))
     recover_interval_seconds: float = Field(
         default=60.0, gt=0, description=(
             "How often each worker finishes store operations a crashed process left half done (Cassandra)."))

@@ -6,6 +6,7 @@ from http import HTTPStatus
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from core.schedules import every
 from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut
 
 LEDGER_KINDS = {
@@ -79,14 +80,6 @@ def relative(dt: datetime | None, now: datetime | None = None) -> str:
     if delta >= 1:
         return f"in {duration(delta)}"
     return "due now" if delta > -60 else f"due {duration(-delta)} ago"
-
-
-def every(seconds: int) -> str:
-    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size:
-            n = seconds // size
-            return f"every {name}" if n == 1 else f"every {n} {name}s"
-    return "every second" if seconds == 1 else f"every {seconds} seconds"
 
 
 def schedule_text(schedule: IntervalSchedule | CronSchedule) -> str:

@@ -10,33 +10,44 @@ order and the `reconcile` flow call it too — so a Prefect outage only delays i
 idempotent: it makes Prefect match the order. The store is synchronous: its calls run in a
 thread, off the event loop the worker's flow runs share.
 
-- active → deployment `order-<id>` of the dispatch flow, scheduled by an RRule that repeats
-  every dispatch period. Its first run (`lead` seconds before the next due repetition, or now if
-  that is past) is created here, explicitly, and the RRule starts one period later: Prefect's
-  scheduler only creates runs that are still in the future when its loop comes round, so a
-  first run close to the deployment's creation could otherwise be skipped (measured with
-  bench/e2e.py: dispatch runs started up to 2 min late when syncs fell behind a burst of orders).
+- active, first repetitions due soon (new or resumed order) → activated first: before any deployment
+  is written, the pass claims and queues the repetitions due within `activation_window_seconds`
+  (plus the lead) of every such order pending, all together, recorded in Prefect as one `activate`
+  flow run per batch (a run id of its own per order derives the claim, so a retried activation
+  claims nothing twice). A burst of new orders thus gets its first jobs out within a second or two,
+  however long Prefect then takes to write the deployments (measured with bench/e2e.py).
+- active → deployment `order-<id>` of the dispatch flow, for as long as the order is active
+  (also once every repetition is claimed). It shows the customer's schedule (description, and
+  the schedule itself, switched off) and has no active schedule: this path creates each
+  dispatch run, `lead` seconds before the order's next due repetition (now if that is past) —
+  on activation, and after every dispatch run (which asks for it at once). Prefect's scheduler
+  service thus never visits order deployments (with an RRule per order it did, every loop:
+  see the README on scale). A timer `WATCHDOG_SECONDS` after each
+  run's scheduled time checks that it claimed, and replaces it if its worker died first.
 - paused → the order's not-yet-released jobs are withdrawn from the queue and go back to its
-  counter; the deployment is paused (which drops its future runs).
-- active with every repetition claimed → the deployment is deleted (nothing left to
-  schedule); once the order's last job has left the queue and every repetition is settled
-  (its escrow is empty: `rules.completable`) the order is completed — never with coins in escrow.
+  counter; the deployment is paused.
+- active with every repetition claimed → once the order's last job has left the queue and every
+  repetition is settled (its escrow is empty: `rules.completable`) the order is completed —
+  never with coins in escrow — and its deployment deleted.
 - completed / cancelled → withdrawn jobs of a cancelled order are refunded; the deployment
   is deleted.
 """
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid5
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
-from prefect.client.schemas.schedules import RRuleSchedule
+from prefect.client.schemas.actions import DeploymentScheduleCreate, FlowRunCreate, LogCreate, WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.states import Scheduled
+from prefect.states import Completed, Crashed, Running, Scheduled, to_state_create
 from redis.asyncio import Redis
+from redis.asyncio.lock import Lock
 
 from core import schedules
 from core.errors import ServiceUnavailable
@@ -45,10 +56,14 @@ from core.queue import JobQueue
 from core.schemas import OrderStatus
 from core.settings import Settings
 from core.storage import Order, Store, rules
+from flows.claim import dispatch_order
 
 log = logging.getLogger("crawlcoin.prefect_sync")
 
 DISPATCH_FLOW = "dispatch"
+ACTIVATE_FLOW = "activate"
+ACTIVATE_BATCH = 1000  # pending orders looked at per activation
+ACTIVATE_EVERY_SECONDS = 1.0  # while deployments are written, new orders are activated at least this often
 DISPATCH_ENTRYPOINT = "flows/dispatch.py:dispatch"
 RECONCILE_ENTRYPOINT = "flows/reconcile.py:reconcile"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # deployments run their entrypoints from here
@@ -56,6 +71,8 @@ SYNC_LOCK = "crawlcoin:lock:prefect-sync"
 RETRY_SECONDS = 3
 LOCK_SECONDS = 30  # a holder that dies blocks other syncs at most this long
 LOCK_WAIT_SECONDS = 10  # how long a pass waits for the holder before leaving it to the next one
+WATCHDOG_SECONDS = 60  # a dispatch run that has not claimed this long after it was due is replaced
+LOG_BATCH = 50  # log lines sent to Prefect per request
 SETTLE_RECHECK_SECONDS = 5  # how often an order whose jobs are all out looks again whether they are settled
 
 
@@ -78,11 +95,17 @@ def first_run_at(settings: Settings, next_due: datetime) -> datetime:
     return (next_due - timedelta(seconds=settings.dispatch_lead_seconds)).astimezone(UTC)
 
 
-def dispatch_rrule(order: Order, settings: Settings, first_due: datetime) -> str:
-    """The schedule of the runs after the first one (which `PrefectSync` creates itself)."""
-    period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
-    start = first_run_at(settings, first_due) + timedelta(seconds=period)
-    return f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=SECONDLY;INTERVAL={period}"
+def customer_schedule(order: Order) -> IntervalSchedule | CronSchedule:
+    """The order's schedule as Prefect shows it (kept inactive: crawlcoin creates the dispatch runs)."""
+    if order.every_seconds:
+        return IntervalSchedule(interval=timedelta(seconds=order.every_seconds), anchor_date=order.start_at)
+    return CronSchedule(cron=order.cron or "", timezone=order.timezone or "UTC")
+
+
+def describe(order: Order) -> str:
+    return (f"Order {order.id}: fetch {order.method} {order.url} {schedules.in_words(order)}. "
+            "Each dispatch run queues the repetitions due before the next one and logs which; crawlcoin "
+            "creates the runs itself, so the schedule shown here is the customer's, switched off in Prefect.")
 
 
 class PrefectSync:
@@ -94,6 +117,9 @@ class PrefectSync:
         self.queue = queue
         self.settings = settings
         self._flow_id: UUID | None = None
+        self._activate_flow_id: UUID | None = None
+        self._activated: dict[str, tuple[str, str]] = {}  # order id → (activate run id, what it queued), until written
+        self._logs: list[LogCreate] = []
         self._pool_ready = False
 
     async def _dispatch_flow_id(self) -> UUID:
@@ -110,26 +136,36 @@ class PrefectSync:
             pass
         self._pool_ready = True
 
-    async def sync_order(self, order: Order) -> None:
-        if order.status is OrderStatus.active and order.next_due_at is not None:
-            await self._activate(order)
-            return
-        if order.status is OrderStatus.active:  # every repetition claimed
-            await self._drop_deployment(order)
+    async def sync_order(self, order: Order, requested_at: datetime | None = None) -> datetime | None:
+        """Make Prefect match the order; returns when to look at it again (a timer), if ever.
+
+        `requested_at` tells a change of the order (requested when it changed: on or before its
+        `updated_at`) from the timer this method set earlier (a watchdog on the next dispatch run)."""
+        now = datetime.now(UTC)
+        if order.status is OrderStatus.active:
+            # A change is requested in the transaction that makes it (at its `updated_at`); the request a
+            # dispatch run makes after claiming, and the watchdog, come later: those need no deployment write.
+            change = requested_at is None or order.deployment_id is None or requested_at <= order.updated_at
+            deployment_id = await self._write_deployment(order) if change else UUID(order.deployment_id or "")
+            if order.id in self._activated:
+                await self._record_activation(order, deployment_id, *self._activated.pop(order.id))
+            if order.next_due_at is not None:
+                run_at = await self._next_run(order, deployment_id, now, watchdog=not change)
+                return run_at + timedelta(seconds=WATCHDOG_SECONDS)
+            # Every repetition claimed: the deployment stays (with no run to come) until the order is settled.
             waiting, last_due = await self.queue.queued_for(order.id)
             escrow = 0 if waiting else await asyncio.to_thread(self.store.get_balance, escrow_account(order.id))
             if waiting or not rules.completable(order, escrow):
                 # Look again once the last job is due, or — jobs out with miners, or claimed but lost
-                # by Valkey until the requeue pass queues them again — a little later; never earlier
-                # than a second from now, so the request this sync is finishing cannot swallow the new one.
-                later = datetime.now(UTC) + timedelta(seconds=SETTLE_RECHECK_SECONDS)
-                again = max(datetime.fromtimestamp(last_due, UTC) if last_due else later,
-                            datetime.now(UTC)) + timedelta(seconds=1)
-                await asyncio.to_thread(self.store.request_sync, order.id, again)
-            elif await asyncio.to_thread(self.store.set_order_status, order.id, {OrderStatus.active},
-                                         OrderStatus.completed):
-                await self.queue.announce(order.id, OrderStatus.completed.value)
-            return
+                # by Valkey until the requeue pass queues them again — a little later.
+                later = now + timedelta(seconds=SETTLE_RECHECK_SECONDS)
+                return max(datetime.fromtimestamp(last_due, UTC) if last_due else later, now) + timedelta(seconds=1)
+            if not await asyncio.to_thread(self.store.set_order_status, order.id, {OrderStatus.active},
+                                           OrderStatus.completed):
+                return now  # changed meanwhile (paused, cancelled): look again
+            await self.queue.announce(order.id, OrderStatus.completed.value)
+            await self._drop_deployment(order)
+            return None
         if order.status is OrderStatus.paused:
             await asyncio.to_thread(self.store.unclaim, order.id, await self.queue.withdraw(order.id))
         elif order.status is OrderStatus.cancelled:
@@ -142,6 +178,7 @@ class PrefectSync:
                 await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
         elif order.status is not OrderStatus.paused:
             await self._drop_deployment(order)
+        return None
 
     async def _drop_deployment(self, order: Order) -> None:
         if order.deployment_id is None:
@@ -152,8 +189,10 @@ class PrefectSync:
             pass
         await asyncio.to_thread(self.store.set_deployment_id, order.id, None)
 
-    async def _activate(self, order: Order) -> None:
-        assert order.next_due_at is not None
+    async def _write_deployment(self, order: Order) -> UUID:
+        """Create (or update and resume) the order's deployment: it shows the customer's schedule, and has
+        no active schedule of its own — crawlcoin creates each dispatch run itself (see `_next_run`), so
+        Prefect's scheduler service never visits order deployments."""
         await self._ensure_pool()
         deployment_id = await self.client.create_deployment(
             flow_id=await self._dispatch_flow_id(),
@@ -162,23 +201,116 @@ class PrefectSync:
             path=str(PROJECT_ROOT),
             parameters={"order_id": order.id},
             work_pool_name=self.settings.work_pool,
-            schedules=[DeploymentScheduleCreate(
-                schedule=RRuleSchedule(rrule=dispatch_rrule(order, self.settings, order.next_due_at)), active=True,
-            )],
+            schedules=[DeploymentScheduleCreate(schedule=customer_schedule(order), active=False)],
             paused=False,
             tags=["crawlcoin", "order"],
-            description=f"Dispatches the repetitions of order {order.id} ({order.url}).",
+            description=describe(order),
         )
         if order.deployment_id != str(deployment_id):
             await asyncio.to_thread(self.store.set_deployment_id, order.id, str(deployment_id))
         else:
             await self.client.resume_deployment(deployment_id)
-        first_run = max(first_run_at(self.settings, order.next_due_at), datetime.now(UTC))
-        await self.client.create_flow_run_from_deployment(
-            deployment_id, state=Scheduled(scheduled_time=first_run),
-            # once per activation (created, resumed): a retried sync does not start it twice
-            idempotency_key=f"first:{order.id}:{order.updated_at.isoformat()}:{order.next_due_at.isoformat()}",
+        return deployment_id
+
+    async def _record_activation(self, order: Order, deployment_id: UUID, activate_run: str, summary: str) -> None:
+        """A finished run in the order's deployment saying what its activation queued, so that the
+        deployment's history starts with its first repetitions (the `activate` run claimed them)."""
+        run = await self.client.create_flow_run_from_deployment(
+            deployment_id, name="activation", state=Completed(message=f"{summary} (activate run {activate_run})"),
+            idempotency_key=f"activated:{order.id}:{activate_run}")
+        self._logs.append(LogCreate(
+            name="crawlcoin", level=logging.INFO, timestamp=datetime.now(UTC), flow_run_id=run.id,
+            message=f"{summary}, claimed at activation by the `activate` flow run {activate_run}"))
+
+    async def _flush_logs(self) -> None:
+        """Send the log lines gathered for the runs this pass recorded, in one request."""
+        if self._logs:
+            logs, self._logs = self._logs, []
+            await self.client.create_logs(logs)
+
+    async def _next_run(self, order: Order, deployment_id: UUID, now: datetime, watchdog: bool) -> datetime:
+        """The dispatch run for the order's next due repetition, scheduled `lead` seconds before it
+        (now if that is past); returns its scheduled time.
+
+        Its idempotency key is the order's claim state, so the pass after a dispatch run, a retried
+        pass and the watchdog all find the same run. The watchdog (a timer `WATCHDOG_SECONDS` after
+        the run was due) replaces a run that never started or whose worker died before it claimed
+        (marking it Crashed), so an order's runs go on without Prefect's scheduler."""
+        assert order.next_due_at is not None
+        run_at = max(first_run_at(self.settings, order.next_due_at), now)
+        key = f"dispatch:{order.id}:{order.next_due_at.isoformat()}:{order.updated_at.isoformat()}"
+        run = await self.client.create_flow_run_from_deployment(
+            deployment_id, state=Scheduled(scheduled_time=run_at), idempotency_key=key)
+        due = run.expected_start_time or run_at
+        if watchdog and run.state is not None and not run.state.is_scheduled() and \
+                due + timedelta(seconds=WATCHDOG_SECONDS) <= now:
+            log.warning("dispatch run %s of order %s did not claim (%s); starting another", run.id, order.id,
+                        run.state.name)
+            if not run.state.is_final():
+                await self.client.set_flow_run_state(
+                    run.id, Crashed(message="its worker stopped before it claimed; replaced"), force=True)
+            await self.client.create_flow_run_from_deployment(
+                deployment_id, state=Scheduled(scheduled_time=now), idempotency_key=f"{key}:again:{now.isoformat()}")
+            return now
+        return due
+
+    def _needs_activation(self, order: Order, now: datetime) -> bool:
+        if order.status is not OrderStatus.active or order.next_due_at is None:
+            return False
+        soon = now + timedelta(seconds=self.settings.dispatch_lead_seconds + self.settings.activation_window_seconds)
+        return order.next_due_at <= soon
+
+    async def activate(self, orders: list[Order], lock: Lock | None = None) -> int:
+        """Claim and queue the first repetitions of `orders` now, as one `activate` flow run; returns jobs queued.
+
+        The run is created (Running) before anything is claimed, so every claim belongs to a run Prefect
+        shows; its idempotency key makes a retried activation of the same order changes reuse it."""
+        if not orders or not self.settings.activation_window_seconds:
+            return 0
+        if self._activate_flow_id is None:
+            self._activate_flow_id = await self.client.create_flow_from_name(ACTIVATE_FLOW)
+        key = "activate:" + ",".join(sorted(f"{o.id}@{o.updated_at.isoformat()}" for o in orders))
+        create = FlowRunCreate(
+            flow_id=self._activate_flow_id, name=f"activate-{len(orders)}-orders",
+            parameters={"order_ids": [o.id for o in orders]}, tags=["crawlcoin", "activate"],
+            state=to_state_create(Running()), idempotency_key=str(uuid5(UUID(int=0), key)),
         )
+        response = await self.client.request("POST", "/flow_runs/", json=create.model_dump(mode="json",
+                                                                                           exclude_unset=True))
+        run = FlowRun.model_validate(response.json())
+        queued = 0
+        lines = []
+        for i, order in enumerate(orders):
+            claim_id = str(uuid5(run.id, order.id))  # one claim per order, derived from the run
+            if lock is not None and i % 25 == 24:
+                await lock.extend(LOCK_SECONDS, replace_ttl=True)
+            try:
+                result = await dispatch_order(self.store, self.queue, self.settings, order.id, claim_id,
+                                              window_seconds=self.settings.activation_window_seconds, order=order)
+                queued += len(result.queued)
+                lines.append(f"order {order.id} {result.summary()}")
+                if result.queued:
+                    self._activated[order.id] = (str(run.id), result.summary())
+            except Exception:  # its deployment's first run claims them instead
+                log.warning("activation of order %s failed", order.id, exc_info=True)
+        summary = f"queued the first {queued} job(s) of {len(orders)} order(s)"
+        await self.client.create_logs([LogCreate(name="crawlcoin", level=logging.INFO, timestamp=datetime.now(UTC),
+                                                 message=f"{summary}: {', '.join(lines)}", flow_run_id=run.id)])
+        await self.client.set_flow_run_state(run.id, Completed(message=summary), force=True)
+        return queued
+
+    async def _activate_pending(self, seen: set[tuple[str, datetime]], lock: Lock) -> None:
+        """Activate every pending order that needs it and was not looked at yet in this pass."""
+        now = datetime.now(UTC)
+        pending = [p for p in await asyncio.to_thread(self.store.pending_syncs, ACTIVATE_BATCH, now) if p not in seen]
+        seen.update(pending)
+        if not pending:
+            return
+        orders = await asyncio.to_thread(lambda: [self.store.get_order(order_id) for order_id, _ in pending])
+        due = [o for o in orders if o is not None and self._needs_activation(o, now)]
+        if due:
+            queued = await self.activate(due, lock)
+            log.info("activated %d order(s): %d job(s) queued", len(due), queued)
 
     async def sync_pending(self, redis: Redis, batch: int = 100) -> int:
         """Work through the sync requests; returns orders synced.
@@ -191,16 +323,24 @@ class PrefectSync:
         if not await lock.acquire():
             return 0
         done = failures = 0
+        seen: set[tuple[str, datetime]] = set()
         try:
             while True:
                 pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
                 if not pending:
+                    await self._flush_logs()
                     return done
+                await self._activate_pending(seen, lock)
+                activated_at = time.monotonic()
                 for order_id, requested_at in pending:
+                    if time.monotonic() - activated_at >= ACTIVATE_EVERY_SECONDS:  # orders placed meanwhile
+                        await self._activate_pending(seen, lock)
+                        activated_at = time.monotonic()
                     order = await asyncio.to_thread(self.store.get_order, order_id)
+                    again = None
                     try:
                         if order is not None:
-                            await self.sync_order(order)
+                            again = await self.sync_order(order, requested_at)
                     except Exception:
                         # Retry this order a little later; give up the pass if Prefect seems down.
                         await asyncio.to_thread(self.store.request_sync, order_id,
@@ -211,8 +351,10 @@ class PrefectSync:
                         log.warning("sync of order %s failed; retrying in %s s", order_id, RETRY_SECONDS,
                                     exc_info=True)
                         continue
-                    await asyncio.to_thread(self.store.finish_sync, order_id, requested_at)
+                    await asyncio.to_thread(self.store.finish_sync, order_id, requested_at, again)
                     done += 1
+                    if len(self._logs) >= LOG_BATCH:
+                        await self._flush_logs()
                     await lock.extend(LOCK_SECONDS, replace_ttl=True)
         finally:
             await lock.release()

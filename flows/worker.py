@@ -9,6 +9,7 @@ with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. Ea
 releases due jobs from the queue onto the job stream, applies pending order changes to Prefect
 as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
 finishes store operations a crashed process left half done every `recover_interval_seconds`,
+deletes crawlcoin's finished flow runs past their retention from Prefect (`flows/retention.py`),
 and queues again every few seconds the jobs the store claimed but Valkey does not hold
 (`flows/requeue.py`) — so none of them depends on a single process, nor on the API.
 """
@@ -18,9 +19,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.abc
+from prefect.client.schemas.actions import LogCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
 from prefect.states import Completed, Failed, Running
@@ -36,12 +39,14 @@ from flows.dispatch import run_dispatch
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
+from flows.retention import RETENTION_INTERVAL_SECONDS, run_retention
 
 log = logging.getLogger("crawlcoin.worker")
 
 FLOWS: dict[str, Callable[[FlowContext, FlowRun], Awaitable[str]]] = {
     "dispatch": lambda ctx, run: run_dispatch(ctx, str(run.parameters["order_id"]), str(run.id)),
     "reconcile": lambda ctx, run: run_reconcile(ctx),
+    "retention": lambda ctx, run: run_retention(ctx),
 }
 
 
@@ -74,6 +79,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             asyncio.create_task(self._sync_loop(self._ctx), name="prefect-sync"),
             asyncio.create_task(self._recover_loop(self._ctx), name="store-recovery"),
             asyncio.create_task(self._requeue_loop(self._ctx), name="requeue"),
+            asyncio.create_task(self._retention_loop(self._ctx), name="retention"),
         ]
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -164,6 +170,15 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             if done:
                 log.info(done.summary())
 
+    async def _retention_loop(self, ctx: FlowContext) -> None:
+        while not await self._stopped_within(RETENTION_INTERVAL_SECONDS):
+            try:
+                summary = await run_retention(ctx)
+            except Exception as e:  # Prefect or Valkey may be down for a while: try again next time
+                outage("Prefect or Valkey").failed(e, "deleting finished flow runs")
+                continue
+            log.info(summary)
+
     # --- running flow runs -----------------------------------------------------------
 
     async def _flow_name(self, flow_run: FlowRun) -> str:
@@ -177,6 +192,15 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         if name not in FLOWS:
             raise ValueError(f"the crawlcoin worker does not run flow {name!r}")
         return await FLOWS[name](self._ctx, flow_run)
+
+    async def _log_to_run(self, flow_run: FlowRun, line: str) -> None:
+        """Put the run's summary (e.g. the repetitions it queued) on its page in the Prefect UI."""
+        try:
+            await self.client.create_logs([LogCreate(
+                name="crawlcoin", level=logging.INFO, message=line, timestamp=datetime.now(UTC),
+                flow_run_id=flow_run.id)])
+        except Exception:  # the run's state message says the same
+            log.warning("could not write the log line of flow run %s", flow_run.id, exc_info=True)
 
     async def run(
         self,
@@ -204,4 +228,5 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             return CrawlcoinWorkerResult(identifier=str(flow_run.id), status_code=0)
         await propose_state(self.client, Completed(message=summary), flow_run_id=flow_run.id)
         logger.info(summary)
+        await self._log_to_run(flow_run, summary)
         return CrawlcoinWorkerResult(identifier=str(flow_run.id), status_code=0)

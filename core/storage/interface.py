@@ -238,8 +238,9 @@ class SyncOutbox(Protocol):
     def pending_syncs(self, limit: int, now: datetime) -> list[tuple[str, datetime]]:
         """Orders whose sync request is due by `now`, oldest first: (order id, requested at)."""
 
-    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
-        """Drop the request unless a newer one came in after `requested_at`."""
+    def finish_sync(self, order_id: str, requested_at: datetime, then: datetime | None = None) -> None:
+        """Drop the request unless a newer one came in after `requested_at`; with `then`, keep it as a timer
+        for that time instead (unless a newer one came in: that one is worked on first, and sets its own)."""
 
 
 class Store(AccountStore, LedgerStore, OrderStore, ResultStore, SyncOutbox, Protocol):

@@ -72,6 +72,7 @@ class Worker:
             CRAWLCOIN_CATCHUP_SECONDS=str(settings.catchup_seconds),
             CRAWLCOIN_DISPATCH_WINDOW_SECONDS=str(settings.dispatch_window_seconds),
             CRAWLCOIN_DISPATCH_LEAD_SECONDS=str(settings.dispatch_lead_seconds),
+            CRAWLCOIN_ACTIVATION_WINDOW_SECONDS=str(settings.activation_window_seconds),
             **env,
         )
         crawlcoin = str(Path(sys.executable).parent / "crawlcoin")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, LogFilter, LogFilterFlowRunId
 from prefect.exceptions import ObjectNotFound
 from redis import Redis
 
@@ -64,6 +65,19 @@ def settle(settings: Settings, order_id: str, ns: list[int]) -> None:
         store.close()
 
 
+def deployment_story(settings: Settings, order_id: str) -> tuple[str, list[str]]:
+    """The order's deployment description and the log lines of its flow runs, as the Prefect UI shows them."""
+    async def read() -> tuple[str, list[str]]:
+        async with PrefectClient(api=settings.prefect_api_url) as client:
+            deployment = await client.read_deployment_by_name(f"dispatch/{deployment_name(order_id)}")
+            runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
+                any_=[deployment.id])))
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
+            return deployment.description or "", [entry.message for entry in logs]
+
+    return asyncio.run(read())
+
+
 def start_in(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
@@ -84,16 +98,20 @@ def test_interval_order_runs_exactly_its_repetitions_from_its_start(sched_settin
     for n, at in jobs:
         due = start.timestamp() + 2 * (n - 1)
         assert at >= due - 0.01, f"job {n} released {due - at:.2f} s before it was due"
-    wait_for(lambda: not deployment_exists(sched_settings, order["id"]), 20, "the deployment to be removed")
     waiting = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
     assert waiting["runs_claimed"] == 3 and waiting["escrow_balance"] == 3
     assert waiting["status"] == "active", "not completed while its jobs are out, unpaid: coins are in escrow"
+    wait_for(lambda: deployment_exists(sched_settings, order["id"]), 20, "the active order's deployment")
+    description, logs = deployment_story(sched_settings, order["id"])
+    assert "every 2 seconds" in description and "3 times" in description, description
+    assert any("queued #1–#3" in line for line in logs), logs
     settle(sched_settings, order["id"], [1, 2, 3])  # what the miners deliver
     wait_for(lambda: api.get(f"/orders/{order['id']}", headers=alice.headers).json()["status"] == "completed", 20,
              "the order to complete")
     done = api.get(f"/orders/{order['id']}", headers=alice.headers).json()
     assert done["runs_claimed"] == 3 and done["escrow_balance"] == 0
     assert api.balance(alice) == 7
+    wait_for(lambda: not deployment_exists(sched_settings, order["id"]), 20, "the completed order's deployment to go")
 
 
 def test_cron_due_times_follow_the_timezone_across_daylight_saving(sched_settings, api_for, start_worker) -> None:

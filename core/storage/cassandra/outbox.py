@@ -33,6 +33,10 @@ class CassandraOutbox(CassandraBase):
                      if r["requested_at"] <= us(now))
         return [(order_id, dt(at)) for at, order_id in due[:limit]]
 
-    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
-        self._cas_retry("DELETE FROM sync_requests WHERE bucket = ? AND order_id = ? IF requested_at <= ?",
-                        (self._sync_bucket(order_id), order_id, us(requested_at)))
+    def finish_sync(self, order_id: str, requested_at: datetime, then: datetime | None = None) -> None:
+        if then is None:
+            self._cas_retry("DELETE FROM sync_requests WHERE bucket = ? AND order_id = ? IF requested_at <= ?",
+                            (self._sync_bucket(order_id), order_id, us(requested_at)))
+        else:
+            self._cas_retry("UPDATE sync_requests SET requested_at = ? WHERE bucket = ? AND order_id = ? "
+                            "IF requested_at <= ?", (us(then), self._sync_bucket(order_id), order_id, us(requested_at)))

@@ -26,8 +26,12 @@ class SqlOutbox(SqlBase):
                     .order_by(col(SyncRequestRow.requested_at)).limit(limit))
             return [(r.order_id, r.requested_at) for r in s.exec(stmt)]
 
-    def finish_sync(self, order_id: str, requested_at: datetime) -> None:
+    def finish_sync(self, order_id: str, requested_at: datetime, then: datetime | None = None) -> None:
         with self._write() as s:
             row = s.get(SyncRequestRow, order_id)
             if row is not None and row.requested_at <= requested_at:
-                s.delete(row)
+                if then is None:
+                    s.delete(row)
+                else:
+                    row.requested_at = then
+                    s.add(row)

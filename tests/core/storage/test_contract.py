@@ -577,3 +577,16 @@ def test_a_process_killed_mid_transfer_leaves_the_ledger_whole(store: Store, sto
     store.transfer(f"killed-{done}", src, dst, 1, "t")
     store.transfer(f"killed-{done}", src, dst, 1, "t")
     assert store.get_balance(dst) == done + 1 and store.get_balance(src) + store.get_balance(dst) == 100_000
+
+
+def test_a_finished_sync_can_leave_a_timer_which_a_newer_request_overrides(store: Store) -> None:
+    user = new_user(store, coins=10)
+    order = claimable(store, user)
+    [(_, first)] = store.pending_syncs(10, now())
+    store.finish_sync(order.id, first, then=first + timedelta(seconds=60))
+    assert store.pending_syncs(10, first + timedelta(seconds=59)) == [], "the timer waits"
+    assert store.pending_syncs(10, first + timedelta(seconds=60)) == [(order.id, first + timedelta(seconds=60))]
+    # A change requested while a pass works on the timer wins: the pass must not push it into the future.
+    store.request_sync(order.id, first + timedelta(seconds=61))
+    store.finish_sync(order.id, first + timedelta(seconds=60), then=first + timedelta(seconds=600))
+    assert store.pending_syncs(10, first + timedelta(seconds=61)) == [(order.id, first + timedelta(seconds=61))]
