@@ -34,6 +34,8 @@ FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
 SendBatch = Callable[[list[Result]], Awaitable[bool]]
 """Send results to the client; True once it acknowledged them all (they are on its disk)."""
 SAFETY_POLL_SECONDS = 30.0
+FIRST_PAGE = 64
+"""Repetitions read at once after being idle: the first batch goes out soon; the page doubles from there."""
 MAX_PAGE = 1024
 """Most repetitions read from the store at once."""
 
@@ -91,7 +93,7 @@ class OrderDelivery:
         self.caught_up = caught_up
         self.wake = wake
         self.window = window
-        self._page = min(64, window.results)
+        self._page = FIRST_PAGE
         # Batches sent and not yet taken, in n order: (n before the batch, last n, the call; None: nothing to send).
         self._acks: deque[tuple[int, int, asyncio.Task[bool] | None]] = deque()
 
@@ -109,9 +111,9 @@ class OrderDelivery:
             return []
         results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.sent,
                                                               len(ready))}
-        if results:  # the next page holds about a window's worth of bodies
+        if results:  # twice as many next time, up to about a window's worth of bodies
             mean = max(1, sum(len(r.body_zlib) for r in results.values()) // len(results))
-            self._page = max(1, min(MAX_PAGE, self.window.results, self.window.bytes // mean))
+            self._page = max(1, min(2 * self._page, MAX_PAGE, self.window.results, self.window.bytes // mean))
         return [(n, results.get(n)) for n in ready]
 
     async def _send(self, ready: list[tuple[int, Result | None]]) -> None:
@@ -181,6 +183,7 @@ class OrderDelivery:
                 told_caught_up = True
             if finished:
                 return
+            self._page = FIRST_PAGE
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=SAFETY_POLL_SECONDS * random.uniform(0.8, 1.2))
             except TimeoutError:
