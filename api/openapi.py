@@ -18,6 +18,7 @@ _MEANING = {
     403: "Not allowed (e.g. two-factor enrolment not finished).",
     404: "No such resource among yours (or the feature is off in this mode).",
     409: "Conflicts with the current state, or the Idempotency-Key was used for another request.",
+    410: "Deleted after its retention period: the rest of the record stays.",
     413: "Request body too large.",
     422: "Invalid input: `detail` says what, `errors` lists each field.",
     429: "Too many attempts: the Retry-After header says when to try again.",

@@ -4,13 +4,19 @@ A real result server (uvicorn) and a real result client (`crawlcoin results`, co
 waiting) run against a SQLite store and a Valkey server. Results are recorded in the store
 and announced on the notification stream exactly as a mining server does, first one at a
 time, then 1,000 at once; the latency of each is its file's modification time minus the
-time it was stored. Prints p50/p99 for both.
+time it was stored. Then a backlog of `--backlog` results of another order is stored and a
+second client drains it: how fast it receives them, and its peak resident memory (VmHWM).
+Prints p50/p99 for both latency phases, the drain rate and both clients' peak memory.
 
-    python bench/results.py [--burst 1000] [--singles 30]
+Bodies are 20 KB of hex text (zlib takes them to about half, as it does typical HTML to a
+third); `--repetitive` sends 20 KB of one repeated byte instead, which compresses to nothing.
+
+    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--repetitive]
 """
 
 import argparse
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,6 +48,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--burst", type=int, default=1000)
     p.add_argument("--singles", type=int, default=30)
+    p.add_argument("--backlog", type=int, default=5000, help="results a second client drains (0: none)")
+    p.add_argument("--repetitive", action="store_true", help="bodies of one repeated byte (compress to nothing)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-results-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -54,12 +63,17 @@ def main() -> None:
     store.transfer("grant", ledger.MINT, ledger.user_account("bench"), 10**9, "grant")
     runs = args.singles + args.burst
     now = datetime.now(UTC)
-    order = Order(id=str(uuid.uuid4()), owner_id="bench", url="https://example.com/", method="GET",
-                  schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, price_per_run=1,
-                  request_hash="h", created_at=now, updated_at=now)
-    order.next_due_at = schedules.first_due(order)
-    store.create_order(order)
-    store.claim_repetitions(order.id, "bench-run", now + timedelta(seconds=runs + 10), now, 10**6)
+
+    def new_order(runs: int) -> Order:
+        order = Order(id=str(uuid.uuid4()), owner_id="bench", url="https://example.com/", method="GET",
+                      schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, price_per_run=1,
+                      request_hash="h", created_at=now, updated_at=now)
+        order.next_due_at = schedules.first_due(order)
+        store.create_order(order)
+        store.claim_repetitions(order.id, f"bench-{order.id}", now + timedelta(seconds=runs + 10), now, 10**6)
+        return order
+
+    order = new_order(runs)
     token_id, raw, secret_hash = new_api_token()
     store.create_api_token(ApiToken(id=token_id, owner_id="bench", name="bench", secret_hash=secret_hash,
                                     scopes=["results"], created_at=now))
@@ -72,14 +86,23 @@ def main() -> None:
         time.sleep(0.05)
     out = tmp / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
-    client = subprocess.Popen([str(Path(sys.executable).parent / "crawlcoin"), "results", "--server",
-                               f"http://127.0.0.1:{port}", "--token", raw, "--order", order.id, "--out", str(out)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_client(order_id: str) -> subprocess.Popen:
+        return subprocess.Popen([str(Path(sys.executable).parent / "crawlcoin"), "results", "--server",
+                                 f"http://127.0.0.1:{port}", "--token", raw, "--order", order_id, "--out", str(out)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def peak_mib(proc: subprocess.Popen) -> float:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+    client = start_client(order.id)
     time.sleep(4)  # connected and subscribed
     stored_at: dict[int, float] = {}
-    body = b"<html>" + b"x" * 20_000 + b"</html>"
+    filler = b"x" * 20_000 if args.repetitive else random.Random(15).randbytes(10_000).hex().encode()
+    body = b"<html>" + filler + b"</html>"
 
-    def store_and_announce(ns: list[int]) -> None:
+    def store_and_announce(ns: list[int], order: Order = order) -> None:
         results = [Result.with_body(body, 2 * 1024 * 1024, job_key=f"{order.id}:{n}", order_id=order.id, n=n,
                                     miner_id="m", fetched_at=datetime.now(UTC), status=200, final_url=order.url,
                                     headers={"content-type": "text/html"}, elapsed_ms=5,
@@ -93,13 +116,13 @@ def main() -> None:
             pipe.xadd(NOTICES_STREAM, notice.encode())
         pipe.execute()
 
-    def wait_files(count: int, timeout: float = 300) -> None:
+    def wait_files(count: int, timeout: float = 300, order: Order = order) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             folder = out / order.id
             if folder.exists() and len(list(folder.glob("[0-9]*.meta.json"))) >= count:
                 return
-            time.sleep(0.05)
+            time.sleep(0.05 if count < 2000 else 0.5)  # listing a big folder costs the client CPU too
         raise SystemExit(f"timed out waiting for {count} files")
 
     def latencies(ns: range) -> list[float]:
@@ -119,17 +142,37 @@ def main() -> None:
     store_and_announce(list(range(first, first + args.burst)))
     wait_files(runs)
     burst = latencies(range(first, first + args.burst))
+    peaks = [peak_mib(client)]
     client.send_signal(signal.SIGINT)
     client.wait(timeout=30)
+
+    drained = None
+    if args.backlog:
+        backlog = new_order(args.backlog)
+        for start in range(1, args.backlog + 1, 500):
+            store_and_announce(list(range(start, min(start + 500, args.backlog + 1))), backlog)
+        client = start_client(backlog.id)
+        wait_files(args.backlog, timeout=1800, order=backlog)
+        peaks.append(peak_mib(client))
+        client.send_signal(signal.SIGINT)
+        client.wait(timeout=30)
+        times = sorted(p.stat().st_mtime for p in (out / backlog.id).glob("[0-9]*.meta.json"))
+        drained = times[-1] - times[0]
     server.should_exit = True
     time.sleep(3)  # let the server stop reading Valkey before Valkey goes away
     valkey.stop()
-    print(f"cores: {os.cpu_count()}; result server + `crawlcoin results` on 127.0.0.1, SQLite store, 20 KB bodies")
+    print(f"cores: {os.cpu_count()}; result server + `crawlcoin results` on 127.0.0.1, SQLite store, 20 KB bodies "
+          f"({len(body) / len(zlib.compress(body, 6)):.1f}x compressible)")
     print(f"1 result in flight ({len(singles)} samples): stored → file renamed "
           f"p50 {pct(singles, 50) * 1000:.0f} ms, p99 {pct(singles, 99) * 1000:.0f} ms")
     print(f"{args.burst} results in flight: stored → file renamed p50 {pct(burst, 50) * 1000:.0f} ms, "
           f"p99 {pct(burst, 99) * 1000:.0f} ms, last after {max(burst):.2f} s "
           f"({args.burst / max(burst):.0f} results/s)")
+    if drained is not None:
+        print(f"a backlog of {args.backlog} results drained by a new client: first file to last in {drained:.2f} s "
+              f"({args.backlog / max(drained, 1e-9):.0f} results/s)")
+    print("result client peak RSS (VmHWM): " + ", ".join(
+        f"{name} {peak:.0f} MiB" for name, peak in zip(("live client", "backlog client"), peaks, strict=False)))
 
 
 if __name__ == "__main__":

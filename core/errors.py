@@ -25,6 +25,12 @@ class IdempotencyConflict(Conflict):
     """The same idempotency key was used before for a different operation."""
 
 
+class Gone(CrawlcoinError):
+    """It existed and was deleted on purpose (a result's body after its retention)."""
+
+    status_code = 410
+
+
 class InsufficientFunds(CrawlcoinError):
     status_code = 402
 

@@ -307,6 +307,10 @@ class ResultOut(BaseModel):
     elapsed_ms: int
     error: str | None
     error_text: str | None
+    body_pruned_at: datetime | None = Field(
+        default=None, description=(
+            "When the body was deleted: bodies are kept for `result_body_retention_seconds` (see /meta) after a "
+            "result client received them; everything else about the result stays."))
 
 
 class ResultPage(BaseModel):
@@ -337,6 +341,8 @@ class MetaOut(BaseModel):
     price_per_run: int
     max_runs_cap: int
     min_interval_seconds: int
+    result_body_retention_seconds: int | None = Field(
+        default=None, description="How long a result's body is kept after a result client received it.")
 
 
 class HealthOut(BaseModel):

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Requests per second per domain, across all mining servers.")
     result_body_max_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest page body a result may carry.")
+    result_body_retention_seconds: int = Field(
+        default=7 * 24 * 3600, ge=0, description=(
+            "How long the store keeps a result's body after a result client received it; then the body is deleted "
+            "and its hash, size, status, headers and timings stay. Results not received yet keep their body."))
+    result_prune_interval_seconds: float = Field(
+        default=300.0, gt=0, description="How often each result server deletes the bodies whose retention is over.")
     miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
 
     @field_validator("trusted_proxies")

@@ -23,7 +23,7 @@ def list_results(
 
 
 @router.get("/{n}/body", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}, **errors(401, 404, 422)})
+            responses={200: {"content": {"application/octet-stream": {}}}, **errors(401, 404, 410, 422)})
 def download_body(order_id: str, n: Annotated[int, Path(ge=1)], user: CurrentUser, store: StoreDep) -> Response:
     """The fetched page of one repetition, as the miner received it (capped)."""
     data, content_type = results.body(store, user, order_id, n)

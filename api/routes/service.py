@@ -32,4 +32,5 @@ def meta(settings: SettingsDep) -> MetaOut:
         price_per_run=settings.price_per_run,
         max_runs_cap=settings.max_runs_cap,
         min_interval_seconds=settings.min_interval_seconds,
+        result_body_retention_seconds=settings.result_body_retention_seconds,
     )

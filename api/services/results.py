@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from api.services.orders import get_own
-from core.errors import NotFound
+from core.errors import Gone, NotFound
 from core.schemas import ResultOut, ResultPage
 from core.storage import Result, Store, User, job_key
 
@@ -12,7 +12,8 @@ def result_out(r: Result, due_at: datetime | None = None) -> ResultOut:
     return ResultOut(n=r.n, key=r.job_key, status=r.status, final_url=r.final_url, headers=r.headers,
                      body_size=r.body_size, truncated=r.truncated, sha256=r.sha256, due_at=due_at,
                      fetched_at=r.fetched_at,
-                     stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text)
+                     stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text,
+                     body_pruned_at=r.body_pruned_at)
 
 
 def list_page(store: Store, user: User, order_id: str, limit: int, before: int | None) -> ResultPage:
@@ -37,6 +38,10 @@ def body(store: Store, user: User, order_id: str, n: int) -> tuple[bytes, str]:
     result = store.get_result(job_key(order.id, n))
     if result is None:
         raise NotFound(f"repetition {n} has no result yet")
+    if result.body_pruned_at is not None:
+        raise Gone(f"the page of repetition {n} was deleted on {result.body_pruned_at:%Y-%m-%d %H:%M} UTC, its "
+                   f"retention after delivery to your result client over; its size, SHA-256, status, headers and "
+                   f"timings are still listed")
     content_type = next((v for k, v in result.headers.items() if k.lower() == "content-type"),
                         "application/octet-stream")
     return result.body, content_type

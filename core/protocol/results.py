@@ -2,9 +2,14 @@
 
 A result client connects with auth `{"token": "<results API token>"}` and calls `subscribe`
 (a `Subscribe`; answered with `{"ok": true, "orders": {order id: cursor}}` or `{"error": …}`).
-The server then calls `result` for every result in n order (`encode_result`: the `ResultMessage`
-and the body as bytes beside it; answered with `{"ok": true}` once the result is on disk) and
-sends `caught_up` (a `CaughtUp`) whenever an order's backlog is delivered.
+The server then calls `results` with batches of one order's results in n order (`encode_batch`:
+the `ResultMessage`s and the bodies, zlib-compressed as the store keeps them, as bytes beside
+them; answered with `{"ok": true}` once every result of the batch is on disk), keeping at most the
+client's `Window` in flight over the connection, and sends `caught_up` (a `CaughtUp`) whenever an
+order's backlog is delivered.
+
+A client that subscribes without a window (crawlcoin before batches) is called `result` for every
+result instead (`encode_result`: one message, its body uncompressed), at most 16 at a time.
 """
 
 from datetime import datetime
@@ -25,8 +30,21 @@ class ClientEvent(StrEnum):
 class ServerEvent(StrEnum):
     """What the result server sends a result client."""
 
-    result = "result"
+    results = "results"
+    result = "result"  # one result, to clients that subscribed without a window
     caught_up = "caught_up"
+
+
+class Window(BaseModel):
+    """How much a result client takes in flight at once over its connection, summed over its orders.
+
+    The server sends batches of at most half of it, so the client writes one while the next arrives;
+    one result larger than `bytes` is still sent, alone.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    results: Annotated[int, Field(ge=1, le=4096)]
+    bytes: Annotated[int, Field(ge=64 * 1024, le=1024 * 1024 * 1024, description="Of compressed bodies.")]
 
 
 class Subscribe(BaseModel):
@@ -34,6 +52,7 @@ class Subscribe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     orders: Annotated[dict[str, Annotated[int, Field(ge=0)] | None], Field(min_length=1, max_length=100)]
+    window: Window | None = Field(default=None, description="None: one `result` call per result (older clients).")
 
 
 class ResultMessage(BaseModel):
@@ -53,6 +72,8 @@ class ResultMessage(BaseModel):
     elapsed_ms: int
     error: str | None
     error_text: str | None
+    body_pruned_at: datetime | None = Field(
+        default=None, description="When the store deleted the body, kept for its retention period after delivery.")
 
 
 class CaughtUp(BaseModel):
@@ -75,3 +96,19 @@ def decode_result(data: Any) -> tuple[ResultMessage, bytes]:
     if not isinstance(body, bytes):
         raise TypeError("body is not bytes")
     return msg, body
+
+
+def encode_batch(results: list[tuple[ResultMessage, bytes]]) -> dict[str, Any]:
+    """The payload of a `results` call: messages, and their zlib-compressed bodies as bytes beside them."""
+    return {"results": [msg.model_dump(mode="json") for msg, _ in results],
+            "bodies": [body_zlib for _, body_zlib in results]}
+
+
+def decode_batch(data: Any) -> list[tuple[ResultMessage, bytes]]:
+    """The messages and zlib-compressed bodies of a `results` call; raises KeyError, TypeError or ValidationError."""
+    messages, bodies = data["results"], data["bodies"]
+    if not isinstance(messages, list) or not isinstance(bodies, list) or len(messages) != len(bodies):
+        raise TypeError("results and bodies do not pair up")
+    if not all(isinstance(body, bytes) for body in bodies):
+        raise TypeError("a body is not bytes")
+    return [(ResultMessage.model_validate(msg), body) for msg, body in zip(messages, bodies, strict=True)]

@@ -10,6 +10,7 @@ from core.storage.records import (
     LoginSession,
     OpenClaim,
     Order,
+    Pruned,
     Recorded,
     Repetition,
     Result,
@@ -21,8 +22,8 @@ from core.storage.records import (
 
 __all__ = [
     "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "OpenClaim", "Order",
-    "OrderStore", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer",
-    "User", "job_key", "open_store",
+    "OrderStore", "Pruned", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox",
+    "Transfer", "User", "job_key", "open_store",
 ]
 
 

@@ -27,6 +27,7 @@ from core.storage.records import (
     LoginSession,
     OpenClaim,
     Order,
+    Pruned,
     Recorded,
     Repetition,
     Result,
@@ -224,6 +225,22 @@ class ResultStore(Protocol):
 
     def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
         """Move the cursor forward to `n`; never backwards."""
+
+    def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
+        """The result client of `token_id` acknowledged the order's results after_n < n ≤ last_n at `at`.
+
+        Moves its cursor forward to `last_n` (never backwards) and notes that stretch delivered at `at`,
+        which starts its bodies' retention (`prune_result_bodies`). Nothing is noted when last_n ≤ after_n.
+        """
+
+    # retention of delivered bodies ----------------------------------------------------------
+    def prune_result_bodies(self, delivered_before: datetime, now: datetime, limit: int = 100) -> Pruned:
+        """Delete the bodies of results delivered (`record_delivery`) before `delivered_before`.
+
+        Everything else about such a result stays (hash, size, status, headers, timings); its
+        `body_pruned_at` becomes `now`. A result never delivered keeps its body. Handles at most `limit`
+        noted stretches, oldest first, each once; safe to run again and from several processes at once.
+        """
 
 
 class SyncOutbox(Protocol):

@@ -130,6 +130,8 @@ class Result(BaseModel):
     error: str | None = Field(default=None, description="Why there is no page (core.schemas.FetchError).")
     error_text: str | None = None
     stored_at: datetime
+    body_pruned_at: datetime | None = Field(
+        default=None, description="When the body was deleted, its retention after delivery over; the rest stays.")
 
     @property
     def body(self) -> bytes:
@@ -159,6 +161,13 @@ class Recorded(BaseModel):
 
     outcome: ResultOutcome
     coins: int = Field(default=0, description="Coins paid to the miner from the escrow; 0 unless the outcome is paid.")
+
+
+class Pruned(BaseModel):
+    """What one pass of `prune_result_bodies` did."""
+
+    deliveries: int = Field(description="Delivered stretches of results handled; fewer than the limit: none is left.")
+    bodies: int = Field(description="Bodies deleted.")
 
 
 class Transfer(BaseModel):

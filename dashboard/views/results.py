@@ -79,6 +79,10 @@ def result_client(order: OrderOut) -> None:
                 st.rerun()
     st.caption("Install the client with `pip install 'crawlcoin[results]'`. The token can read the results of "
                "this order only.")
+    retention = ui.api().meta().result_body_retention_seconds
+    if retention is not None:
+        st.caption(f"Pages are kept here for {fmt.duration(retention)} after the result client receives them, then "
+                   "deleted; their size, SHA-256, status, headers and timings stay listed.")
 
 
 def existing_tokens(order: OrderOut) -> None:
@@ -106,7 +110,7 @@ def results_frame(results: list[ResultOut]) -> pd.DataFrame:
         "Fetched at": fmt.when(r.fetched_at, tz),
         "Delivery latency": fmt.latency(delivery.delivery_seconds(r)),
         "Fetch time": fmt.latency(r.elapsed_ms / 1000),
-        "Size": fmt.size(r.body_size),
+        "Size": fmt.size(r.body_size) + (" (page deleted)" if r.body_pruned_at else ""),
         "Truncated": r.truncated,
         "Final URL": r.final_url,
     } for r in results]
@@ -212,6 +216,12 @@ def body_viewer(order: OrderOut, results: list[ResultOut]) -> None:
     if result.error and not result.body_size:
         st.warning(f"Repetition #{n:,} has no page: {fmt.result_status(result).lower()}"
                    + (f" ({result.error_text})." if result.error_text else "."), icon=":material/error:")
+        return
+    if result.body_pruned_at is not None:
+        st.info(f"The page of repetition #{n:,} was deleted on {fmt.when(result.body_pruned_at, ui.viewer_timezone())}:"
+                " pages are kept for a while after the result client receives them. Its size, SHA-256 "
+                f"(`{result.sha256[:16]}…`) and headers are still here.", icon=":material/auto_delete:")
+        _headers(result)
         return
     if not result.body_size:
         st.info(f"Repetition #{n:,} fetched an empty page ({fmt.result_status(result)}"

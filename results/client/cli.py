@@ -44,6 +44,9 @@ def run_results(server: str, token: str, orders: list[str], out: Path, once: boo
     client = ResultClient(server, token, orders, out, once=once)
     progress = asyncio.run(_run(client, orders, out))
     written = f"{progress.written} result(s) written to {out}"
+    if progress.pruned:
+        written += (f" ({progress.pruned} without their page: the store had deleted it, its retention after an "
+                    "earlier delivery over; the .meta.json says when)")
     if progress.stopped:
         console.print(f"stopped: {written}; the next run resumes where this one left off", highlight=False,
                       soft_wrap=True)

@@ -10,16 +10,19 @@ import socketio
 from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
-from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ServerEvent, Subscribe, decode_result
+from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ServerEvent, Subscribe, Window, decode_batch
 from results.client.files import ResultFiles
 
 log = logging.getLogger("crawlcoin.results")
+WINDOW = Window(results=512, bytes=16 * 1024 * 1024)
+"""What this client takes in flight: batches of up to half of it are written while the next one arrives."""
 
 
 @dataclass
 class Progress:
     written: int = 0
     duplicates: int = 0
+    pruned: int = 0  # written without their body: the store had deleted it (retention after delivery)
     errors: int = 0
     caught_up: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
@@ -42,7 +45,7 @@ class ResultClient:
         self.sio = socketio.AsyncClient(reconnection=True, reconnection_delay=1, reconnection_delay_max=30,
                                         handle_sigint=False)
         self.sio.on("connect", self._subscribe, namespace=NAMESPACE)
-        self.sio.on(ServerEvent.result, self._on_result, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.results, self._on_results, namespace=NAMESPACE)
         self.sio.on(ServerEvent.caught_up, self._on_caught_up, namespace=NAMESPACE)
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
 
@@ -53,26 +56,31 @@ class ResultClient:
 
     async def _subscribe(self) -> None:
         cursors = {o: self.files.cursors.get(o) for o in self.orders}
-        subscription = Subscribe.model_construct(orders=cursors)  # the server validates it and says what is wrong
+        # The server validates it and says what is wrong.
+        subscription = Subscribe.model_construct(orders=cursors, window=WINDOW)
         reply = await self.sio.call(ClientEvent.subscribe, subscription.model_dump(), namespace=NAMESPACE, timeout=30)
         if not isinstance(reply, dict) or not reply.get("ok"):
             self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
             self.done.set()
 
-    async def _on_result(self, data: Any) -> dict[str, Any]:
+    async def _on_results(self, data: Any) -> dict[str, Any]:
         try:
-            msg, body = decode_result(data)
+            batch = decode_batch(data)
         except (KeyError, TypeError, ValidationError) as e:
             self.progress.errors += 1
-            return {"ok": False, "error": f"malformed result: {e}"}
+            return {"ok": False, "error": f"malformed results: {e}"}
         async with self._lock:  # one writer: the cursor file and the once-per-n check stay consistent
-            path, new = await asyncio.to_thread(self.files.write, msg, body)
-            await asyncio.to_thread(self.files.advance, msg.order_id, msg.n)
-        if new:
+            written = await asyncio.to_thread(self.files.write, batch)
+            for order_id in {msg.order_id for msg, _ in batch}:
+                last = max(msg.n for msg, _ in batch if msg.order_id == order_id)
+                await asyncio.to_thread(self.files.advance, order_id, last)
+        for (msg, _), (path, new) in zip(batch, written, strict=True):
+            if not new:
+                self.progress.duplicates += 1
+                continue
             self.progress.written += 1
-        else:
-            self.progress.duplicates += 1
-        self.progress.last = str(path)
+            self.progress.pruned += msg.body_pruned_at is not None
+            self.progress.last = str(path)
         return {"ok": True}
 
     async def _on_caught_up(self, data: Any) -> None:
@@ -117,6 +125,7 @@ class ResultClient:
         finally:
             done.cancel()
             await self._close()
+            self.files.close()
         if self.refused:
             raise CrawlcoinError(f"the result server refused: {self.refused}")
         return self.progress

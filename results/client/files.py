@@ -1,22 +1,37 @@
-"""Writing results to disk: atomically, once per repetition, with a cursor to resume from.
+"""Writing results to disk: durably, once per repetition, a batch at a time, with a cursor to resume from.
 
 Layout: `<out>/<order_id>/<n:06d>-<fetched_at>.<ext>` (the body, extension from its content
 type) and `<same stem>.meta.json` (status, final URL, headers kept, hash, miner, timings,
-error). The sidecar is renamed into place last, so its presence means the result is complete;
-a result whose sidecar exists is never written again. `<out>/.crawlcoin/cursor.json` holds,
-per order, the highest n written, saved after every result.
+error). The sidecar is renamed into place after its body, so its presence means the result is
+complete; a result whose sidecar exists is never written again. A result whose body the store
+deleted (its retention after delivery was over) gets a sidecar only, saying when.
+
+A batch is written in three steps: each file goes to a `.tmp-*` file beside its final name and is
+fsynced (in parallel: the file system commits them together); the bodies are renamed into place
+and the folder fsynced; then the sidecars, and the folder again. Only then is the batch
+acknowledged. A crash at any point leaves whole files, or `.tmp-*` leftovers that the next run
+sweeps, never a sidecar without its body. `<out>/.crawlcoin/cursor.json` holds, per order, the
+highest n written, saved after every batch.
 """
 
 import json
 import mimetypes
 import os
 import tempfile
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from core.protocol.results import ResultMessage
 
 _EXTENSIONS = {"text/html": ".html", "application/json": ".json", "text/plain": ".txt", "application/xml": ".xml",
                "text/xml": ".xml", "text/csv": ".csv", "application/pdf": ".pdf"}
+SYNC_THREADS = 16
+"""Files written and fsynced at once: the file system commits concurrent fsyncs together (measured: 2,000
+20 KB files in 0.76 s one at a time, 0.28 s sixteen at a time)."""
+_CHUNK = 256 * 1024
 
 
 def extension(content_type: str | None) -> str:
@@ -26,18 +41,69 @@ def extension(content_type: str | None) -> str:
     return _EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, rename into place: readers see all or nothing."""
+def _sync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (POSIX; elsewhere a rename is as durable as it gets)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a temp file beside `path` and fsync it; the caller renames it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            _sync(f.fileno())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def durable_temps(files: list[tuple[Path, Callable[[BinaryIO], None]]]) -> list[Path]:
+    """`durable_temp` for each file, one after the other; none left behind if one fails."""
+    temps: list[Path] = []
+    try:
+        for path, write in files:
+            temps.append(durable_temp(path, write))
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    return temps
+
+
+def writer(data: bytes) -> Callable[[BinaryIO], None]:
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+    return write
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, rename into place: readers see all or nothing."""
+    os.replace(durable_temp(path, writer(data)), path)
+
+
+def inflater(body_zlib: bytes) -> Callable[[BinaryIO], None]:
+    """Writes the body a piece at a time as it is decompressed, not whole in memory."""
+    def write(f: BinaryIO) -> None:
+        inflate = zlib.decompressobj()
+        data = body_zlib
+        while data:
+            f.write(inflate.decompress(data, _CHUNK))
+            data = inflate.unconsumed_tail
+        f.write(inflate.flush())
+    return write
 
 
 class ResultFiles:
@@ -49,42 +115,84 @@ class ResultFiles:
             self.cursors: dict[str, int] = json.loads(self._cursor_path.read_text())
         except (FileNotFoundError, ValueError):
             self.cursors = {}
-        self._swept: set[Path] = set()
+        self._written: dict[str, set[int]] = {}  # per order folder: the n whose sidecar is on disk
+        self._pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="crawlcoin-write")
 
-    def _folder(self, order_id: str) -> Path:
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def _folder(self, order_id: str) -> tuple[Path, set[int]]:
+        """The order's folder and the n written in it, read from the folder once."""
         folder = self.out / order_id
-        if folder not in self._swept:
+        written = self._written.get(order_id)
+        if written is None:
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(".tmp-*"):  # left by a client killed mid-write
-                stale.unlink(missing_ok=True)
-            self._swept.add(folder)
-        return folder
+            written = set()
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".tmp-"):  # left by a client killed mid-write
+                    Path(entry.path).unlink(missing_ok=True)
+                elif entry.name.endswith(".meta.json") and entry.name.split("-", 1)[0].isdigit():
+                    written.add(int(entry.name.split("-", 1)[0]))
+            self._written[order_id] = written
+        return folder, written
 
     def stem(self, msg: ResultMessage) -> str:
         return f"{msg.n:06d}-{msg.fetched_at.strftime('%Y%m%dT%H%M%S%fZ')}"
 
-    def written(self, order_id: str, n: int) -> Path | None:
-        folder = self.out / order_id
-        matches = sorted(folder.glob(f"{n:06d}-*.meta.json")) if folder.is_dir() else []
-        return matches[0] if matches else None
+    def write(self, batch: list[tuple[ResultMessage, bytes]]) -> list[tuple[Path, bool]]:
+        """Write the results (bodies zlib-compressed) that are not on disk yet, durably.
 
-    def write(self, msg: ResultMessage, body: bytes) -> tuple[Path, bool]:
-        """Write the result unless it is on disk already; returns (sidecar path, newly written)."""
-        existing = self.written(msg.order_id, msg.n)
-        if existing is not None:
-            return existing, False
-        folder = self._folder(msg.order_id)
-        stem = self.stem(msg)
-        content_type = next((v for k, v in msg.headers.items() if k.lower() == "content-type"), None)
-        files = {}
-        if msg.error is None or body:
-            body_path = folder / f"{stem}{extension(content_type)}"
-            atomic_write(body_path, body)
-            files["body"] = body_path.name
-        meta = msg.model_dump(mode="json") | files
-        sidecar = folder / f"{stem}.meta.json"
-        atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
-        return sidecar, True
+        Returns, per result, its sidecar's path and whether it was newly written.
+        """
+        out: list[tuple[Path, bool]] = []
+        bodies: list[tuple[Path, Callable[[BinaryIO], None]]] = []
+        sidecars: list[tuple[Path, Callable[[BinaryIO], None]]] = []
+        taken: dict[str, set[int]] = {}
+        for msg, body_zlib in batch:
+            folder, written = self._folder(msg.order_id)
+            stem = self.stem(msg)
+            sidecar = folder / f"{stem}.meta.json"
+            new = msg.n not in written and msg.n not in taken.setdefault(msg.order_id, set())
+            out.append((sidecar, new))
+            if not new:
+                continue
+            taken[msg.order_id].add(msg.n)
+            meta = msg.model_dump(mode="json")
+            if msg.body_pruned_at is None and (msg.error is None or body_zlib):
+                content_type = next((v for k, v in msg.headers.items() if k.lower() == "content-type"), None)
+                body = folder / f"{stem}{extension(content_type)}"
+                bodies.append((body, inflater(body_zlib)))
+                meta["body"] = body.name
+            # On one line: json's C encoder does not indent (the Python one took a fifth of a result's CPU).
+            sidecars.append((sidecar, writer(json.dumps(meta, sort_keys=True).encode())))
+        self._place(bodies, sidecars)
+        for order_id, ns in taken.items():
+            self._written[order_id] |= ns
+        return out
+
+    def _place(self, bodies: list[tuple[Path, Callable[[BinaryIO], None]]],
+               sidecars: list[tuple[Path, Callable[[BinaryIO], None]]]) -> None:
+        """Every file durable under a temp name, then the bodies renamed, then the sidecars."""
+        files = bodies + sidecars
+        # SYNC_THREADS groups, each written by one thread in turn: one task per thread, not per file.
+        groups = [files[i::SYNC_THREADS] for i in range(min(SYNC_THREADS, len(files)))]
+        pending = [self._pool.submit(durable_temps, group) for group in groups]
+        errors = [future.exception() for future in pending]
+        if any(errors):
+            for error, future in zip(errors, pending, strict=True):
+                for tmp in [] if error else future.result():
+                    tmp.unlink(missing_ok=True)
+            raise next(error for error in errors if error is not None)
+        temps: list[Path] = [Path()] * len(files)
+        for i, future in enumerate(pending):
+            temps[i::SYNC_THREADS] = future.result()
+        for group in (zip(temps[:len(bodies)], bodies, strict=True), zip(temps[len(bodies):], sidecars, strict=True)):
+            folders = set()
+            for tmp, (path, _) in group:
+                os.replace(tmp, path)
+                folders.add(path.parent)
+            for folder in folders:
+                sync_folder(folder)
 
     def advance(self, order_id: str, n: int) -> None:
         if n > self.cursors.get(order_id, 0):

@@ -4,11 +4,17 @@ Mining servers announce every stored result on the result-notice stream (`core.p
 each result server reads it (every server reads every notice: they are tiny) and wakes the
 deliveries of that order it holds. The store is the source of every result, so a result server
 keeps no state a restart could lose: the client resumes from its cursor on any server.
+
+Each result server also deletes, every `result_prune_interval_seconds`, the bodies of results
+delivered longer than `result_body_retention_seconds` ago (`Store.prune_result_bodies`: safe from
+several servers at once); the rest of each result stays.
 """
 
 import asyncio
 import json
 import logging
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import socketio
@@ -22,6 +28,8 @@ from results.server.namespace import ResultNamespace, Wakeups
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
+PRUNE_BATCH = 100
+"""Delivered stretches a pruning pass handles per store call."""
 
 
 class ResultServer:
@@ -37,19 +45,20 @@ class ResultServer:
         self.redis: Redis | None = None
         self.store: Store | None = None
         self._stopping = asyncio.Event()
-        self._listener: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self.redis = Redis.from_url(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
         self.sio.register_namespace(ResultNamespace(self.store, self.wakeups))
-        self._listener = asyncio.create_task(self._listen(), name="results:notifications")
+        self._tasks = [asyncio.create_task(self._listen(), name="results:notifications"),
+                       asyncio.create_task(self._prune_loop(), name="results:retention")]
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:
@@ -72,6 +81,36 @@ class ResultServer:
                     notice = ResultNotice.decode(fields)
                     if notice is not None:
                         self.wakeups.wake(notice.order_id)
+
+    def prune(self) -> int:
+        """Delete the bodies whose retention is over; how many."""
+        assert self.store is not None
+        now = datetime.now(UTC)
+        before = now - timedelta(seconds=self.settings.result_body_retention_seconds)
+        bodies = 0
+        while True:
+            pruned = self.store.prune_result_bodies(before, now, PRUNE_BATCH)
+            bodies += pruned.bodies
+            if pruned.deliveries < PRUNE_BATCH:
+                return bodies
+
+    async def _prune_loop(self) -> None:
+        interval = self.settings.result_prune_interval_seconds
+        while not self._stopping.is_set():
+            try:  # the replicas' passes spread out; a pass from several at once is safe too
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval * random.uniform(0.5, 1.0))
+                return
+            except TimeoutError:
+                pass
+            try:
+                bodies = await asyncio.to_thread(self.prune)
+            except Exception as e:  # the store is down: the next pass catches up
+                outage("store").failed(e, "deleting delivered bodies")
+                continue
+            outage("store").ok()
+            if bodies:
+                log.info("deleted %d result bodies delivered over %d s ago", bodies,
+                         self.settings.result_body_retention_seconds)
 
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

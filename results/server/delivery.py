@@ -1,9 +1,12 @@
 """Delivering one order's results to one result client: backlog first, then live, in n order.
 
-Repetition n is sent only when every repetition before it is final (done, failed or
-refunded), so the client's cursor — the highest n it acknowledged — never skips a result
-that is still on its way. Up to `window` results are in flight at once; the cursor advances
-over the acknowledged prefix only, so a client that dies mid-way gets the rest again.
+Repetition n is sent only when every repetition before it is final (done, failed or refunded), so the
+client's cursor — the highest n it acknowledged — never skips a result that is still on its way.
+Results are read from the store a page at a time and sent in batches; the connection's `Window`
+(as much as the client said it takes) bounds what is in flight, so the client writes one batch to
+disk while the next ones travel. Acknowledgements are taken in n order: the cursor advances over
+the acknowledged prefix only, so a client that dies mid-way gets the rest again, and each
+acknowledged stretch is recorded as delivered, which starts its bodies' retention period.
 
 A delivery is woken by the notices on the results stream (a result stored, repetitions refunded,
 the order ended). It also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so many
@@ -15,7 +18,9 @@ polling every 5 s took more CPU in the result server than delivering the results
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from anyio import to_thread
 
@@ -26,8 +31,13 @@ from core.storage import Result, Store
 log = logging.getLogger("crawlcoin.results")
 
 FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
-Send = Callable[[ResultMessage, bytes], Awaitable[bool]]
+SendBatch = Callable[[list[Result]], Awaitable[bool]]
+"""Send results to the client; True once it acknowledged them all (they are on its disk)."""
 SAFETY_POLL_SECONDS = 30.0
+FIRST_PAGE = 64
+"""Repetitions read at once after being idle: the first batch goes out soon; the page doubles from there."""
+MAX_PAGE = 1024
+"""Most repetitions read from the store at once."""
 
 
 def message(result: Result) -> ResultMessage:
@@ -35,24 +45,61 @@ def message(result: Result) -> ResultMessage:
                          fetched_at=result.fetched_at, status=result.status, final_url=result.final_url,
                          headers=result.headers, body_size=result.body_size, truncated=result.truncated,
                          sha256=result.sha256, elapsed_ms=result.elapsed_ms, error=result.error,
-                         error_text=result.error_text)
+                         error_text=result.error_text, body_pruned_at=result.body_pruned_at)
+
+
+class Window:
+    """What one connection has in flight (results, compressed body bytes), within what its client takes.
+
+    Shared by the deliveries of every order the client subscribed to. A batch is taken when it fits,
+    or when nothing else is in flight (so one body larger than the window still goes, alone).
+    """
+
+    def __init__(self, results: int, nbytes: int) -> None:
+        self.results, self.bytes = results, nbytes
+        self._results = self._bytes = 0
+        self._freed = asyncio.Event()
+
+    @property
+    def batch(self) -> tuple[int, int]:
+        """The largest batch (results, bytes): half the window, so two are in flight."""
+        return max(1, self.results // 2), max(1, self.bytes // 2)
+
+    def _fits(self, count: int, size: int) -> bool:
+        return self._results == 0 or (self._results + count <= self.results and self._bytes + size <= self.bytes)
+
+    async def acquire(self, count: int, size: int) -> None:
+        while not self._fits(count, size):
+            self._freed.clear()
+            await self._freed.wait()
+        self._results += count
+        self._bytes += size
+
+    def release(self, count: int, size: int) -> None:
+        self._results -= count
+        self._bytes -= size
+        self._freed.set()
 
 
 class OrderDelivery:
-    def __init__(self, store: Store, token_id: str, order_id: str, cursor: int, send: Send,
-                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: int = 16) -> None:
+    def __init__(self, store: Store, token_id: str, order_id: str, cursor: int, send: SendBatch,
+                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: Window) -> None:
         self.store = store
         self.token_id = token_id
         self.order_id = order_id
-        self.cursor = cursor
+        self.cursor = cursor  # the highest n acknowledged (with every n before it)
+        self.sent = cursor  # the highest n sent
         self.send = send
         self.caught_up = caught_up
         self.wake = wake
         self.window = window
+        self._page = FIRST_PAGE
+        # Batches sent and not yet taken, in n order: (n before the batch, last n, the call; None: nothing to send).
+        self._acks: deque[tuple[int, int, asyncio.Task[bool] | None]] = deque()
 
     async def _ready(self) -> list[tuple[int, Result | None]]:
-        """The next repetitions that may be delivered, in n order: (n, its result or None)."""
-        ns = list(range(self.cursor + 1, self.cursor + 1 + 4 * self.window))
+        """The next repetitions after those sent that may be delivered, in n order: (n, its result or None)."""
+        ns = list(range(self.sent + 1, self.sent + 1 + self._page))
         reps = {r.n: r for r in await to_thread.run_sync(self.store.get_repetitions, self.order_id, ns)}
         ready = []
         for n in ns:
@@ -62,29 +109,72 @@ class OrderDelivery:
             ready.append(n)
         if not ready:
             return []
-        results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.cursor,
-                                                              len(ns))}
+        results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.sent,
+                                                              len(ready))}
+        if results:  # twice as many next time, up to about a window's worth of bodies
+            mean = max(1, sum(len(r.body_zlib) for r in results.values()) // len(results))
+            self._page = max(1, min(2 * self._page, MAX_PAGE, self.window.results, self.window.bytes // mean))
         return [(n, results.get(n)) for n in ready]
 
-    async def _deliver(self, batch: list[tuple[int, Result | None]]) -> None:
-        for start in range(0, len(batch), self.window):
-            chunk = batch[start:start + self.window]
-            sends = [self.send(message(r), r.body) for _, r in chunk if r is not None]
-            acks = await asyncio.gather(*sends)
-            if not all(acks):
+    async def _send(self, ready: list[tuple[int, Result | None]]) -> None:
+        most, most_bytes = self.window.batch
+        batch: list[tuple[int, Result | None]] = []
+        size = 0
+        for n, result in ready:
+            body = len(result.body_zlib) if result is not None else 0
+            if batch and (len(batch) >= most or size + body > most_bytes):
+                await self._send_batch(batch, size)
+                batch, size = [], 0
+            batch.append((n, result))
+            size += body
+        await self._send_batch(batch, size)
+
+    async def _send_batch(self, batch: list[tuple[int, Result | None]], size: int) -> None:
+        results = [r for _, r in batch if r is not None]  # refunded repetitions have none: nothing to send
+        call = None
+        if results:
+            await self.window.acquire(len(results), size)
+            call = asyncio.create_task(self._call(results, size))
+        self._acks.append((self.sent, batch[-1][0], call))
+        self.sent = batch[-1][0]
+        await self._settle(wait=False)
+
+    async def _call(self, results: list[Result], size: int) -> bool:
+        try:
+            return await self.send(results)
+        finally:
+            self.window.release(len(results), size)
+
+    async def _settle(self, wait: bool) -> None:
+        """Take the acknowledgements in n order (all of them if `wait`) and record the stretch delivered."""
+        after = last = self.cursor
+        while self._acks and (wait or self._acks[0][2] is None or self._acks[0][2].done()):
+            _, last, call = self._acks.popleft()
+            if call is not None and not await call:
                 raise ConnectionError("the result client did not acknowledge")
-            self.cursor = chunk[-1][0]
-            await to_thread.run_sync(self.store.advance_delivery_cursor, self.token_id, self.order_id, self.cursor)
+        if last > after:
+            await to_thread.run_sync(self.store.record_delivery, self.token_id, self.order_id, after, last,
+                                     datetime.now(UTC))
+            self.cursor = last
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            for _, _, call in self._acks:
+                if call is not None:
+                    call.cancel()
+
+    async def _run(self) -> None:
         told_caught_up = False
         while True:
             self.wake.clear()
-            batch = await self._ready()
-            if batch:
-                await self._deliver(batch)
+            ready = await self._ready()
+            if ready:
+                await self._send(ready)
                 told_caught_up = False
                 continue
+            await self._settle(wait=True)
             order = await to_thread.run_sync(self.store.get_order, self.order_id)
             finished = order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
                                          and self.cursor >= order.runs_claimed)
@@ -93,6 +183,7 @@ class OrderDelivery:
                 told_caught_up = True
             if finished:
                 return
+            self._page = FIRST_PAGE
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=SAFETY_POLL_SECONDS * random.uniform(0.8, 1.2))
             except TimeoutError:

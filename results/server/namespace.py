@@ -10,13 +10,26 @@ from anyio import to_thread
 from pydantic import ValidationError
 
 from core.errors import CrawlcoinError
-from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ResultMessage, ServerEvent, Subscribe, encode_result
+from core.protocol.results import (
+    NAMESPACE,
+    CaughtUp,
+    ClientEvent,
+    ServerEvent,
+    Subscribe,
+    encode_batch,
+    encode_result,
+)
 from core.schemas import Scope
-from core.storage import ApiToken, Store
+from core.storage import ApiToken, Result, Store
 from core.tokens import authenticate_api_token
-from results.server.delivery import OrderDelivery
+from results.server.delivery import OrderDelivery, Window, message
 
 log = logging.getLogger("crawlcoin.results")
+MAX_WINDOW_BYTES = 64 * 1024 * 1024
+"""The most compressed body bytes in flight to one connection, whatever its client takes."""
+LEGACY_WINDOW = 32
+"""Results in flight to a client that subscribed without a window (one `result` call each, 16 at a time)."""
+ACK_SECONDS = 120
 
 
 class Wakeups:
@@ -43,12 +56,12 @@ class Wakeups:
 
 
 class ResultNamespace(socketio.AsyncNamespace):
-    def __init__(self, store: Store, wakeups: Wakeups, window: int = 16) -> None:
+    def __init__(self, store: Store, wakeups: Wakeups) -> None:
         super().__init__(NAMESPACE)
         self.store = store
         self.wakeups = wakeups
-        self.window = window
         self.tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
+        self.windows: dict[str, tuple[Window, bool]] = {}  # per connection: its window, whether it takes batches
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         raw = auth.get("token") if isinstance(auth, dict) else None
@@ -62,6 +75,7 @@ class ResultNamespace(socketio.AsyncNamespace):
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         for task in self.tasks.pop(sid, {}).values():
             task.cancel()
+        self.windows.pop(sid, None)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event == ClientEvent.subscribe:
@@ -81,6 +95,9 @@ class ResultNamespace(socketio.AsyncNamespace):
             order = await to_thread.run_sync(self.store.get_order, order_id)
             if order is None or order.owner_id != token.owner_id:
                 return {"error": f"order {order_id} not found"}
+        if sid not in self.windows:  # the connection's first subscription says how much its client takes
+            self.windows[sid] = ((Window(sub.window.results, min(sub.window.bytes, MAX_WINDOW_BYTES)), True)
+                                 if sub.window else (Window(LEGACY_WINDOW, MAX_WINDOW_BYTES), False))
         started = {}
         for order_id, after in sub.orders.items():
             if after is None:
@@ -93,9 +110,16 @@ class ResultNamespace(socketio.AsyncNamespace):
         return {"ok": True, "orders": started}
 
     async def _deliver(self, sid: str, token: ApiToken, order_id: str, after: int) -> None:
-        async def send(msg: ResultMessage, body: bytes) -> bool:
-            ack = await self.call(ServerEvent.result, encode_result(msg, body), to=sid, timeout=120)
-            return isinstance(ack, dict) and ack.get("ok") is True
+        window, batches = self.windows[sid]
+
+        async def send_batch(results: list[Result]) -> bool:
+            payload = encode_batch([(message(r), r.body_zlib) for r in results])
+            return _acknowledged(await self.call(ServerEvent.results, payload, to=sid, timeout=ACK_SECONDS))
+
+        async def send_each(results: list[Result]) -> bool:
+            acks = await asyncio.gather(*(self.call(ServerEvent.result, encode_result(message(r), r.body), to=sid,
+                                                    timeout=ACK_SECONDS) for r in results))
+            return all(map(_acknowledged, acks))
 
         async def caught_up(cursor: int, finished: bool) -> None:
             caught = CaughtUp(order_id=order_id, cursor=cursor, finished=finished)
@@ -103,8 +127,13 @@ class ResultNamespace(socketio.AsyncNamespace):
 
         wake = self.wakeups.register(order_id)
         try:
-            await OrderDelivery(self.store, token.id, order_id, after, send, caught_up, wake, self.window).run()
+            await OrderDelivery(self.store, token.id, order_id, after, send_batch if batches else send_each, caught_up,
+                                wake, window).run()
         except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
             log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
         finally:
             self.wakeups.unregister(order_id, wake)
+
+
+def _acknowledged(ack: Any) -> bool:
+    return isinstance(ack, dict) and ack.get("ok") is True

@@ -181,3 +181,23 @@ def test_paging_long_truncated_and_binary_pages(
     at.run()
     assert list(at.dataframe[1].value["#"])[0] == 25
     assert not at.exception
+
+
+def test_a_deleted_page_is_explained_and_the_retention_shown(dashboard: Callable[..., AppTest], api: ApiClient,
+                                                             store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    account, miner = api.new_account(coins=10), api.new_account()
+    order = api.post("/orders", json=interval_order(runs=2), headers=account.headers).json()
+    page = {"status": 200, "body": b"<p>page</p>", "headers": {"content-type": "text/html"}}
+    deliver(store, order["id"], miner.id, {1: page, 2: page})
+    now = datetime.now(UTC)
+    store.record_delivery("tok", order["id"], 0, 1, now - timedelta(days=30))  # 1 received a month ago
+    assert store.prune_result_bodies(now - timedelta(days=7), now).bodies == 1
+    at = dashboard(account, RESULTS)
+    assert list(at.dataframe[1].value["Size"]) == ["11 B", "11 B (page deleted)"]
+    assert "Pages are kept here for 7 days after the result client receives them" in texts(at)
+    widget(at.selectbox, "Repetition").select(1)
+    at.run()
+    assert any(i.startswith("The page of repetition #1 was deleted on ") for i in alerts(at, "info"))
+    assert not at.download_button and not at.exception

@@ -78,6 +78,13 @@ STEPS: list[tuple[int, list[str]]] = [
     # order's next run still looks at its recent claims.
     (3, ["""CREATE TABLE IF NOT EXISTS {ks}.open_claims (bucket int, flow_run_id text, order_id text, first_n int,
             last_n int, created_at bigint, queued boolean, PRIMARY KEY (bucket, flow_run_id))"""]),
+    # Retention of delivered bodies: when a job's body was deleted, and the stretches of results that
+    # result clients acknowledged, by the minute they did (the minutes listed in one small partition).
+    (4, ["ALTER TABLE {ks}.jobs ADD IF NOT EXISTS body_pruned_at bigint",
+         """CREATE TABLE IF NOT EXISTS {ks}.deliveries (minute bigint, delivered_at bigint, order_id text,
+            first_n int, last_n int, PRIMARY KEY (minute, delivered_at, order_id, first_n))""",
+         """CREATE TABLE IF NOT EXISTS {ks}.delivery_minutes (shard int, minute bigint,
+            PRIMARY KEY (shard, minute))"""]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"

@@ -4,10 +4,14 @@ A result is stored and its job settled in one LWT on the job row (jobs hold thei
 then the miner is paid or the customer refunded; a `settle:` pending marker covers the gap.
 """
 
+from datetime import datetime
+
 from core.errors import NotFound
 from core.schemas import RepetitionState
 from core.storage import rules
 from core.storage.cassandra.ledger import CasUnknown
+from core.storage.cassandra.retention import minute_of
+from core.storage.cassandra.schema import us
 from core.storage.cassandra.session import (
     JOB_COLS,
     CassandraBase,
@@ -107,7 +111,7 @@ class CassandraResults(CassandraBase):
         parsed = parse_job_key(job_key)
         if parsed is None:
             return None
-        row = self._one("SELECT result, body FROM jobs WHERE order_id = ? AND bucket = ? AND n = ?",
+        row = self._one("SELECT result, body, body_pruned_at FROM jobs WHERE order_id = ? AND bucket = ? AND n = ?",
                         (parsed[0], bucket_of(parsed[1]), parsed[1]))
         return result_from(row) if row and row["result"] is not None else None
 
@@ -117,8 +121,8 @@ class CassandraResults(CassandraBase):
             return []
         out: list[Result] = []
         for bucket in range(bucket_of(after_n + 1), bucket_of(order_from(row).max_runs) + 1):
-            for job in self._rows("SELECT result, body FROM jobs WHERE order_id = ? AND bucket = ? AND n > ?",
-                                  (order_id, bucket, after_n)):
+            for job in self._rows("SELECT result, body, body_pruned_at FROM jobs "
+                                  "WHERE order_id = ? AND bucket = ? AND n > ?", (order_id, bucket, after_n)):
                 if job["result"] is not None:
                     out.append(result_from(job))
             if len(out) >= limit:
@@ -139,3 +143,10 @@ class CassandraResults(CassandraBase):
                                          "IF NOT EXISTS", (token_id, order_id, n))
             if applied:
                 return
+
+    def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
+        if last_n > after_n:  # listed under its minute first, so a pruner that sees the row sees the minute too
+            self._exec("INSERT INTO delivery_minutes (shard, minute) VALUES (0, ?)", (minute_of(at),))
+            self._exec("INSERT INTO deliveries (minute, delivered_at, order_id, first_n, last_n) "
+                       "VALUES (?, ?, ?, ?, ?)", (minute_of(at), us(at), order_id, after_n + 1, last_n))
+        self.advance_delivery_cursor(token_id, order_id, last_n)

@@ -49,7 +49,9 @@ def repetition_from(row: dict[str, Any]) -> Repetition:
 
 
 def result_from(row: dict[str, Any]) -> Result:
-    return Result.model_validate({**json.loads(row["result"]), "body_zlib": row["body"] or b""})
+    """A result from its job row's `result`, `body` and `body_pruned_at`."""
+    return Result.model_validate({**json.loads(row["result"]), "body_zlib": row["body"] or b"",
+                                  "body_pruned_at": opt_dt(row["body_pruned_at"])})
 
 
 class CassandraBase:

@@ -1,16 +1,18 @@
-"""Delivered results, the pay they settle, and result clients' delivery cursors, on SQL."""
+"""Delivered results, the pay they settle, result clients' delivery cursors and the retention of bodies, on SQL."""
 
-from sqlalchemy import case
+from datetime import datetime
+
+from sqlalchemy import case, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from core.errors import NotFound
 from core.schemas import RepetitionState
 from core.storage import rules
-from core.storage.records import Order, Recorded, Repetition, Result, ResultOutcome
+from core.storage.records import Order, Pruned, Recorded, Repetition, Result, ResultOutcome
 from core.storage.sql.engine import record
 from core.storage.sql.ledger import SqlLedger
-from core.storage.sql.tables import DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
+from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
 
 
 class SqlResults(SqlLedger):
@@ -105,11 +107,42 @@ class SqlResults(SqlLedger):
 
     def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
         with self._write() as s:
-            s.execute(
-                self._insert(DeliveryCursorRow)
-                .values(token_id=token_id, order_id=order_id, last_n=n)
-                .on_conflict_do_update(
-                    index_elements=["token_id", "order_id"],
-                    set_={"last_n": case((col(DeliveryCursorRow.last_n) < n, n), else_=DeliveryCursorRow.last_n)},
-                )
+            self._advance(s, token_id, order_id, n)
+
+    def _advance(self, s: Session, token_id: str, order_id: str, n: int) -> None:
+        s.execute(
+            self._insert(DeliveryCursorRow)
+            .values(token_id=token_id, order_id=order_id, last_n=n)
+            .on_conflict_do_update(
+                index_elements=["token_id", "order_id"],
+                set_={"last_n": case((col(DeliveryCursorRow.last_n) < n, n), else_=DeliveryCursorRow.last_n)},
             )
+        )
+
+    def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
+        with self._write() as s:
+            if last_n > after_n:
+                s.add(DeliveredRow(order_id=order_id, first_n=after_n + 1, last_n=last_n, delivered_at=at))
+            self._advance(s, token_id, order_id, last_n)
+
+    # --- retention of delivered bodies ---------------------------------------------------------
+
+    def prune_result_bodies(self, delivered_before: datetime, now: datetime, limit: int = 100) -> Pruned:
+        def run() -> Pruned:
+            with self._write() as s:
+                stmt = (select(DeliveredRow).where(col(DeliveredRow.delivered_at) < delivered_before)
+                        .order_by(col(DeliveredRow.delivered_at)).limit(limit)
+                        .with_for_update(skip_locked=True))  # another pruner takes the others
+                deliveries = list(s.exec(stmt))
+                bodies = 0
+                for d in deliveries:
+                    deleted = s.execute(
+                        update(ResultRow)
+                        .where(col(ResultRow.order_id) == d.order_id, col(ResultRow.n).between(d.first_n, d.last_n),
+                               col(ResultRow.body_pruned_at).is_(None), func.length(col(ResultRow.body_zlib)) > 0)
+                        .values(body_zlib=b"", body_pruned_at=now))
+                    bodies += deleted.rowcount  # type: ignore[attr-defined]
+                    s.delete(d)
+                return Pruned(deliveries=len(deliveries), bodies=bodies)
+
+        return self._retrying(run)

@@ -191,6 +191,18 @@ class ResultRow(SQLModel, table=True):
     error_text: str | None = None
     fetched_at: datetime = Field(sa_type=UTCDateTime)
     stored_at: datetime = Field(sa_type=UTCDateTime)
+    body_pruned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeliveredRow(SQLModel, table=True):
+    """A stretch of an order's results a result client acknowledged: their bodies go once its retention is over."""
+
+    __tablename__ = "deliveries"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(max_length=36)
+    first_n: int
+    last_n: int
+    delivered_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class DeliveryCursorRow(SQLModel, table=True):

@@ -69,8 +69,8 @@ def test_live_results_arrive_while_connected(result_server, customer, tmp_path) 
 
 
 def test_client_killed_mid_delivery_resumes_without_gap_or_duplicate(result_server, customer, tmp_path) -> None:
-    order = customer.order(runs=200)
-    customer.deliver(order, list(range(1, 201)))
+    order = customer.order(runs=1000)  # several batches: the kill lands between two of them
+    customer.deliver(order, list(range(1, 1001)))
     out = tmp_path / "out"
     token = customer.token()
     argv = [CRAWLCOIN, "results", "--server", result_server, "--token", token, "--out", str(out),
@@ -81,12 +81,12 @@ def test_client_killed_mid_delivery_resumes_without_gap_or_duplicate(result_serv
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = len(sidecars(out, order.id))
-    assert 40 <= partial < 200, f"the client was killed mid-delivery ({partial} written)"
+    assert 40 <= partial < 1000, f"the client was killed mid-delivery ({partial} written)"
     done = run_client(result_server, token, [order.id], out)
     assert done.returncode == 0, done.stdout + done.stderr
     metas = sidecars(out, order.id)
-    assert [m["n"] for m in metas] == list(range(1, 201)), "200 files, no gap, no duplicate"
-    assert len([p for p in (out / order.id).glob("*.html") if not p.name.startswith(".")]) == 200
+    assert [m["n"] for m in metas] == list(range(1, 1001)), "1,000 files, no gap, no duplicate"
+    assert len([p for p in (out / order.id).glob("*.html") if not p.name.startswith(".")]) == 1000
     assert not list((out / order.id).glob(".tmp-*")), "no half-written files left behind"
 
 
@@ -160,3 +160,44 @@ def test_a_live_client_ends_as_soon_as_its_order_is_cancelled(result_server, cus
     assert code == 0, output
     assert [m["n"] for m in sidecars(out, order.id)] == [1]
     assert customer.store.get_balance(ledger.escrow_account(order.id)) == 0, "repetitions 2-5 were refunded"
+
+
+def test_a_client_of_before_batches_still_gets_one_result_per_call(result_server, customer) -> None:
+    """A client that subscribes without a window (crawlcoin before batches) is called `result` per result."""
+    import asyncio
+
+    import socketio
+
+    from core.protocol.results import NAMESPACE, decode_result
+    from tests.results.server.conftest import page
+
+    order = customer.order(runs=20)
+    customer.deliver(order, list(range(1, 21)))
+    token = customer.token()
+
+    async def old_client() -> dict[int, bytes]:
+        got: dict[int, bytes] = {}
+        done = asyncio.Event()
+        sio = socketio.AsyncClient()
+
+        @sio.on("result", namespace=NAMESPACE)
+        async def on_result(data: object) -> dict[str, bool]:
+            msg, body = decode_result(data)
+            got[msg.n] = body
+            return {"ok": True}
+
+        @sio.on("caught_up", namespace=NAMESPACE)
+        async def on_caught_up(data: dict) -> None:
+            if data["cursor"] == 20:
+                done.set()
+
+        await sio.connect(result_server, auth={"token": token}, namespaces=[NAMESPACE], transports=["websocket"])
+        reply = await sio.call("subscribe", {"orders": {order.id: None}}, namespace=NAMESPACE, timeout=30)
+        assert reply == {"ok": True, "orders": {order.id: 0}}
+        await asyncio.wait_for(done.wait(), 60)
+        await sio.disconnect()
+        return got
+
+    got = asyncio.run(old_client())
+    assert got == {n: page(order.id, n) for n in range(1, 21)}, "every result, its body uncompressed"
+    assert customer.store.get_delivery_cursor(token.split("_")[1], order.id) == 20, "the cursor moved on acks"
