@@ -6,6 +6,8 @@ import httpx
 
 from core.schemas import (
     CancelOut,
+    ChangeOut,
+    ChangePage,
     CronPreview,
     LedgerEntryOut,
     LedgerPage,
@@ -215,6 +217,23 @@ class Api:
             if cursor is None:
                 break
         return results
+
+    def changes_page(self, order_id: str, limit: int = 100, after: int = 0) -> ChangePage:
+        """Oldest change first; `after` is the previous page's `next_cursor`."""
+        params = {"limit": limit, "after": after}
+        return ChangePage.model_validate(self._request("GET", f"/orders/{order_id}/changes", params=params))
+
+    def changes(self, order_id: str, max_changes: int = 1000) -> list[ChangeOut]:
+        """The order's changes, oldest first, at most `max_changes`."""
+        changes: list[ChangeOut] = []
+        after = 0
+        while len(changes) < max_changes:
+            page = self.changes_page(order_id, min(100, max_changes - len(changes)), after)
+            changes.extend(page.items)
+            if page.next_cursor is None:
+                break
+            after = int(page.next_cursor)
+        return changes
 
     def result_body(self, order_id: str, n: int) -> tuple[bytes, str]:
         """The page a repetition fetched, and its content type."""

@@ -53,6 +53,11 @@ class ResultMessage(BaseModel):
     elapsed_ms: int
     error: str | None
     error_text: str | None
+    extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
+    changed: bool | None = Field(default=None, description="Differs from the previous valid result (None: not a "
+                                                           "page to compare).")
+    previous_n: int | None = Field(default=None, description="The valid result it was compared with.")
+    diff: str | None = Field(default=None, description="Unified diff from `previous_n`, when it changed.")
 
 
 class CaughtUp(BaseModel):

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.schemas import OrderOut, ResultOut
-from dashboard import delivery, ui
+from dashboard import changes, delivery, ui
 from dashboard import format as fmt
 
 DEFAULT_OUT = "crawlcoin-results"
@@ -276,6 +276,7 @@ def main() -> None:
     results = results_table(order)
     if results:
         body_viewer(order, results)
+        changes.timeline(order)
     st.divider()
     result_client(order)
     existing_tokens(order)

@@ -20,6 +20,7 @@ log = logging.getLogger("crawlcoin.results")
 class Progress:
     written: int = 0
     duplicates: int = 0
+    unchanged: int = 0  # acknowledged without writing: --changes writes changes only
     errors: int = 0
     caught_up: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
@@ -28,12 +29,14 @@ class Progress:
 
 
 class ResultClient:
-    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False) -> None:
+    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False,
+                 changes_only: bool = False) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.orders = list(dict.fromkeys(orders))
-        self.files = ResultFiles(out)
+        self.files = ResultFiles(out, diffs=changes_only)
         self.once = once
+        self.changes_only = changes_only
         self.progress = Progress()
         self.done = asyncio.Event()
         self.refused: str | None = None
@@ -66,6 +69,10 @@ class ResultClient:
             self.progress.errors += 1
             return {"ok": False, "error": f"malformed result: {e}"}
         async with self._lock:  # one writer: the cursor file and the once-per-n check stay consistent
+            if self.changes_only and not msg.changed:
+                await asyncio.to_thread(self.files.advance, msg.order_id, msg.n)
+                self.progress.unchanged += 1
+                return {"ok": True}
             path, new = await asyncio.to_thread(self.files.write, msg, body)
             await asyncio.to_thread(self.files.advance, msg.order_id, msg.n)
         if new:

@@ -2,9 +2,11 @@
 
 Layout: `<out>/<order_id>/<n:06d>-<fetched_at>.<ext>` (the body, extension from its content
 type) and `<same stem>.meta.json` (status, final URL, headers kept, hash, miner, timings,
-error). The sidecar is renamed into place last, so its presence means the result is complete;
-a result whose sidecar exists is never written again. `<out>/.crawlcoin/cursor.json` holds,
-per order, the highest n written, saved after every result.
+error, whether it changed); with the order's extraction `<same stem>.extract.txt` holds the
+extracted value, and (with `diffs`, as `--changes` writes) a change's `<same stem>.diff` its
+unified diff from the previous valid result. The sidecar is renamed into place last, so its
+presence means the result is complete; a result whose sidecar exists is never written again.
+`<out>/.crawlcoin/cursor.json` holds, per order, the highest n written, saved after every result.
 """
 
 import json
@@ -41,8 +43,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class ResultFiles:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, diffs: bool = False) -> None:
         self.out = out
+        self.diffs = diffs
         self._cursor_path = out / ".crawlcoin" / "cursor.json"
         self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -81,7 +84,11 @@ class ResultFiles:
             body_path = folder / f"{stem}{extension(content_type)}"
             atomic_write(body_path, body)
             files["body"] = body_path.name
-        meta = msg.model_dump(mode="json") | files
+        for suffix, text in ((".extract.txt", msg.extracted), (".diff", msg.diff if self.diffs else None)):
+            if text is not None:
+                atomic_write(folder / f"{stem}{suffix}", text.encode())
+                files[suffix.split(".")[1]] = f"{stem}{suffix}"
+        meta = msg.model_dump(mode="json", exclude={"extracted", "diff"}) | files
         sidecar = folder / f"{stem}.meta.json"
         atomic_write(sidecar, json.dumps(meta, indent=2, sort_keys=True).encode())
         return sidecar, True

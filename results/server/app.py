@@ -19,6 +19,7 @@ from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.settings import Settings
 from core.storage import Store, open_store
 from results.server.namespace import ResultNamespace, Wakeups
+from results.watch.consumer import Watcher
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
@@ -38,18 +39,22 @@ class ResultServer:
         self.store: Store | None = None
         self._stopping = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.redis = Redis.from_url(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
-        self.sio.register_namespace(ResultNamespace(self.store, self.wakeups))
+        watcher = Watcher(self.store, self.redis)
+        self.sio.register_namespace(ResultNamespace(self.store, self.wakeups, observe=watcher.observe))
         self._listener = asyncio.create_task(self._listen(), name="results:notifications")
+        self._watching = asyncio.create_task(watcher.run(self._stopping), name="results:watch")
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for task in (self._listener, self._watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.redis is not None:
             await self.redis.aclose()
         if self.store is not None:

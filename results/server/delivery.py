@@ -21,26 +21,30 @@ from anyio import to_thread
 
 from core.protocol.results import ResultMessage
 from core.schemas import OrderStatus, RepetitionState
-from core.storage import Result, Store
+from core.storage import Observation, Result, Store, WatchCursor
 
 log = logging.getLogger("crawlcoin.results")
 
 FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
 Send = Callable[[ResultMessage, bytes], Awaitable[bool]]
+Observe = Callable[[str, int], Awaitable[WatchCursor]]
 SAFETY_POLL_SECONDS = 30.0
 
 
-def message(result: Result) -> ResultMessage:
+def message(result: Result, obs: Observation | None = None) -> ResultMessage:
     return ResultMessage(key=result.job_key, order_id=result.order_id, n=result.n, miner_id=result.miner_id,
                          fetched_at=result.fetched_at, status=result.status, final_url=result.final_url,
                          headers=result.headers, body_size=result.body_size, truncated=result.truncated,
                          sha256=result.sha256, elapsed_ms=result.elapsed_ms, error=result.error,
-                         error_text=result.error_text)
+                         error_text=result.error_text, extracted=obs.value if obs else None,
+                         changed=obs.changed if obs and obs.valid else None,
+                         previous_n=obs.previous_n if obs else None, diff=obs.diff if obs else None)
 
 
 class OrderDelivery:
     def __init__(self, store: Store, token_id: str, order_id: str, cursor: int, send: Send,
-                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: int = 16) -> None:
+                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: int = 16,
+                 observe: Observe | None = None) -> None:
         self.store = store
         self.token_id = token_id
         self.order_id = order_id
@@ -49,6 +53,8 @@ class OrderDelivery:
         self.caught_up = caught_up
         self.wake = wake
         self.window = window
+        self.observe = observe
+        self._observations: dict[int, Observation] = {}
 
     async def _ready(self) -> list[tuple[int, Result | None]]:
         """The next repetitions that may be delivered, in n order: (n, its result or None)."""
@@ -60,6 +66,11 @@ class OrderDelivery:
             if rep is None or rep.state not in FINAL:
                 break
             ready.append(n)
+        if ready and self.observe is not None:  # the watcher's extraction and change go with each result
+            watched = await self.observe(self.order_id, ready[-1])
+            ready = [n for n in ready if n <= watched.last_n]
+            self._observations = {o.n: o for o in await to_thread.run_sync(
+                self.store.list_observations, self.order_id, self.cursor, len(ns))}
         if not ready:
             return []
         results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.cursor,
@@ -69,7 +80,7 @@ class OrderDelivery:
     async def _deliver(self, batch: list[tuple[int, Result | None]]) -> None:
         for start in range(0, len(batch), self.window):
             chunk = batch[start:start + self.window]
-            sends = [self.send(message(r), r.body) for _, r in chunk if r is not None]
+            sends = [self.send(message(r, self._observations.get(n)), r.body) for n, r in chunk if r is not None]
             acks = await asyncio.gather(*sends)
             if not all(acks):
                 raise ConnectionError("the result client did not acknowledge")

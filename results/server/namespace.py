@@ -14,7 +14,7 @@ from core.protocol.results import NAMESPACE, CaughtUp, ClientEvent, ResultMessag
 from core.schemas import Scope
 from core.storage import ApiToken, Store
 from core.tokens import authenticate_api_token
-from results.server.delivery import OrderDelivery
+from results.server.delivery import Observe, OrderDelivery
 
 log = logging.getLogger("crawlcoin.results")
 
@@ -43,9 +43,10 @@ class Wakeups:
 
 
 class ResultNamespace(socketio.AsyncNamespace):
-    def __init__(self, store: Store, wakeups: Wakeups, window: int = 16) -> None:
+    def __init__(self, store: Store, wakeups: Wakeups, window: int = 16, observe: Observe | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
+        self.observe = observe
         self.wakeups = wakeups
         self.window = window
         self.tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
@@ -103,7 +104,8 @@ class ResultNamespace(socketio.AsyncNamespace):
 
         wake = self.wakeups.register(order_id)
         try:
-            await OrderDelivery(self.store, token.id, order_id, after, send, caught_up, wake, self.window).run()
+            await OrderDelivery(self.store, token.id, order_id, after, send, caught_up, wake, self.window,
+                                self.observe).run()
         except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
             log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
         finally:

@@ -2,8 +2,8 @@
 
 One module per part, composed into `CassandraStore` (`store`): `session` (connection, LWT
 helpers), `schema` (URL, keyspace, tables), `accounts`, `ledger` (the Paxos account logs),
-`orders`, `claims`, `results` (with delivery cursors), `outbox` (Prefect sync requests) and
-`recovery` (the `recover_pending` sweep). The rules every backend shares are in
+`orders`, `claims`, `results` (with delivery cursors), `watch` (observations of results),
+`outbox` (Prefect sync requests) and `recovery` (the `recover_pending` sweep). The rules every backend shares are in
 `core.storage.rules`; this package only makes them stick, as follows.
 
 Every query names one partition; nothing uses ALLOW FILTERING or scans a table. Multi-step

@@ -78,6 +78,12 @@ STEPS: list[tuple[int, list[str]]] = [
     # order's next run still looks at its recent claims.
     (3, ["""CREATE TABLE IF NOT EXISTS {ks}.open_claims (bucket int, flow_run_id text, order_id text, first_n int,
             last_n int, created_at bigint, queued boolean, PRIMARY KEY (bucket, flow_run_id))"""]),
+    # What the watcher made of each result (an `Observation` as JSON, partitioned like the jobs) and how far
+    # it got per order. An order's extraction is part of its `spec`, which needs no step.
+    (4, ["""CREATE TABLE IF NOT EXISTS {ks}.observations (order_id text, bucket int, n int, changed boolean,
+            observation text, PRIMARY KEY ((order_id, bucket), n))""",
+         """CREATE TABLE IF NOT EXISTS {ks}.watch_cursors (order_id text PRIMARY KEY, last_n int,
+            last_valid_n int)"""]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"

@@ -4,7 +4,8 @@ from core.storage.cassandra.accounts import CassandraAccounts
 from core.storage.cassandra.ledger import CassandraLedgerMethods
 from core.storage.cassandra.recovery import CassandraRecovery
 from core.storage.cassandra.results import CassandraResults
+from core.storage.cassandra.watch import CassandraWatch
 
 
-class CassandraStore(CassandraAccounts, CassandraLedgerMethods, CassandraRecovery, CassandraResults):
+class CassandraStore(CassandraAccounts, CassandraLedgerMethods, CassandraRecovery, CassandraResults, CassandraWatch):
     """The Store protocol on an Apache Cassandra (4.1+/5.x) cluster."""

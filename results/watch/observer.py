@@ -1,0 +1,140 @@
+"""Observing an order's results in n order: the extracted value of each, and whether it changed.
+
+Repetition n is observed only once every repetition before it is settled (done, failed or
+refunded), the rule result delivery follows too, so the valid result it is compared with — the
+newest one before it — can no longer change. Observing is deterministic (the same results give the
+same observations), so two watchers of one order, or a watcher that crashed half-way and starts
+again, write the same thing; the store keeps the first write.
+
+A result is valid — a page worth comparing — when it was fetched without an error and with a 2xx
+status: an error page or a failed fetch is no change of the page. The first valid result of an
+order, and the first after its extraction was changed, is the baseline: nothing to compare with.
+"""
+
+import difflib
+import hashlib
+from datetime import UTC, datetime
+
+from core.extraction import extract, page_text
+from core.schemas import OrderStatus, RepetitionState
+from core.storage import Observation, Order, Result, Store, WatchCursor, job_key
+
+FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
+MAX_DIFF_CHARS = 65_536
+_BATCH = 64
+
+
+def valid(result: Result) -> bool:
+    return result.error is None and result.status is not None and 200 <= result.status < 300
+
+
+def content_type(result: Result) -> str | None:
+    return next((v for k, v in result.headers.items() if k.lower() == "content-type"), None)
+
+
+def unified_diff(before: str, after: str, before_n: int, after_n: int) -> str:
+    """The unified diff of two texts, line by line, capped at MAX_DIFF_CHARS."""
+    lines = difflib.unified_diff(before.splitlines(), after.splitlines(), f"repetition {before_n}",
+                                 f"repetition {after_n}", lineterm="")
+    text = "\n".join(lines)
+    if len(text) > MAX_DIFF_CHARS:
+        cut = text.rfind("\n", 0, MAX_DIFF_CHARS)
+        text = text[:cut if cut > 0 else MAX_DIFF_CHARS] + "\n… (diff cut here)"
+    return text
+
+
+class _Previous:
+    """The newest valid result observed, with its page loaded only if a diff needs it."""
+
+    def __init__(self, store: Store, order_id: str, observation: Observation | None) -> None:
+        self.store, self.order_id, self.observation = store, order_id, observation
+        self._result: Result | None = None
+
+    def text(self) -> str | None:
+        assert self.observation is not None
+        if self.observation.value is not None:
+            return self.observation.value
+        if self._result is None or self._result.n != self.observation.n:
+            self._result = self.store.get_result(job_key(self.order_id, self.observation.n))
+        return page_text(self._result.body, content_type(self._result)) if self._result else None
+
+    def became(self, observation: Observation, result: Result) -> None:
+        self.observation, self._result = observation, result
+
+
+def observe(order: Order, result: Result, previous: _Previous, now: datetime) -> Observation:
+    """What one result shows, compared with the newest valid result before it."""
+    spec = order.extraction.model_dump_json() if order.extraction else None
+    obs = Observation(order_id=order.id, n=result.n, fetched_at=result.fetched_at, valid=valid(result),
+                      extraction=spec, created_at=now)
+    if not obs.valid:
+        return obs
+    if order.extraction is not None:
+        obs.value, obs.value_truncated = extract(order.extraction, result.body, content_type(result))
+        obs.value_sha256 = hashlib.sha256(obs.value.encode()).hexdigest()
+    else:
+        obs.value_sha256 = result.sha256
+    before = previous.observation
+    if before is None or before.extraction != spec:  # the baseline: nothing like it to compare with
+        return obs
+    obs.previous_n = before.n
+    obs.changed = obs.value_sha256 != before.value_sha256
+    if obs.changed:
+        old = previous.text()
+        new = obs.value if obs.value is not None else page_text(result.body, content_type(result))
+        if old is not None and new is not None:
+            obs.diff = unified_diff(old, new, before.n, result.n)
+    return obs
+
+
+def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
+    """Observe the order's settled results after its watch cursor, as far as they are settled.
+
+    Returns the cursor reached. Cheap when the cursor is at `upto` already (one read).
+    """
+    cursor = store.get_watch_cursor(order_id)
+    if upto and cursor.last_n >= upto:
+        return cursor
+    order = store.get_order(order_id)
+    if order is None:
+        return cursor
+    last_obs = None
+    if cursor.last_valid_n is not None:
+        found = store.list_observations(order_id, cursor.last_valid_n - 1, 1)
+        last_obs = found[0] if found and found[0].n == cursor.last_valid_n else None
+    previous = _Previous(store, order_id, last_obs)
+    while cursor.last_n < order.runs_claimed:
+        ns = list(range(cursor.last_n + 1, min(cursor.last_n + _BATCH, order.runs_claimed) + 1))
+        reps = {r.n: r for r in store.get_repetitions(order_id, ns)}
+        ready = []
+        for n in ns:
+            rep = reps.get(n)
+            if rep is None or rep.state not in FINAL:
+                break
+            ready.append(n)
+        if not ready:
+            break
+        results = {r.n: r for r in store.list_results(order_id, cursor.last_n, len(ns))}
+        now = datetime.now(UTC)
+        observed = []
+        last_valid_n = cursor.last_valid_n
+        for n in ready:
+            result = results.get(n)
+            if result is None:
+                continue
+            obs = observe(order, result, previous, now)
+            observed.append(obs)
+            if obs.valid:
+                previous.became(obs, result)
+                last_valid_n = n
+        cursor = WatchCursor(order_id=order_id, last_n=ready[-1], last_valid_n=last_valid_n)
+        store.record_observations(cursor, observed)
+        if len(ready) < len(ns):
+            break
+    return cursor
+
+
+def finished(order: Order | None, cursor: WatchCursor) -> bool:
+    """Nothing more will be observed of this order."""
+    return order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
+                             and cursor.last_n >= order.runs_claimed)
