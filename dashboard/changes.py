@@ -1,7 +1,8 @@
-"""An order's changes on the Results page: a timeline, and each change's diff side by side."""
+"""An order's changes on the Results page (a timeline, and each change's diff side by side) and its export."""
 
 import html
 import re
+from datetime import datetime, time, timedelta
 
 import pandas as pd
 import streamlit as st
@@ -114,3 +115,28 @@ def _diff(change: ChangeOut) -> None:
         st.html(as_html(side_by_side(change.diff), f"#{change.previous_n:,} (before)", f"#{change.n:,} (after)"))
     with st.expander("Unified diff"):
         st.code(change.diff, language="diff", wrap_lines=True)
+
+
+EXPORTS = {"JSON Lines (metadata and extracted values)": "jsonl", "CSV (metadata and extracted values)": "csv",
+           "ZIP of the pages": "zip"}
+_MIME = {"jsonl": "application/x-ndjson", "csv": "text/csv", "zip": "application/zip"}
+
+
+def export(order: OrderOut) -> None:
+    """Download the order's results as a file, for all of its time or a range of days."""
+    st.subheader("Export")
+    kind_col, range_col = st.columns(2)
+    kind = EXPORTS[kind_col.selectbox("Format", list(EXPORTS), key=f"export_format_{order.id}")]
+    days = range_col.date_input("Fetched between (optional)", value=[], key=f"export_days_{order.id}",
+                                help="Leave empty for every result; pick one day or a first and last day.")
+    picked = list(days) if isinstance(days, tuple | list) else [days] if days else []
+    tz = ui.viewer_timezone()
+    since = until = None
+    if picked:
+        since = datetime.combine(picked[0], time(), tz).isoformat()
+        until = datetime.combine(picked[-1] + timedelta(days=1), time(), tz).isoformat()
+    api = ui.api()
+    st.download_button("Download the export", data=lambda: api.export(order.id, kind, since, until),
+                       file_name=f"{fmt.short_id(order.id)}-results.{kind}", mime=_MIME[kind], on_click="ignore",
+                       key=f"export_{order.id}", icon=":material/download:")
+    st.caption("Large exports are streamed by the API: `GET /orders/{id}/export?format=jsonl|csv|zip&since=…&until=…`.")

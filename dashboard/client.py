@@ -235,6 +235,11 @@ class Api:
             after = int(page.next_cursor)
         return changes
 
+    def export(self, order_id: str, format: str, since: str | None = None, until: str | None = None) -> bytes:
+        """The order's results as one file (jsonl, csv or zip), fetched [since, until) (ISO 8601 with a zone)."""
+        params = {"format": format} | {k: v for k, v in (("since", since), ("until", until)) if v}
+        return self._send("GET", f"/orders/{order_id}/export", params=params).content
+
     def result_body(self, order_id: str, n: int) -> tuple[bytes, str]:
         """The page a repetition fetched, and its content type."""
         r = self._send("GET", f"/orders/{order_id}/results/{n}/body")

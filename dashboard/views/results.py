@@ -277,6 +277,7 @@ def main() -> None:
     if results:
         body_viewer(order, results)
         changes.timeline(order)
+        changes.export(order)
     st.divider()
     result_client(order)
     existing_tokens(order)

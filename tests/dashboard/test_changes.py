@@ -1,6 +1,7 @@
 """Watching part of a page from the dashboard: the order form's extraction, the timeline of changes and
 each change side by side (in-process with AppTest, and in a real browser)."""
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.storage import Store
 from dashboard.changes import side_by_side
+from dashboard.client import Api, new_http
 from results.watch.observer import observe_order
 from tests.dashboard.conftest import button, deliver, texts, widget
 from tests.dashboard.test_browser import ARTIFACTS, WAIT_MS, browser, dashboard_server  # noqa: F401 - fixtures
@@ -105,3 +107,16 @@ def test_the_changes_in_a_real_browser(browser: object, dashboard_server: str, a
     page.wait_for_timeout(1000)
     page.screenshot(path=str(Path(ARTIFACTS) / "changes.png"), full_page=True)
     context.close()
+
+
+def test_the_results_page_offers_the_export(dashboard: Callable[..., AppTest], api: ApiClient, api_url: str,
+                                           store: Store) -> None:
+    account = api.new_account(coins=10)
+    order = watched_order(api, store, account)
+    at = dashboard(account, RESULTS)
+    assert [b.label for b in at.get("download_button") if "export" in b.proto.label] == ["Download the export"]
+    assert widget(at.selectbox, "Format").options == ["JSON Lines (metadata and extracted values)",
+                                                     "CSV (metadata and extracted values)", "ZIP of the pages"]
+    client = Api(new_http(api_url), account.headers["Authorization"].removeprefix("Bearer "))
+    rows = client.export(order["id"], "jsonl").decode().splitlines()
+    assert [json.loads(r)["extracted"] for r in rows] == ["10 coins"] * 2 + ["12 coins"] * 3 + ["9 coins"] * 3
