@@ -16,10 +16,8 @@ import hashlib
 from datetime import UTC, datetime
 
 from core.extraction import extract, page_text
-from core.schemas import OrderStatus, RepetitionState
-from core.storage import Observation, Order, Result, Store, WatchCursor, job_key
+from core.storage import Observation, Order, Result, Store, WatchCursor, job_key, rules
 
-FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
 MAX_DIFF_CHARS = 65_536
 _BATCH = 64
 
@@ -109,7 +107,7 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
         ready = []
         for n in ns:
             rep = reps.get(n)
-            if rep is None or rep.state not in FINAL:
+            if rep is None or rep.state in rules.OPEN:  # not settled yet: its successors wait
                 break
             ready.append(n)
         if not ready:
@@ -133,8 +131,3 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
             break
     return cursor
 
-
-def finished(order: Order | None, cursor: WatchCursor) -> bool:
-    """Nothing more will be observed of this order."""
-    return order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
-                             and cursor.last_n >= order.runs_claimed)
