@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -32,7 +31,6 @@ GROUP = "watch"
 OBSERVED = "observed"
 """Outcome of the notice a watcher adds when it observed more of an order (the watchers skip those)."""
 RECLAIM_IDLE_MS = 60_000
-Observed = Callable[[str, WatchCursor], Awaitable[None]]
 
 
 def _text(value: bytes | str) -> str:
@@ -40,10 +38,9 @@ def _text(value: bytes | str) -> str:
 
 
 class Watcher:
-    def __init__(self, store: Store, redis: Redis, observed: Observed | None = None) -> None:
+    def __init__(self, store: Store, redis: Redis) -> None:
         self.store = store
         self.redis = redis
-        self.observed = observed
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -95,8 +92,6 @@ class Watcher:
                 continue
             if cursor.last_n > before.last_n:
                 moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
-                if self.observed is not None:
-                    await self.observed(order_id, cursor)
         done = [i for i, n in entries if n is None or n.order_id not in failed]
         if done or moved:
             pipe = self.redis.pipeline(transaction=False)
