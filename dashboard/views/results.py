@@ -78,7 +78,9 @@ def result_client(order: OrderOut) -> None:
                 st.session_state["results_tokens"][order.id] = token.token
                 st.rerun()
     st.caption("Install the client with `pip install 'crawlcoin[results]'`. The token can read the results of "
-               "this order only.")
+               "this order only. Add `--changes` to write only the results that changed, each with a `.diff`"
+               + (", and every page comes with its extracted value in `<n>-<time>.extract.txt`." if order.extraction
+                  else "."))
 
 
 def existing_tokens(order: OrderOut) -> None:
