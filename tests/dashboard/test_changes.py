@@ -83,7 +83,7 @@ def test_the_changes_in_a_real_browser(browser: object, dashboard_server: str, a
     account = api.new_account(coins=10)
     watched_order(api, store, account)
     context = browser.new_context(viewport={"width": 1360, "height": 1400},  # type: ignore[attr-defined]
-                                  timezone_id="UTC")
+                                  timezone_id="UTC", accept_downloads=True)
     page: Page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
@@ -106,6 +106,11 @@ def test_the_changes_in_a_real_browser(browser: object, dashboard_server: str, a
     side.scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(Path(ARTIFACTS) / "changes.png"), full_page=True)
+    with page.expect_download() as download:  # the export, fetched from the API when the button is clicked
+        page.get_by_role("button", name="Download the export").click()
+    rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [r["n"] for r in rows] == list(range(1, 9)) and [r["changed"] for r in rows].count(True) == 2
+    assert download.value.suggested_filename.endswith("-results.jsonl")
     context.close()
 
 
