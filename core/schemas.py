@@ -228,10 +228,30 @@ class CronSchedule(Request):
 Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
 
 
+class Extraction(Request):
+    """What of each fetched page to keep and watch: the text of a CSS selector's or an XPath's matches
+    (one line each), or the page's visible text. Without one, the whole page is compared."""
+
+    kind: Literal["css", "xpath", "text"]
+    selector: Annotated[str, Field(min_length=1, max_length=1000), OneLine] | None = Field(
+        default=None, description="The CSS selector or XPath expression; none for `text`. A selector ending in "
+                                  "`::text` or `::attr(name)`, or an XPath selecting text or attributes, keeps "
+                                  "those strings; one selecting elements keeps each element's text.")
+
+    @model_validator(mode="after")
+    def _selector_matches_kind(self) -> "Extraction":
+        if self.kind == "text" and self.selector is not None:
+            raise PydanticCustomError("selector", "extraction of kind text takes no selector")
+        if self.kind != "text" and self.selector is None:
+            raise PydanticCustomError("selector", "extraction of kind {kind} needs a selector", {"kind": self.kind})
+        return self
+
+
 class OrderCreate(Request, RequestSpec):
     schedule: Schedule
     start_at: IsoDateTime | None = Field(default=None, description="First run, with a timezone; default: now.")
     max_runs: Annotated[int, Field(ge=1)]
+    extraction: Extraction | None = Field(default=None, description="Keep and watch only part of each page.")
 
 
 class RepetitionCounts(BaseModel):
@@ -263,6 +283,7 @@ class OrderOut(RequestSpec, _Identified):
     runs_left: int = Field(description="Repetitions not yet handed to the job queue (`max_runs - runs_claimed`).")
     repetitions: RepetitionCounts
     next_run_at: datetime | None = Field(description="When the next repetition is due; null once none is to come.")
+    extraction: Extraction | None
     status: OrderStatus
     price_per_run: int
     cost: int
@@ -311,11 +332,30 @@ class ResultOut(BaseModel):
         default=None, description=(
             "When the body was deleted: bodies are kept for `result_body_retention_seconds` (see /meta) after a "
             "result client received them; everything else about the result stays."))
+    extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
+    changed: bool | None = Field(default=None, description="Differs from the previous valid result; null when not "
+                                                           "a page to compare, or not observed yet.")
 
 
 class ResultPage(BaseModel):
     items: list[ResultOut]
     next_cursor: str | None = Field(description="Pass as `before` to get the next (older) page.")
+
+
+class ChangeOut(BaseModel):
+    """A repetition whose page (or extracted value) differs from the previous valid result's."""
+
+    n: int
+    previous_n: int = Field(description="The valid result it differs from.")
+    fetched_at: datetime
+    observed_at: datetime
+    extracted: str | None = Field(description="The extracted value now; null when the order watches whole pages.")
+    diff: str | None = Field(description="Unified diff from repetition previous_n to n; null for binary pages.")
+
+
+class ChangePage(BaseModel):
+    items: list[ChangeOut] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Pass as `after` to get the next (newer) page.")
 
 
 # --- service --------------------------------------------------------------------------------
