@@ -39,7 +39,7 @@ from flows.dispatch import run_dispatch
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
-from flows.retention import RETENTION_INTERVAL_SECONDS, run_retention
+from flows.retention import retention_interval, run_retention
 
 log = logging.getLogger("crawlcoin.worker")
 
@@ -171,7 +171,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
                 log.info(done.summary())
 
     async def _retention_loop(self, ctx: FlowContext) -> None:
-        while not await self._stopped_within(RETENTION_INTERVAL_SECONDS):
+        while not await self._stopped_within(retention_interval(ctx.settings)):
             try:
                 summary = await run_retention(ctx)
             except Exception as e:  # Prefect or Valkey may be down for a while: try again next time
