@@ -328,3 +328,6 @@ def test_the_two_minute_tour(browser: object, tmp_path: Path) -> None:
     finally:
         code = stop(up)
     assert code == 0
+    time.sleep(0.5)  # the last lines
+    said = "\n".join(console.lines)
+    assert said.splitlines()[-1] == "stopping…" and "Traceback" not in said and "Failed" not in said, said
