@@ -154,6 +154,7 @@ def test_the_two_minute_tour(browser: object, tmp_path: Path) -> None:
     data = tmp_path / "data"
     api_port = free_port()
     up = start_up(data, api_port, free_port(), "--demo")
+    miner = client = None
     try:
         # 1. `crawlcoin up --demo`: the stack, a demo page, a demo customer with an order (every 5 s × 12), a
         # local miner and a result client; the demo account's password and TOTP secret; where files arrive.
@@ -326,6 +327,7 @@ def test_the_two_minute_tour(browser: object, tmp_path: Path) -> None:
         said = "\n".join(console.lines)
         assert not re.search(r"died|unexpectedly|error|Traceback", said), said
     finally:
+        interrupt([miner, client])  # already stopped unless a step failed
         code = stop(up)
     assert code == 0
     time.sleep(0.5)  # the last lines
