@@ -193,8 +193,13 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                                  ("result servers", results_url, result_servers)):
             if count > 1:
                 rows.append((what, f"{url} (Socket.IO via HAProxy to {count} servers)", "-"))
+        # The addresses the dashboard shows in its commands and links: the ones started here, unless set.
+        addresses = {"mining_url": mining_url, "results_url": results_url}
+        if not settings.prefect_api_url:
+            addresses["prefect_ui_url"] = f"http://{host}:{settings.prefect_port}"
         start("dashboard", streamlit_argv(settings), dashboard_url(settings), dashboard_health_url(settings),
-              "dashboard.log")
+              "dashboard.log", extra_env={f"CRAWLCOIN_{k.upper()}": v for k, v in addresses.items()
+                                          if k not in settings.model_fields_set})
         if miner:
             username, token = local_miner_token(base, data_dir)
             argv = crawlcoin + ["mine", "--server", mining_url] + (["--allow-private-targets"] if demo else [])
@@ -221,7 +226,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 f"starting in 10 s. Watch the files arrive in {data_dir / 'demo-results'}.\n"
                 f"Sign in to the dashboard as [bold]{demo_note['username']}[/] with password "
                 f"[bold]{demo_note['password']}[/] and TOTP secret {demo_note['secret']} "
-                f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").")
+                f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").",
+                soft_wrap=True)  # one line each, never cut: a command broken in two does not paste
         while True:
             supervisor.check()
             time.sleep(0.5)

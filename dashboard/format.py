@@ -148,7 +148,7 @@ def result_ok(result: ResultOut) -> bool:
 
 
 # The repetition states as the API names them (`OrderOut.repetitions`), in the dashboard's words.
-TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued, waiting for their time",
+TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued ahead of time",
            "scheduled": "scheduled"}
 SETTLED = {"delivered": "delivered", "refunded": "refunded", "failed": "failed"}
 

@@ -77,6 +77,7 @@ class MinerConn:
     blocked: frozenset[str]
     leases: dict[str, Lease] = field(default_factory=dict)
     draining: bool = False
+    last_offer: float = 0.0  # monotonic time of the last job offered: equals take turns
 
     @property
     def free(self) -> int:
@@ -235,7 +236,10 @@ class Handout:
                 continue
             if sid == held.avoid and best is not None:
                 continue
-            if best is None or n > free[best.sid] or best.sid == held.avoid:
+            # The most free slots wins; between equals, the one that waited longest for a job, so that a
+            # miner which connected later is not starved while jobs come one at a time.
+            if (best is None or best.sid == held.avoid or n > free[best.sid]
+                    or (n == free[best.sid] and conn.last_offer < best.last_offer)):
                 best = conn
         return best
 
@@ -250,6 +254,7 @@ class Handout:
         lease = Lease(held, conn.sid, now + self.settings.lease_seconds)
         conn.leases[job.key] = lease
         self.leases[job.key] = lease
+        conn.last_offer = now
         offer = JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields())
         await self._send(ServerEvent.job, conn.sid, offer.model_dump())
 

@@ -1,6 +1,7 @@
 """A job travels from the job stream through a mining server to a `crawlcoin mine` process and
 back: the result is stored once, the miner is paid from the order's escrow, result servers are told."""
 
+import httpx
 from redis import Redis
 
 from core.protocol.notices import NOTICES_STREAM
@@ -30,3 +31,23 @@ def test_a_job_reaches_a_miner_whose_result_is_stored_and_paid(market: Market, m
     out = proc.output()
     assert "allow-private-targets is ON" in out and "for local testing only" in out
     assert "Traceback" not in out
+
+
+def test_miners_with_equal_room_take_turns_when_jobs_come_one_at_a_time(market: Market, mining_server: str,
+                                                                        pages: PageServer,
+                                                                        processes: Processes) -> None:
+    """A volunteer who joins a server where another miner already runs gets work too (one job at a time would
+    otherwise always go to the miner that connected first)."""
+    customer = market.user(coins=6)
+    first, first_token = market.miner()
+    second, second_token = market.miner()
+    processes.miner(mining_server, first_token)
+    warm = market.order(customer, pages.url("/page/warm"))
+    wait_for(lambda: market.stored(warm) == [1], 30, "the first miner to work")
+    processes.miner(mining_server, second_token)
+    wait_for(lambda: httpx.get(f"{mining_server}/health", timeout=5).json()["miners"] == 2, 30, "the second miner")
+    for i in range(4):
+        order = market.order(customer, pages.url(f"/page/turn{i}"))
+        wait_for(lambda order=order: market.stored(order) == [1], 30, f"job {i}")
+    assert market.balance(first) + market.balance(second) == 5
+    assert market.balance(second) >= 2, "the miner that came second got its turns"
