@@ -18,8 +18,8 @@ the time goes. `--rounds R` alternates the two measurements R times and prints t
 
 `--idle N` also connects N idle miners (helper processes; their policy blocks the bench's
 page, so they never take a job) and measures the busy miners again: first with min(N, 100)
-idle, then with N. For each it prints the hand-out latency (a busy miner's result acknowledged
-→ its next job received, p50/p99) and the mining server's RSS.
+idle, then with N. For each it prints how many idle miners the server counted, the hand-out latency (a busy miner's
+result acknowledged → its next job received, p50/p99) and the mining server's RSS.
 """
 
 import argparse
@@ -273,13 +273,20 @@ def _rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def _wait_miners(port: int, count: int, timeout: float = 600) -> None:
+def _wait_miners(port: int, count: int, timeout: float = 900) -> int:
+    """Wait until the server counts `count` miners, or their number stops growing for 30 s; the count."""
     deadline = time.monotonic() + timeout
+    best, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        if httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["miners"] >= count:
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"the mining server did not see {count} miners")
+        seen = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["miners"]
+        if seen >= count:
+            return seen
+        if seen > best:
+            best, since = seen, time.monotonic()
+        elif time.monotonic() - since > 30:
+            return seen
+        time.sleep(1)
+    return best
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -398,7 +405,7 @@ def main() -> None:
                 assert helper.stdout is not None
                 connected = int(helper.stdout.readline().strip() or 0)
                 if connected != n:
-                    raise RuntimeError(f"an idle-miner helper connected {connected} of {n} miners (see {tmp})")
+                    print(f"(an idle-miner helper connected {connected} of {n} miners; see {tmp})")
 
         async def run() -> None:
             ratios = []
@@ -428,11 +435,11 @@ def main() -> None:
                 for idle in sorted({min(args.idle, 100), args.idle}):
                     await asyncio.to_thread(add_idle, idle - connected)
                     connected = idle
-                    await asyncio.to_thread(_wait_miners, mining_port, idle + args.miners)
+                    seen = await asyncio.to_thread(_wait_miners, mining_port, idle + args.miners)
                     await asyncio.sleep(2)
                     m = await miners.measure(args.seconds, mining_cpu)
                     h50, h99 = miners.handout()
-                    print(f"{idle:12d} {m[0]:9.0f} {m[2]:11.1f} {h50:13.1f} {h99:9.1f} "
+                    print(f"{seen - args.miners:12d} {m[0]:9.0f} {m[2]:11.1f} {h50:13.1f} {h99:9.1f} "
                           f"{_rss_mib(mining.pid):15.0f}")
                 await miners.finish()
 
