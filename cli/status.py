@@ -209,7 +209,7 @@ def run_status(settings: Settings, watch: bool, interval: float, console: Consol
             console.print(render(found, now, None))
             return 0 if all(now.up.values()) else 1
         history.append(now)
-        with Live(render(found, now, None), console=console, auto_refresh=False) as live:
+        with Live(render(found, now, None), console=console, auto_refresh=False, vertical_overflow="visible") as live:
             try:
                 while True:
                     time.sleep(interval)

@@ -160,7 +160,7 @@ def test_every_server_s_metrics_move_with_the_work_done(stack: Stack) -> None:
     # The client acknowledges a batch once its files are written: the count follows the files.
     wait_for(lambda: scrape(results)["crawlcoin_results_delivered_total"] == files, 30, "the last acknowledgement")
     r = scrape(results)
-    assert r["crawlcoin_result_clients_connected"] == 1
+    assert r["crawlcoin_result_clients_connected"] in (0, 1)  # the client leaves once the order is complete
 
     a = scrape(api)
     assert a["crawlcoin_queue_jobs"] == 0 and a["crawlcoin_queue_due_jobs"] == 0
