@@ -100,10 +100,16 @@ def lateness(due_at: datetime | float, now: float | None = None) -> float:
     return max(0.0, (time.time() if now is None else now) - due)
 
 
+_finished: dict[str, Counter] = {}
+
+
 def job_finished(ack: "ResultAck", due_at: datetime) -> None:
     """The mining server answered a result or counted a failed attempt (`ack` is what the writer said)."""
     outcome = ack.outcome if ack.ok and ack.outcome else "not_stored"
-    JOBS_FINISHED.labels(outcome=outcome).inc()
+    counter = _finished.get(outcome)
+    if counter is None:  # labels() takes a lock and builds a key: once per outcome, not per job
+        counter = _finished[outcome] = JOBS_FINISHED.labels(outcome=outcome)
+    counter.inc()
     if ack.coins:
         COINS_PAID.inc(ack.coins)
     if outcome in STORED:
