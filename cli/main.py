@@ -159,6 +159,17 @@ def results(
 
 
 @app.command()
+def status(
+    watch: bool = typer.Option(False, "--watch", metavar="", help="Keep the screen up, refreshed (Ctrl-C ends)."),
+    interval: float = typer.Option(2.0, min=0.5, help="Seconds between refreshes with --watch."),
+) -> None:
+    """One screen of the running marketplace: services up, backlog, lateness, miners, orders late."""
+    from cli.status import run_status
+
+    raise typer.Exit(run_status(_settings(), watch, interval, Console()))
+
+
+@app.command()
 def worker(
     pool: str = typer.Option(None, help="Prefect work pool (default: CRAWLCOIN_WORK_POOL)."),
     limit: int = typer.Option(100, min=1, help="Flow runs held at the same time. A run claimed ahead of its "

@@ -1,4 +1,4 @@
-"""The mining server as an ASGI app: Socket.IO (websocket transport only) plus `/health`.
+"""The mining server as an ASGI app: Socket.IO (websocket transport only) plus `/health` and `/metrics`.
 
 Everything that opens a connection (store, Valkey) is built at start-up, from the settings.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
+from core import metrics
 from core.protocol.mining import NAMESPACE
 from core.settings import Settings
 from core.storage import Store, open_store
@@ -101,7 +102,7 @@ class MiningServer:
             await self.sio.emit(event, payload, to=sid, namespace=NAMESPACE)
 
         def fail(held: Held, why: str, avoid: str | None) -> None:
-            writer.attempt_failed(held, why, avoid=avoid)
+            metrics.job_finished_when_done(writer.attempt_failed(held, why, avoid=avoid), held.job.due_at)
 
         handout = Handout(settings, stream, send, fail)
         writer = ResultWriter(settings, self.store, stream, handout)
@@ -122,17 +123,26 @@ class MiningServer:
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 
+    def _set_gauges(self) -> None:
+        handout = self.handout
+        metrics.MINERS_CONNECTED.set(len(handout.miners) if handout else 0)
+        metrics.LEASES_OUTSTANDING.set(len(handout.leases) if handout else 0)
+
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        content_type = "application/json"
         if scope["path"] == "/health":
             miners = len(self.handout.miners) if self.handout else 0
-            status, body = 200, {"status": "ok", "server_id": self.server_id, "miners": miners}
+            status, payload = 200, json.dumps({"status": "ok", "server_id": self.server_id, "miners": miners}).encode()
+        elif scope["path"] == "/metrics":
+            self._set_gauges()
+            status, (payload, content_type) = 200, metrics.exposition()
         else:
-            status, body = 404, {"detail": "not found; miners connect with Socket.IO at /socket.io/"}
-        payload = json.dumps(body).encode()
+            status, payload = 404, json.dumps(
+                {"detail": "not found; miners connect with Socket.IO at /socket.io/"}).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", content_type.encode()),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import ada_url
 
+from core.metrics import LEASES_EXPIRED, LEASES_RECLAIMED
 from core.outage import VALKEY_DOWN, outage
 from core.protocol.jobs import Job
 from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
@@ -364,6 +365,7 @@ class Handout:
             now = time.monotonic()
             for lease in [lease for lease in self.leases.values() if lease.deadline <= now and not lease.delivered]:
                 self.end_lease(lease)
+                LEASES_EXPIRED.inc()
                 try:
                     revoke = Revoke(key=lease.held.job.key, reason="the lease expired")
                     await self._send(ServerEvent.revoke, lease.sid, revoke.model_dump())
@@ -398,6 +400,7 @@ class Handout:
                         await self.stream.finish([entry.id], [])
                         continue
                     self._fail(self.hold(entry), "its mining server stopped", None)
+                    LEASES_RECLAIMED.inc()
                 rounds += 1
                 if rounds % 20 == 0:
                     await self.stream.forget_idle_consumers(10 * lease_ms + 600_000)
