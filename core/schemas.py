@@ -219,6 +219,15 @@ class RequestSpec(BaseModel):
         return {name: getattr(self, name) for name in RequestSpec.model_fields}
 
 
+def every(seconds: int) -> str:
+    """An interval in words: 'every minute', 'every 5 seconds', 'every 2 hours'."""
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"every {name}" if n == 1 else f"every {n} {name}s"
+    return "every second" if seconds == 1 else f"every {seconds} seconds"
+
+
 class IntervalSchedule(Request):
     kind: Literal["interval"] = Field(description="`interval`: every `every_seconds` from `start_at`.")
     every_seconds: Annotated[int, Field(ge=1, description="Seconds between repetitions (at least "

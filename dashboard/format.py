@@ -6,8 +6,7 @@ from http import HTTPStatus
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.schedules import every
-from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut
+from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut, every
 
 LEDGER_KINDS = {
     "faucet": "Test coins",
