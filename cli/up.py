@@ -18,6 +18,7 @@ from cli.demo import place_demo_order, prepare_site, refuse_in_production
 from cli.embedded import embedded_secrets, prefect_env, private_data_dir, start_postgres, valkey_argv, valkey_config
 from cli.haproxy import Pool, find_haproxy, write_config
 from cli.local_miner import local_miner_token
+from cli.status import METRICS_TARGETS, write_targets
 from cli.supervise import Child, PostgresChild, Supervisor
 from core.errors import CrawlcoinError
 from core.settings import Settings
@@ -170,10 +171,14 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         crawlcoin = [sys.executable, "-m", "cli.main"]
         base = f"http://{host}:{settings.api_port}"
         start("api", crawlcoin + ["serve", "api"], f"{base}/docs", f"{base}/health", "api.log")
-        for i in range(1, workers + 1):
+        worker_ports = ([settings.worker_metrics_port + i for i in range(workers)] if settings.worker_metrics_port
+                        else _consecutive_free_ports(host, max(p for p, _, _ in ports), workers, reserved))
+        for i, metrics_port in enumerate(worker_ports, 1):
+            _require_port(host, metrics_port, "CRAWLCOIN_WORKER_METRICS_PORT", "worker's metrics endpoint")
             start(f"worker {i}" if workers > 1 else "worker", crawlcoin + ["worker"],
-                  "Prefect work pool " + settings.work_pool, "", f"worker-{i}.log" if workers > 1 else "worker.log",
-                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2"})
+                  f"Prefect work pool {settings.work_pool}; http://{host}:{metrics_port}/metrics", "",
+                  f"worker-{i}.log" if workers > 1 else "worker.log",
+                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "CRAWLCOIN_WORKER_METRICS_PORT": str(metrics_port)})
         start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
                        "mining")
         start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
@@ -193,8 +198,13 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                                  ("result servers", results_url, result_servers)):
             if count > 1:
                 rows.append((what, f"{url} (Socket.IO via HAProxy to {count} servers)", "-"))
+        # The addresses the dashboard shows in its commands and links: the ones started here, unless set.
+        addresses = {"mining_url": mining_url, "results_url": results_url}
+        if not settings.prefect_api_url:
+            addresses["prefect_ui_url"] = f"http://{host}:{settings.prefect_port}"
         start("dashboard", streamlit_argv(settings), dashboard_url(settings), dashboard_health_url(settings),
-              "dashboard.log")
+              "dashboard.log", extra_env={f"CRAWLCOIN_{k.upper()}": v for k, v in addresses.items()
+                                          if k not in settings.model_fields_set})
         if miner:
             username, token = local_miner_token(base, data_dir)
             argv = crawlcoin + ["mine", "--server", mining_url] + (["--allow-private-targets"] if demo else [])
@@ -213,6 +223,9 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                                                 demo_note["order_id"], "--out", str(out)],
                   f"writing into {out}", "", "demo-results.log", one_shot=True,  # ends with the demo order
                   extra_env={"CRAWLCOIN_RESULTS_TOKEN": demo_note["results_token"]})
+        targets = write_targets(data_dir / METRICS_TARGETS, host, {
+            "api": [settings.api_port], "worker": worker_ports, "mining": mining_ports, "results": results_ports})
+        rows.append(("metrics", f"/metrics on each service; Prometheus file_sd targets in {targets}", "-"))
         rows.append(("store", _display_store(settings), "-"))
         print_table(console, rows)
         if demo_note is not None:
@@ -221,7 +234,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 f"starting in 10 s. Watch the files arrive in {data_dir / 'demo-results'}.\n"
                 f"Sign in to the dashboard as [bold]{demo_note['username']}[/] with password "
                 f"[bold]{demo_note['password']}[/] and TOTP secret {demo_note['secret']} "
-                f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").")
+                f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").",
+                soft_wrap=True)  # one line each, never cut: a command broken in two does not paste
         while True:
             supervisor.check()
             time.sleep(0.5)

@@ -13,6 +13,8 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.metrics import BACKEND_ERRORS, backend_label
+
 log = logging.getLogger("crawlcoin.outage")
 
 
@@ -21,6 +23,7 @@ class Outage:
         self.dependency = dependency
         self.since: float | None = None
         self.retries = 0
+        self.errors = BACKEND_ERRORS.labels(backend=backend_label(dependency))
 
     @property
     def down(self) -> bool:
@@ -29,6 +32,7 @@ class Outage:
     def failed(self, error: BaseException, doing: str = "") -> None:
         """A call to the dependency failed; `doing` says what for (shown on the first line only)."""
         what = f" ({doing})" if doing else ""
+        self.errors.inc()
         if self.since is None:
             self.since, self.retries = time.monotonic(), 0
             log.warning("%s unavailable%s: %s: %s; retrying quietly until it is back", self.dependency, what,

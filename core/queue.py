@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
+from core.metrics import observe_released
 from core.outage import VALKEY_DOWN, outage
 from core.protocol import KEY_PREFIX
 from core.protocol.jobs import JOB_FIELD, JOBS_STREAM, KEY_FIELD, Job
@@ -48,10 +49,14 @@ end
 return added
 """
 
-# KEYS: due zset, payload hash, stream; ARGV: now, limit, marker ttl, prefix, the entry's key and job field names
+# KEYS: due zset, payload hash, stream; ARGV: now, limit, marker ttl, prefix, the entry's key and job field names.
+# Returns the due times of the jobs it released (for the lateness histogram).
 _RELEASE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, key in ipairs(due) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local scores = {}
+for i = 1, #due, 2 do
+  local key = due[i]
+  table.insert(scores, due[i + 1])
   local payload = redis.call('HGET', KEYS[2], key)
   if payload then
     redis.call('XADD', KEYS[3], '*', ARGV[5], key, ARGV[6], payload)
@@ -62,7 +67,7 @@ for _, key in ipairs(due) do
   redis.call('SREM', ARGV[4] .. ':due:order:' .. order_id, key)
   redis.call('SET', ARGV[4] .. ':released:' .. key, '1', 'EX', tonumber(ARGV[3]))
 end
-return #due
+return scores
 """
 
 # KEYS: due zset, payload hash, order set
@@ -105,7 +110,9 @@ class JobQueue:
         """Move jobs due by `now` onto the job stream; returns how many moved."""
         now = time.time() if now is None else now
         args = [now, limit, RELEASED_TTL_SECONDS, KEY_PREFIX, KEY_FIELD, JOB_FIELD]
-        return int(await self._release(keys=[DUE, PAYLOADS, JOBS_STREAM], args=args))
+        scores = await self._release(keys=[DUE, PAYLOADS, JOBS_STREAM], args=args)
+        observe_released([float(x) for x in scores], now)
+        return len(scores)
 
     async def withdraw(self, order_id: str) -> list[int]:
         """Take the order's not-yet-released jobs out of the queue; returns their repetition numbers."""

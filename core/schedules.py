@@ -7,27 +7,15 @@ run claims every repetition due before `now + lead + period`, and the runs come 
 apart, so one flow run covers several repetitions of a fast order.
 """
 
-from __future__ import annotations
-
 import math
 import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-if TYPE_CHECKING:  # the dashboard words schedules without the store's drivers
-    from core.storage import Order
-
-
-def every(seconds: int) -> str:
-    """An interval in words: 'every minute', 'every 5 seconds', 'every 2 hours'."""
-    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds % size == 0 and seconds >= size:
-            n = seconds // size
-            return f"every {name}" if n == 1 else f"every {n} {name}s"
-    return "every second" if seconds == 1 else f"every {seconds} seconds"
+from core.schemas import every
+from core.storage import Order
 
 
 def in_words(order: Order) -> str:

@@ -38,8 +38,9 @@ def _one_line(value: str) -> str:
 
 OneLine = AfterValidator(_one_line)
 
-Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Password = Annotated[str, Field(min_length=1, max_length=256)]
+Username = Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                description="Letters, digits and . _ - (starting with a letter or digit).")]
+Password = Annotated[str, Field(min_length=1, max_length=256, description="Your password.")]
 TotpCode = Annotated[str, Field(pattern=r"^\d{6}$", description="The 6-digit code from the authenticator app.")]
 
 
@@ -100,7 +101,7 @@ class RegisterRequest(Request):
 
 
 class CredentialsRequest(Request):
-    username: Annotated[str, Field(min_length=1, max_length=64), OneLine]
+    username: Annotated[str, Field(min_length=1, max_length=64, description="Your username."), OneLine]
     password: Password
 
 
@@ -114,49 +115,51 @@ class LoginRequest(CredentialsRequest):
 
 class TotpEnrolment(BaseModel):
     secret: str = Field(description="Base32 secret, for manual entry in an authenticator app.")
-    otpauth_uri: str
+    otpauth_uri: str = Field(description="The otpauth:// URI an authenticator app takes (the QR code holds it).")
     qr_png: str = Field(description="The otpauth URI as a QR code, a data:image/png;base64 URI.")
 
 
 class UserOut(BaseModel):
-    id: str
-    username: str
-    totp_enabled: bool
-    created_at: datetime
+    id: str = Field(description="The account's id.")
+    username: str = Field(description="The name you sign in with.")
+    totp_enabled: bool = Field(description="Whether two-factor sign-in is set up (required before the first login).")
+    created_at: datetime = Field(description="When the account was registered.")
 
 
 class Registered(BaseModel):
-    user: UserOut
-    totp: TotpEnrolment
+    user: UserOut = Field(description="The new account.")
+    totp: TotpEnrolment = Field(description="The secret to enrol in an authenticator app, then confirm with a code.")
 
 
 class SessionOut(BaseModel):
-    access_token: str
-    token_type: Literal["bearer"] = "bearer"
-    expires_at: datetime
+    access_token: str = Field(description="Send it as `Authorization: Bearer <token>`.")
+    token_type: Literal["bearer"] = Field(default="bearer", description="Always `bearer`.")
+    expires_at: datetime = Field(description="When the session ends; log in again after.")
 
 
 class MeOut(UserOut):
-    balance: int
+    balance: int = Field(description="Coins in your wallet (not counting those held in escrow for your orders).")
 
 
 # --- API tokens -----------------------------------------------------------------------------
 
 
 class TokenCreate(Request):
-    name: Annotated[str, Field(min_length=1, max_length=64), OneLine] = "token"
-    scopes: Annotated[list[Annotated[Scope, Strict(False)]], Field(min_length=1, max_length=2)]
+    name: Annotated[str, Field(min_length=1, max_length=64, description="A name to recognise the token by, e.g. the "
+                                                                        "computer it runs on."), OneLine] = "token"
+    scopes: Annotated[list[Annotated[Scope, Strict(False)]], Field(
+        min_length=1, max_length=2, description="`mine` for the mining client, `results` for the result client.")]
     order_id: Annotated[str, Field(max_length=64), OneLine] | None = Field(
         default=None, description="Limit the token to this one order.")
 
 
 class TokenOut(BaseModel):
-    id: str
-    name: str
-    scopes: list[Scope]
-    order_id: str | None
-    created_at: datetime
-    revoked_at: datetime | None
+    id: str = Field(description="The token's id (for revoking it).")
+    name: str = Field(description="The name given when it was created.")
+    scopes: list[Scope] = Field(description="What the token may do: `mine`, `results`.")
+    order_id: str | None = Field(description="The only order whose results it may read; null: all of yours.")
+    created_at: datetime = Field(description="When it was created.")
+    revoked_at: datetime | None = Field(description="When it was revoked; null while it works.")
 
 
 class TokenCreated(TokenOut):
@@ -167,26 +170,28 @@ class TokenCreated(TokenOut):
 
 
 class FaucetRequest(Request):
-    amount: Annotated[int, Field(ge=1)] = 100
+    amount: Annotated[int, Field(ge=1, description="Test coins to add (dev and test mode only; at most "
+                                                   "`faucet_max_amount` of /meta).")] = 100
 
 
 class WalletOut(BaseModel):
-    account: str
-    balance: int
+    account: str = Field(description="The ledger account of your wallet.")
+    balance: int = Field(description="Coins you can spend.")
 
 
 class LedgerEntryOut(BaseModel):
-    txn_key: str
-    delta: int
-    balance_after: int
-    kind: str
-    reference: str | None
-    created_at: datetime
+    txn_key: str = Field(description="The transfer this entry belongs to (unique; a retried transfer is not repeated).")
+    delta: int = Field(description="Coins in (positive) or out (negative) of your wallet.")
+    balance_after: int = Field(description="Your balance right after this entry.")
+    kind: str = Field(description="What moved the coins: faucet, hold (an order's escrow), refund or reward "
+                                      "(mining).")
+    reference: str | None = Field(description="The order or repetition it concerns, if any.")
+    created_at: datetime = Field(description="When it was booked.")
 
 
 class LedgerPage(BaseModel):
-    items: list[LedgerEntryOut]
-    next_cursor: str | None
+    items: list[LedgerEntryOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next (older) page; null on the last page.")
 
 
 # --- orders ---------------------------------------------------------------------------------
@@ -204,9 +209,9 @@ class RequestSpec(BaseModel):
     the miner's fetcher checks the request again before it sends anything.
     """
 
-    url: Annotated[str, Field(min_length=1, max_length=8192)]
-    method: HttpMethod = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
+    url: Annotated[str, Field(min_length=1, max_length=8192, description="The page to fetch (http or https).")]
+    method: HttpMethod = Field(default="GET", description="GET, HEAD or POST (only miners that allow POST take it).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Request headers sent with every fetch.")
     body: str | None = Field(default=None, description="Request body; only with method POST.")
 
     def request_fields(self) -> dict[str, Any]:
@@ -214,15 +219,27 @@ class RequestSpec(BaseModel):
         return {name: getattr(self, name) for name in RequestSpec.model_fields}
 
 
+def every(seconds: int) -> str:
+    """An interval in words: 'every minute', 'every 5 seconds', 'every 2 hours'."""
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0 and seconds >= size:
+            n = seconds // size
+            return f"every {name}" if n == 1 else f"every {n} {name}s"
+    return "every second" if seconds == 1 else f"every {seconds} seconds"
+
+
 class IntervalSchedule(Request):
-    kind: Literal["interval"]
-    every_seconds: Annotated[int, Field(ge=1)]
+    kind: Literal["interval"] = Field(description="`interval`: every `every_seconds` from `start_at`.")
+    every_seconds: Annotated[int, Field(ge=1, description="Seconds between repetitions (at least "
+                                                          "`min_interval_seconds` of /meta).")]
 
 
 class CronSchedule(Request):
-    kind: Literal["cron"]
+    kind: Literal["cron"] = Field(description="`cron`: at the times of a cron expression.")
     cron: Annotated[str, Field(min_length=9, max_length=120, description="Five-field cron expression."), OneLine]
-    timezone: Annotated[str, Field(min_length=1, max_length=64), OneLine] = "UTC"
+    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA timezone the cron expression is "
+                                                                            "read in, e.g. Europe/Berlin."),
+                        OneLine] = "UTC"
 
 
 Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
@@ -248,9 +265,10 @@ class Extraction(Request):
 
 
 class OrderCreate(Request, RequestSpec):
-    schedule: Schedule
+    schedule: Schedule = Field(description="When the page is fetched: at an interval or on a cron schedule.")
     start_at: IsoDateTime | None = Field(default=None, description="First run, with a timezone; default: now.")
-    max_runs: Annotated[int, Field(ge=1)]
+    max_runs: Annotated[int, Field(ge=1, description="How many times the page is fetched; the order costs max_runs × "
+                                                     "price_per_run.")]
     extraction: Extraction | None = Field(default=None, description="Keep and watch only part of each page.")
 
 
@@ -269,28 +287,29 @@ class RepetitionCounts(BaseModel):
 
 
 class _Identified(BaseModel):
-    id: str
+    id: str = Field(description="The order's id.")
 
 
 class OrderOut(RequestSpec, _Identified):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # the API always sends them all
 
-    schedule: IntervalSchedule | CronSchedule
-    start_at: datetime
-    max_runs: int
+    schedule: IntervalSchedule | CronSchedule = Field(description="When the page is fetched.")
+    start_at: datetime = Field(description="When the schedule starts.")
+    max_runs: int = Field(description="How many repetitions were ordered.")
     runs_claimed: int = Field(description="Repetitions handed to the job queue, most of them ahead of their time "
                                           "(not how many have run: see `repetitions`).")
     runs_left: int = Field(description="Repetitions not yet handed to the job queue (`max_runs - runs_claimed`).")
-    repetitions: RepetitionCounts
+    repetitions: RepetitionCounts = Field(description="How many repetitions are in each state.")
     next_run_at: datetime | None = Field(description="When the next repetition is due; null once none is to come.")
-    extraction: Extraction | None
-    status: OrderStatus
-    price_per_run: int
-    cost: int
-    escrow_balance: int
-    next_due_at: datetime | None
-    deployment_id: str | None
-    created_at: datetime
+    extraction: Extraction | None = Field(description="What of each page is kept and watched; null: the whole page "
+                                                      "is compared.")
+    status: OrderStatus = Field(description="active, paused, completed (every repetition settled) or cancelled.")
+    price_per_run: int = Field(description="Coins per repetition, fixed when the order was placed.")
+    cost: int = Field(description="max_runs × price_per_run, held in escrow when the order was placed.")
+    escrow_balance: int = Field(description="Coins still held for repetitions not yet settled.")
+    next_due_at: datetime | None = Field(description="When the next repetition not yet handed to the job queue is due.")
+    deployment_id: str | None = Field(description="The order's Prefect deployment, while it has one.")
+    created_at: datetime = Field(description="When the order was placed.")
 
 
 class CronPreview(BaseModel):
@@ -298,13 +317,13 @@ class CronPreview(BaseModel):
 
 
 class OrderPage(BaseModel):
-    items: list[OrderOut]
-    next_cursor: str | None
+    items: list[OrderOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next (older) page; null on the last page.")
 
 
 class CancelOut(BaseModel):
-    order: OrderOut
-    refunded: int
+    order: OrderOut = Field(description="The order, now cancelled.")
+    refunded: int = Field(description="Coins given back to your wallet.")
 
 
 # --- results -------------------------------------------------------------------------------
@@ -313,21 +332,22 @@ class CancelOut(BaseModel):
 class ResultOut(BaseModel):
     """A result as the API lists it (the body is downloaded separately)."""
 
-    n: int
-    key: str
-    status: int | None
-    final_url: str
-    headers: dict[str, str]
-    body_size: int
-    truncated: bool
-    sha256: str
+    n: int = Field(description="The repetition number (1 is the first).")
+    key: str = Field(description="`<order id>:<n>`.")
+    status: int | None = Field(description="The page's HTTP status; null if it could not be fetched (see `error`).")
+    final_url: str = Field(description="The URL after redirects.")
+    headers: dict[str, str] = Field(description="The response headers kept.")
+    body_size: int = Field(description="Bytes of the page kept.")
+    truncated: bool = Field(description="Whether the page was longer than the miner's body cap and cut.")
+    sha256: str = Field(description="SHA-256 of the page kept (hex).")
     due_at: datetime | None = Field(
         description="When the repetition was scheduled; stored_at - due_at is its delivery latency.")
-    fetched_at: datetime
-    stored_at: datetime
-    elapsed_ms: int
-    error: str | None
-    error_text: str | None
+    fetched_at: datetime = Field(description="When the miner fetched it.")
+    stored_at: datetime = Field(description="When the result was stored.")
+    elapsed_ms: int = Field(description="How long the fetch took, in milliseconds.")
+    error: str | None = Field(description="Why there is no page, as a code (e.g. refused_target, robots_disallowed); "
+                                          "null if none.")
+    error_text: str | None = Field(description="The same for a person to read.")
     body_pruned_at: datetime | None = Field(
         default=None, description=(
             "When the body was deleted: bodies are kept for `result_body_retention_seconds` (see /meta) after a "
@@ -338,7 +358,7 @@ class ResultOut(BaseModel):
 
 
 class ResultPage(BaseModel):
-    items: list[ResultOut]
+    items: list[ResultOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `before` to get the next (older) page.")
 
 
@@ -375,17 +395,18 @@ class ErrorOut(BaseModel):
 
 
 class MetaOut(BaseModel):
-    mode: str
-    faucet_enabled: bool
-    faucet_max_amount: int
-    price_per_run: int
-    max_runs_cap: int
-    min_interval_seconds: int
+    mode: str = Field(description="dev, test or production.")
+    faucet_enabled: bool = Field(description="Whether /wallet/faucet grants test coins (not in production).")
+    faucet_max_amount: int = Field(description="The most test coins one faucet request grants.")
+    price_per_run: int = Field(description="Coins a new order pays per repetition (and a miner earns per delivered "
+                                           "page).")
+    max_runs_cap: int = Field(description="The most repetitions one order may have.")
+    min_interval_seconds: int = Field(description="The shortest interval an order may have.")
     result_body_retention_seconds: int | None = Field(
         default=None, description="How long a result's body is kept after a result client received it.")
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "degraded"]
-    store: str
-    valkey: str
+    status: Literal["ok", "degraded"] = Field(description="ok when the store and Valkey answer, else degraded.")
+    store: str = Field(description="ok, or what is wrong with the store.")
+    valkey: str = Field(description="ok, or what is wrong with Valkey.")

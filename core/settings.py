@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description=(
             "crawlcoin's flow runs that finished longer ago than this are deleted from Prefect's database "
             "(flows/retention.py)."))
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description=(
+            "Port on CRAWLCOIN_HOST where a crawlcoin worker serves Prometheus metrics at /metrics; 0: none "
+            "(`crawlcoin up` gives each worker one)."))
     recover_interval_seconds: float = Field(
         default=60.0, gt=0, description=(
             "How often each worker finishes store operations a crashed process left half done (Cassandra)."))

@@ -6,8 +6,7 @@ from http import HTTPStatus
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.schedules import every
-from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut
+from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut, every
 
 LEDGER_KINDS = {
     "faucet": "Test coins",
@@ -148,7 +147,7 @@ def result_ok(result: ResultOut) -> bool:
 
 
 # The repetition states as the API names them (`OrderOut.repetitions`), in the dashboard's words.
-TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued, waiting for their time",
+TO_COME = {"fetching": "being fetched", "queued": "queued for a miner", "waiting": "queued ahead of time",
            "scheduled": "scheduled"}
 SETTLED = {"delivered": "delivered", "refunded": "refunded", "failed": "failed"}
 

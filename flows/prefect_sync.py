@@ -120,6 +120,7 @@ class PrefectSync:
         self._activate_flow_id: UUID | None = None
         self._activated: dict[str, tuple[str, str]] = {}  # order id → (activate run id, what it queued), until written
         self._logs: list[LogCreate] = []
+        self._looked_at: dict[str, datetime] = {}  # sync requests `_activate_pending` has seen: order id → time
         self._pool_ready = False
 
     async def _dispatch_flow_id(self) -> UUID:
@@ -254,8 +255,12 @@ class PrefectSync:
             return now
         return due
 
-    def _needs_activation(self, order: Order, now: datetime) -> bool:
+    def _needs_activation(self, order: Order, requested_at: datetime, now: datetime) -> bool:
+        """A new or resumed order (a change, see `sync_order`) with repetitions due soon; an order whose
+        deployment is written has its runs created by this path instead."""
         if order.status is not OrderStatus.active or order.next_due_at is None:
+            return False
+        if order.deployment_id is not None and requested_at > order.updated_at:
             return False
         soon = now + timedelta(seconds=self.settings.dispatch_lead_seconds + self.settings.activation_window_seconds)
         return order.next_due_at <= soon
@@ -299,15 +304,17 @@ class PrefectSync:
         await self.client.set_flow_run_state(run.id, Completed(message=summary), force=True)
         return queued
 
-    async def _activate_pending(self, seen: set[tuple[str, datetime]], lock: Lock) -> None:
-        """Activate every pending order that needs it and was not looked at yet in this pass."""
+    async def _activate_pending(self, lock: Lock) -> None:
+        """Activate every pending order that needs it, looking at each sync request once."""
         now = datetime.now(UTC)
-        pending = [p for p in await asyncio.to_thread(self.store.pending_syncs, ACTIVATE_BATCH, now) if p not in seen]
-        seen.update(pending)
-        if not pending:
+        pending = await asyncio.to_thread(self.store.pending_syncs, ACTIVATE_BATCH, now)
+        new = [(order_id, at) for order_id, at in pending if self._looked_at.get(order_id) != at]
+        self._looked_at = dict(pending)  # what is no longer pending is forgotten
+        if not new:
             return
-        orders = await asyncio.to_thread(lambda: [self.store.get_order(order_id) for order_id, _ in pending])
-        due = [o for o in orders if o is not None and self._needs_activation(o, now)]
+        orders = await asyncio.to_thread(lambda: [self.store.get_order(order_id) for order_id, _ in new])
+        due = [o for o, (_, at) in zip(orders, new, strict=True)
+               if o is not None and self._needs_activation(o, at, now)]
         if due:
             queued = await self.activate(due, lock)
             log.info("activated %d order(s): %d job(s) queued", len(due), queued)
@@ -323,18 +330,17 @@ class PrefectSync:
         if not await lock.acquire():
             return 0
         done = failures = 0
-        seen: set[tuple[str, datetime]] = set()
         try:
             while True:
                 pending = await asyncio.to_thread(self.store.pending_syncs, batch, datetime.now(UTC))
                 if not pending:
                     await self._flush_logs()
                     return done
-                await self._activate_pending(seen, lock)
+                await self._activate_pending(lock)
                 activated_at = time.monotonic()
                 for order_id, requested_at in pending:
                     if time.monotonic() - activated_at >= ACTIVATE_EVERY_SECONDS:  # orders placed meanwhile
-                        await self._activate_pending(seen, lock)
+                        await self._activate_pending(lock)
                         activated_at = time.monotonic()
                     order = await asyncio.to_thread(self.store.get_order, order_id)
                     again = None

@@ -10,7 +10,7 @@ rows go with them (cascade) and Prefect deletes their logs in the background. Sc
 and running runs, and deployments, are never touched. Events are not persisted at all (the event
 persister is off, see `cli/embedded.py`).
 
-The crawlcoin worker runs the pass every `RETENTION_INTERVAL_SECONDS` under a Valkey lock (one
+The crawlcoin worker runs the pass every `retention_interval` under a Valkey lock (one
 worker at a time), and the `retention` flow runs the same function. Deleting is idempotent: a
 worker killed half-way leaves runs that the next pass deletes.
 """
@@ -37,6 +37,12 @@ RETENTION_INTERVAL_SECONDS = 300.0
 BULK = 50  # Prefect's limit per bulk delete
 MAX_PER_PASS = 20_000
 FINISHED = [StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
+
+
+def retention_interval(settings: Settings) -> float:
+    """How often each worker runs the pass: every `RETENTION_INTERVAL_SECONDS`, or twice per retention period
+    if that is shorter — so a run is kept at most retention + interval."""
+    return min(RETENTION_INTERVAL_SECONDS, max(1.0, settings.prefect_retention_seconds / 2))
 
 
 def finished_before(cutoff: datetime, tag: str = "crawlcoin") -> FlowRunFilter:

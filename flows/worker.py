@@ -5,7 +5,9 @@ A stock process worker starts a new Python for every flow run (measured here: 5.
 Pending proposal is atomic, so any number of workers on any number of machines share the
 work) and then executes the run in-process, reporting Running and Completed/Failed itself.
 It runs the same function per flow as the `@flow` bodies (`run_dispatch`, `run_reconcile`)
-with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. Each worker also
+with one `FlowContext` (store, Valkey, Prefect client) kept open across runs. With
+`worker_metrics_port` set it serves its Prometheus metrics (jobs released, release lateness,
+dependency errors) at `/metrics` on that port. Each worker also
 releases due jobs from the queue onto the job stream, applies pending order changes to Prefect
 as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
 finishes store operations a crashed process left half done every `recover_interval_seconds`,
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import anyio.abc
 from prefect.client.schemas.actions import LogCreate
@@ -29,8 +32,10 @@ from prefect.exceptions import Abort
 from prefect.states import Completed, Failed, Running
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+from prometheus_client import start_http_server
 from redis.asyncio.client import PubSub
 
+from core.errors import CrawlcoinError
 from core.outage import outage
 from core.queue import SYNC_WAKEUP, run_releaser
 from core.settings import Settings
@@ -39,7 +44,7 @@ from flows.dispatch import run_dispatch
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
-from flows.retention import RETENTION_INTERVAL_SECONDS, run_retention
+from flows.retention import retention_interval, run_retention
 
 log = logging.getLogger("crawlcoin.worker")
 
@@ -68,10 +73,18 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         self._background: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._flow_names: dict[Any, str] = {}
+        self._metrics_server: WSGIServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def setup(self) -> None:
+        port = self.settings.worker_metrics_port
+        if port:
+            try:
+                self._metrics_server, _ = start_http_server(port, addr=self.settings.host)
+            except OSError as e:
+                raise CrawlcoinError(f"the worker cannot serve metrics on {self.settings.host}:{port} ({e}); "
+                                     "set CRAWLCOIN_WORKER_METRICS_PORT to a free port, or 0 for none") from None
         await super().setup()
         self._ctx = await self._resources.enter_async_context(open_flow_context(self.settings, self.client))
         self._background = [
@@ -88,6 +101,9 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._resources.aclose()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         await super().teardown(*exc_info)
 
     async def _stopped_within(self, seconds: float) -> bool:
@@ -171,7 +187,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
                 log.info(done.summary())
 
     async def _retention_loop(self, ctx: FlowContext) -> None:
-        while not await self._stopped_within(RETENTION_INTERVAL_SECONDS):
+        while not await self._stopped_within(retention_interval(ctx.settings)):
             try:
                 summary = await run_retention(ctx)
             except Exception as e:  # Prefect or Valkey may be down for a while: try again next time

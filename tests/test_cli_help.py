@@ -24,14 +24,16 @@ def _words(text: str) -> str:
 
 
 def test_help_sends_users_to_the_dashboard_for_tokens_and_shows_flags_plainly() -> None:
-    mine, results, up = _help("mine"), _help("results"), _help("up")
-    assert "Mining page" in _words(mine) and "Results page" in _words(results)
-    assert "create one at /tokens" not in mine + results
-    for text, flags in ((mine, ("--allow-post", "--allow-private-targets")), (results, ("--once",)),
-                        (up, ("--miner", "--demo"))):
-        for line in text.splitlines():
-            if any(f"{flag} " in line for flag in flags):
-                assert "<bool>" not in line, line
+    texts = {args: _help(*args) for args in ((), ("up",), ("mine",), ("results",), ("worker",), ("serve",),
+                                             ("serve", "api"))}
+    assert "dashboard's Mining page" in _words(texts[("mine",)])
+    assert "dashboard's Results page" in _words(texts[("results",)])
+    for args, text in texts.items():
+        assert "/tokens" not in text, (args, "an API path is no place to send a user for a token")
+        assert "<bool>" not in text, (args, text)  # a flag takes no value
+    for args, flags in ((("mine",), ("--allow-post", "--allow-private-targets", "--help")), (("results",), ("--once",)),
+                        (("up",), ("--miner", "--demo")), ((), ("--install-completion", "--help"))):
+        assert all(f"{flag} " in texts[args] for flag in flags), (args, flags)
 
 
 def test_the_up_table_keeps_whole_urls_and_paths_when_not_a_terminal() -> None:

@@ -1,6 +1,10 @@
-from fastapi import APIRouter, Response, status
+import asyncio
+
+from fastapi import APIRouter, Request, Response, status
 
 from api.deps import RedisDep, SettingsDep, StoreDep
+from core import metrics
+from core.outage import VALKEY_DOWN, outage
 from core.schemas import HealthOut, MetaOut
 
 router = APIRouter(tags=["service"])
@@ -34,3 +38,21 @@ def meta(settings: SettingsDep) -> MetaOut:
         min_interval_seconds=settings.min_interval_seconds,
         result_body_retention_seconds=settings.result_body_retention_seconds,
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request, store: StoreDep) -> Response:
+    """Prometheus metrics: the due queue and the pending sync requests, read now (a dependency that does not
+    answer leaves its figures as they were and counts an error)."""
+    try:
+        await metrics.refresh_queue(request.app.state.aredis)
+        outage("Valkey").ok()
+    except VALKEY_DOWN as e:
+        outage("Valkey").failed(e, "reading the queue for /metrics")
+    try:
+        await asyncio.to_thread(metrics.refresh_sync_backlog, store)
+        outage("the store").ok()
+    except Exception as e:  # any store's error: the rest of the figures still go out
+        outage("the store").failed(e, "reading the sync requests for /metrics")
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

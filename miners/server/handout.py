@@ -6,6 +6,12 @@ has budget, and holds a lease per job. A lease ends in one of three ways: the mi
 result (see `ResultWriter`), the miner disconnects (the job goes back at once), or the lease
 expires (the miner is told and the job goes back). A job that went back counts one attempt;
 at `max_attempts` the store refunds it.
+
+Nothing here costs time in proportion to the number of connected miners: miners that
+announced the same policy form a group (they accept the same jobs), each group keeps its
+miners with free slots bucketed by how many they have free, and the counts of free slots are
+kept up to date as leases begin and end. So placing a job looks at each group once, and ten
+thousand idle miners cost a server no more per job than a hundred.
 """
 
 import asyncio
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 
 import ada_url
 
+from core.metrics import LEASES_EXPIRED, LEASES_RECLAIMED
 from core.outage import VALKEY_DOWN, outage
 from core.protocol.jobs import Job
 from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
@@ -24,6 +31,8 @@ from core.settings import Settings
 from miners.server.stream import Entry, JobStream
 
 log = logging.getLogger(__name__)
+
+_BACKLOG_MAX = 1000  # jobs one server holds waiting for a miner, however many slots its miners have
 
 Send = Callable[[str, str, dict], Awaitable[None]]  # (event, sid, payload)
 Fail = Callable[["Held", str, str | None], None]  # a lease ended without a result: (entry, why, avoid sid)
@@ -77,13 +86,50 @@ class MinerConn:
     blocked: frozenset[str]
     leases: dict[str, Lease] = field(default_factory=dict)
     draining: bool = False
+    booked: int = 0  # slots promised to jobs of the placement under way
 
     @property
     def free(self) -> int:
-        return 0 if self.draining else max(0, self.capacity - len(self.leases))
+        return 0 if self.draining else max(0, self.capacity - len(self.leases) - self.booked)
 
     def accepts(self, held: Held) -> bool:
         return held.job.method in self.policy.methods and not domain_blocked(held.host, self.blocked)
+
+
+_VERDICTS = 4096  # (method, host) answers a group remembers
+
+
+@dataclass(eq=False)
+class _Group:
+    """The connected miners that announced one policy (methods, blocked domains): they accept the same jobs."""
+
+    methods: frozenset[str]
+    blocked: frozenset[str]
+    size: int = 0
+    free_slots: int = 0
+    by_free: dict[int, dict[str, MinerConn]] = field(default_factory=dict)  # free slots → miners with that many
+    verdicts: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+    def accepts(self, held: Held) -> bool:
+        key = (held.job.method, held.host)
+        verdict = self.verdicts.get(key)
+        if verdict is None:
+            if len(self.verdicts) >= _VERDICTS:
+                self.verdicts.clear()
+            verdict = self.verdicts[key] = key[0] in self.methods and not domain_blocked(held.host, self.blocked)
+        return verdict
+
+    def best(self, avoid: str | None) -> MinerConn | None:
+        """The miner with the most free slots, not `avoid` unless it is the only one. Between equals, the one
+        whose slots changed longest ago (a miner moves to the end of its bucket when a lease starts or ends),
+        so miners take turns when jobs come one at a time."""
+        fallback = None
+        for n in sorted(self.by_free, reverse=True):
+            for sid, conn in self.by_free[n].items():
+                if sid != avoid:
+                    return conn
+                fallback = fallback or conn
+        return fallback
 
 
 class Handout:
@@ -97,19 +143,59 @@ class Handout:
         self.held: dict[str, Held] = {}  # by entry id: everything to keep alive
         self.leases: dict[str, Lease] = {}  # by job key
         self.wake = asyncio.Event()
-        self._backlog_cap = 50
+        self._groups: dict[tuple[frozenset[str], frozenset[str]], _Group] = {}
+        self._group_of: dict[str, _Group] = {}  # by sid
+        self._capacity = 0  # of all connected miners
+        self.free_slots = 0  # of all connected miners
+        self._next_timer: float | None = None  # when the first job waiting for its domain's budget may go
+
+    @property
+    def _backlog_cap(self) -> int:
+        """How many jobs to hold waiting for a miner: enough to refill every slot a few times, within bounds."""
+        return min(_BACKLOG_MAX, max(50, 4 * self._capacity))
+
+    def _refresh(self, conn: MinerConn, before: int) -> None:
+        """Move `conn` to its bucket after its free slots went from `before` to what they are now."""
+        after = conn.free
+        group = self._group_of.get(conn.sid)
+        if after == before or group is None:
+            return
+        if before > 0:
+            bucket = group.by_free[before]
+            del bucket[conn.sid]
+            if not bucket:
+                del group.by_free[before]
+        if after > 0:
+            group.by_free.setdefault(after, {})[conn.sid] = conn
+        group.free_slots += after - before
+        self.free_slots += after - before
 
     # --- miners -----------------------------------------------------------------------------
 
     def add_miner(self, conn: MinerConn) -> None:
         self.miners[conn.sid] = conn
-        self._backlog_cap = max(50, 4 * sum(m.capacity for m in self.miners.values()))
+        key = (frozenset(conn.policy.methods), conn.blocked)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(*key)
+        group.size += 1
+        self._group_of[conn.sid] = group
+        self._capacity += conn.capacity
+        self._refresh(conn, 0)
         self.wake.set()
 
     def remove_miner(self, sid: str) -> None:
         conn = self.miners.pop(sid, None)
         if conn is None:
             return
+        self._capacity -= conn.capacity
+        before = conn.free
+        conn.draining = True
+        self._refresh(conn, before)
+        group = self._group_of.pop(sid)
+        group.size -= 1
+        if group.size == 0:
+            del self._groups[(group.methods, group.blocked)]
         for lease in list(conn.leases.values()):
             self.end_lease(lease)
             if not lease.delivered:  # a delivered result is being written already
@@ -119,13 +205,17 @@ class Handout:
         conn = self.miners.get(sid)
         if conn is None:
             return 0
+        before = conn.free
         conn.draining = True
+        self._refresh(conn, before)
         return len(conn.leases)
 
     def end_lease(self, lease: Lease) -> None:
         conn = self.miners.get(lease.sid)
         if conn is not None:
+            before = conn.free
             conn.leases.pop(lease.held.job.key, None)
+            self._refresh(conn, before)
         self.leases.pop(lease.held.job.key, None)
         self.wake.set()
 
@@ -158,8 +248,7 @@ class Handout:
             self.wake.clear()
             try:
                 await self._place()
-                free = sum(m.free for m in self.miners.values())
-                count = min(free, self._backlog_cap - len(self.backlog))
+                count = min(self.free_slots, self._backlog_cap - len(self.backlog))
                 if count > 0:
                     block = 200 if self.backlog else 1000
                     for entry in await self.stream.read(count, block):
@@ -183,11 +272,11 @@ class Handout:
 
     async def _sleep(self, stopping: asyncio.Event) -> None:
         now = time.monotonic()
-        timers = [h.not_before for h in self.backlog if h.not_before > now]
-        delay = min(timers, default=now + 1.0) - now
-        if self.backlog and not timers:
+        timer = self._next_timer if self._next_timer is not None and self._next_timer > now else None
+        delay = (timer if timer is not None else now + 1.0) - now
+        if self.backlog and timer is None:
             delay = 0.5  # jobs no free miner takes yet: look again soon (requeue check)
-        if sum(m.free for m in self.miners.values()) > 0 and not self.backlog:
+        if self.free_slots > 0 and not self.backlog:
             return  # free miners, nothing waiting: go straight back to reading
         try:
             await asyncio.wait_for(self.wake.wait(), timeout=max(0.01, min(delay, 1.0)))
@@ -197,45 +286,59 @@ class Handout:
     async def _place(self) -> None:
         """Give waiting jobs to miners: choose a miner per job, then ask the domain budgets at once."""
         now = time.monotonic()
-        free = {sid: m.free for sid, m in self.miners.items()}
+        self._next_timer = None
+        open_groups = [g for g in self._groups.values() if g.free_slots > 0]
         picks: list[tuple[Held, MinerConn]] = []
         for held in list(self.backlog):
             if held.not_before > now:
+                self._next_timer = min(self._next_timer or held.not_before, held.not_before)
                 continue
             # No free miner here may also mean no miner at all (a restarted server holding the
             # jobs it took over): such jobs must still go back to the stream for other servers.
-            conn = self._choose(held, free) if any(free.values()) else None
+            conn = self._choose(held, open_groups)
             if conn is None:
                 if now - held.since > self.settings.lease_seconds and not any(
-                        m.accepts(held) for m in self.miners.values()):
+                        g.accepts(held) for g in self._groups.values()):
                     self._remove_from_backlog(held)
                     self.release(held.entry.id)
                     await self.stream.requeue(held.entry)  # maybe a miner on another server takes it
                 continue
-            free[conn.sid] -= 1
+            before = conn.free
+            conn.booked += 1
+            self._refresh(conn, before)
+            open_groups = [g for g in open_groups if g.free_slots > 0]
             picks.append((held, conn))
         if not picks:
             return
-        waits = await self.stream.take_budget([h.host for h, _ in picks])
+        try:
+            waits = await self.stream.take_budget([h.host for h, _ in picks])
+        finally:
+            for _, conn in picks:
+                before = conn.free
+                conn.booked -= 1
+                self._refresh(conn, before)
         now = time.monotonic()
         for (held, conn), wait in zip(picks, waits, strict=True):
             if wait > 0:
                 held.not_before = now + wait
+                self._next_timer = min(self._next_timer or held.not_before, held.not_before)
             elif conn.sid in self.miners and conn.free > 0:
                 self._remove_from_backlog(held)
                 await self._lease(held, conn, now)
             else:  # the miner left meanwhile; the booked slot is spent, the job waits its turn
                 held.not_before = now + 0.05
 
-    def _choose(self, held: Held, free: dict[str, int]) -> MinerConn | None:
+    def _choose(self, held: Held, groups: list[_Group]) -> MinerConn | None:
+        """The miner with the most free slots among those whose policy accepts the job, not the one that
+        just failed it unless it is the only one."""
         best: MinerConn | None = None
-        for sid, n in free.items():
-            conn = self.miners.get(sid)
-            if n <= 0 or conn is None or not conn.accepts(held):
+        for group in groups:
+            if group.free_slots <= 0 or not group.accepts(held):
                 continue
-            if sid == held.avoid and best is not None:
+            conn = group.best(held.avoid)
+            if conn is None:
                 continue
-            if best is None or n > free[best.sid] or best.sid == held.avoid:
+            if best is None or (conn.sid != held.avoid, conn.free) > (best.sid != held.avoid, best.free):
                 best = conn
         return best
 
@@ -248,7 +351,9 @@ class Handout:
     async def _lease(self, held: Held, conn: MinerConn, now: float) -> None:
         job = held.job
         lease = Lease(held, conn.sid, now + self.settings.lease_seconds)
+        before = conn.free
         conn.leases[job.key] = lease
+        self._refresh(conn, before)
         self.leases[job.key] = lease
         offer = JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields())
         await self._send(ServerEvent.job, conn.sid, offer.model_dump())
@@ -260,6 +365,7 @@ class Handout:
             now = time.monotonic()
             for lease in [lease for lease in self.leases.values() if lease.deadline <= now and not lease.delivered]:
                 self.end_lease(lease)
+                LEASES_EXPIRED.inc()
                 try:
                     revoke = Revoke(key=lease.held.job.key, reason="the lease expired")
                     await self._send(ServerEvent.revoke, lease.sid, revoke.model_dump())
@@ -294,6 +400,7 @@ class Handout:
                         await self.stream.finish([entry.id], [])
                         continue
                     self._fail(self.hold(entry), "its mining server stopped", None)
+                    LEASES_RECLAIMED.inc()
                 rounds += 1
                 if rounds % 20 == 0:
                     await self.stream.forget_idle_consumers(10 * lease_ms + 600_000)

@@ -17,6 +17,7 @@ import socketio
 from pydantic import ValidationError
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
+from core import metrics
 from core.errors import CrawlcoinError
 from core.protocol.mining import (
     NAMESPACE,
@@ -172,7 +173,8 @@ class MinerNamespace(socketio.AsyncNamespace):
                 lease = self.handout.lease_of(sid, key) if isinstance(key, str) else None
                 if lease is not None:  # the job goes to another miner
                     self.handout.end_lease(lease)
-                    self.writer.attempt_failed(lease.held, "the result was too large")
+                    metrics.job_finished_when_done(self.writer.attempt_failed(lease.held, "the result was too large"),
+                                                   lease.held.job.due_at)
                 raise _Refused(f"result body of {size} bytes exceeds this connection's cap of "
                                f"{miner.max_body_bytes} bytes; truncate it and set truncated")
         try:
@@ -203,6 +205,7 @@ class MinerNamespace(socketio.AsyncNamespace):
                                                        last=result, avoid=sid)
         finally:
             self.handout.end_lease(lease)
+        metrics.job_finished(ack, job.due_at)
         return ack.model_dump()
 
 

@@ -1,4 +1,4 @@
-"""The result server as an ASGI app: Socket.IO (websocket transport only) plus `/health`.
+"""The result server as an ASGI app: Socket.IO (websocket transport only) plus `/health` and `/metrics`.
 
 Mining servers announce every stored result on the result-notice stream (`core.protocol.notices`);
 each result server reads it (every server reads every notice: they are tiny) and wakes the
@@ -20,6 +20,7 @@ from typing import Any
 import socketio
 from redis.asyncio import Redis
 
+from core import metrics
 from core.outage import outage
 from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.settings import Settings
@@ -45,6 +46,7 @@ class ResultServer:
         self.wakeups = Wakeups()
         self.redis: Redis | None = None
         self.store: Store | None = None
+        self.namespace: ResultNamespace | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -52,7 +54,8 @@ class ResultServer:
         self.redis = Redis.from_url(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
         watcher = Watcher(self.store, self.redis)
-        self.sio.register_namespace(ResultNamespace(self.store, self.wakeups, observe=watcher.observe_batch))
+        self.namespace = ResultNamespace(self.store, self.wakeups, observe=watcher.observe_batch)
+        self.sio.register_namespace(self.namespace)
         self._tasks = [asyncio.create_task(self._listen(), name="results:notifications"),
                        asyncio.create_task(self._prune_loop(), name="results:retention"),
                        asyncio.create_task(watcher.run(self._stopping), name="results:watch")]
@@ -118,12 +121,16 @@ class ResultServer:
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        content_type = "application/json"
         if scope["path"] == "/health":
-            status, body = 200, {"status": "ok"}
+            status, payload = 200, json.dumps({"status": "ok"}).encode()
+        elif scope["path"] == "/metrics":
+            metrics.RESULT_CLIENTS_CONNECTED.set(len(self.namespace.tasks) if self.namespace else 0)
+            status, (payload, content_type) = 200, metrics.exposition()
         else:
-            status, body = 404, {"detail": "not found; result clients connect with Socket.IO at /socket.io/"}
-        payload = json.dumps(body).encode()
+            status, payload = 404, json.dumps(
+                {"detail": "not found; result clients connect with Socket.IO at /socket.io/"}).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", content_type.encode()),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})

@@ -9,6 +9,7 @@ import socketio
 from anyio import to_thread
 from pydantic import ValidationError
 
+from core import metrics
 from core.errors import CrawlcoinError
 from core.protocol.results import (
     NAMESPACE,
@@ -118,13 +119,13 @@ class ResultNamespace(socketio.AsyncNamespace):
 
         async def send_batch(results: list[Result], observations: dict[int, Observation]) -> bool:
             payload = encode_batch([(message(r, observations.get(r.n)), r.body_zlib) for r in results])
-            return _acknowledged(await self.call(ServerEvent.results, payload, to=sid, timeout=ACK_SECONDS))
+            return _delivered(results, await self.call(ServerEvent.results, payload, to=sid, timeout=ACK_SECONDS))
 
         async def send_each(results: list[Result], observations: dict[int, Observation]) -> bool:
             acks = await asyncio.gather(*(self.call(ServerEvent.result, encode_result(message(r, observations.get(r.n)),
                                                                                       r.body), to=sid,
                                                     timeout=ACK_SECONDS) for r in results))
-            return all(map(_acknowledged, acks))
+            return _delivered(results, *acks)
 
         async def caught_up(cursor: int, finished: bool) -> None:
             caught = CaughtUp(order_id=order_id, cursor=cursor, finished=finished)
@@ -142,3 +143,11 @@ class ResultNamespace(socketio.AsyncNamespace):
 
 def _acknowledged(ack: Any) -> bool:
     return isinstance(ack, dict) and ack.get("ok") is True
+
+
+def _delivered(results: list[Result], *acks: Any) -> bool:
+    """Whether the client acknowledged every result sent (counted delivered if so)."""
+    if not all(map(_acknowledged, acks)):
+        return False
+    metrics.RESULTS_DELIVERED.inc(len(results))
+    return True

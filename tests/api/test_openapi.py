@@ -60,3 +60,13 @@ def test_summaries_read_as_sentences(api: ApiClient) -> None:
         "Issue a new TOTP secret for an account whose enrolment is not confirmed yet"
     assert summaries[("post", "/orders")] == "Place an order; its full cost is held in escrow at once"
     assert not [s for s in summaries.values() if s.istitle()], "no summary made from a function name"
+
+
+def test_every_field_of_every_schema_is_described(api: ApiClient) -> None:
+    doc = api.get("/openapi.json").json()
+    bare = [f"{name}.{field}" for name, schema in doc["components"]["schemas"].items()
+            for field, prop in schema.get("properties", {}).items() if not prop.get("description")]
+    assert bare == [], f"{len(bare)} fields without a description"
+    order = doc["components"]["schemas"]["OrderOut"]["properties"]
+    assert "held" in order["escrow_balance"]["description"] and "bearer" in \
+        doc["components"]["schemas"]["SessionOut"]["properties"]["token_type"]["description"]

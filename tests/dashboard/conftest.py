@@ -13,9 +13,13 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Button, Widget
 
 from core.storage import Result, Store, open_store
+from tests.conftest import backend_unavailable
 from tests.helpers import Account
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
 
 
 @pytest.fixture
@@ -41,6 +45,23 @@ def dashboard(api_url: str, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ap
         return at
 
     return open_app
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        backend_unavailable("browser", f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        backend_unavailable("browser", f"the playwright package is missing: {e}")
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        except Exception as e:  # a chromium that cannot start means: no browser here
+            backend_unavailable("browser", f"chromium did not start: {e}")
+        yield browser
+        browser.close()
 
 
 @pytest.fixture

@@ -22,35 +22,15 @@ from core.settings import Settings
 from core.storage import Store
 from dashboard.launch import health_url, streamlit_argv
 from dashboard.launch import url as dashboard_url
-from tests.conftest import backend_unavailable, free_port
+from tests.conftest import free_port
 from tests.dashboard.conftest import deliver
 from tests.helpers import PASSWORD, ApiClient, fresh_totp_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
 WAIT_MS = 30_000
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        backend_unavailable("browser", f"no chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        backend_unavailable("browser", f"the playwright package is missing: {e}")
-    with sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        except Exception as e:  # a chromium that cannot start means: no browser here
-            backend_unavailable("browser", f"chromium did not start: {e}")
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -1,17 +1,21 @@
 """The retention pass against a real Prefect server and real Valkey."""
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
 from prefect.states import Completed, Failed, Running, Scheduled
 from redis.asyncio import Redis as AsyncRedis
 
+from core.storage import open_store
 from flows import retention
+from tests.flows.conftest import wait_for
+from tests.helpers import interval_order
 
 
 @flow(name="retention-test-flow")
@@ -67,3 +71,52 @@ def test_retention_deletes_only_crawlcoins_finished_runs_and_a_pass_cut_short_is
         await redis.aclose()
 
     asyncio.run(go())
+
+
+def test_prefect_holds_a_bounded_number_of_runs_per_active_order(sched_settings, api_for, start_worker) -> None:
+    """The bound the README states: per active order at most (retention + 2 × pass interval) / dispatch period + 4
+    flow runs — the finished ones not yet pruned (a run becomes prunable `retention` after it ended, the next pass
+    comes within one interval and may take as long again), plus one scheduled, one running, its activation record
+    and one at the edge of a period."""
+    settings = sched_settings.model_copy(update={
+        "dispatch_lead_seconds": 1, "dispatch_window_seconds": 2, "activation_window_seconds": 2,
+        "prefect_retention_seconds": 4})
+    period = 2
+    bound = int((settings.prefect_retention_seconds + 2 * retention.retention_interval(settings)) / period) + 4
+    orders, runs = 4, 200
+    start_worker(settings)
+    api = api_for(settings)
+    alice = api.new_account(coins=orders * runs)
+    start = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    body = interval_order(every=1, runs=runs, start_at=start)
+    ids = [api.post("/orders", json=body, headers=alice.headers).json()["id"] for _ in range(orders)]
+    store = open_store(settings.resolved_store_url)
+
+    async def runs_by_order() -> dict[str, list[str]]:
+        async with PrefectClient(api=settings.prefect_api_url) as client:
+            out: dict[str, list[str]] = {}
+            for oid in ids:
+                deployment_id = store.get_order(oid).deployment_id  # type: ignore[union-attr]
+                if deployment_id:
+                    found = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])), limit=200)
+                    out[oid] = [str(r.id) for r in found]
+            return out
+
+    try:
+        wait_for(lambda: all(store.get_order(o).deployment_id for o in ids), 180,  # type: ignore[union-attr]
+                 "a deployment for every order")
+        most, seen_runs = 0, set()
+        deadline = time.monotonic() + 300
+        while len(seen_runs) <= 2 * orders * bound:  # until the orders made twice as many runs as they may keep
+            assert time.monotonic() < deadline, f"only {len(seen_runs)} dispatch runs in 300 s"
+            held = asyncio.run(runs_by_order())
+            most = max([most, *(len(v) for v in held.values())])
+            assert most <= bound, f"an order held {most} flow runs in Prefect, more than the bound {bound}"
+            seen_runs.update(r for v in held.values() for r in v)
+            time.sleep(1)
+        final = asyncio.run(runs_by_order())
+        assert seen_runs - {r for v in final.values() for r in v}, "finished runs were deleted"
+        assert all(final.get(oid) for oid in ids), "every active order keeps its deployment and current runs"
+    finally:
+        store.close()

@@ -4,7 +4,12 @@ A result is stored and its job settled in one LWT on the job row (jobs hold thei
 then the miner is paid or the customer refunded; a `settle:` pending marker covers the gap.
 """
 
+import json
 from datetime import datetime
+from typing import Any
+
+from cassandra import WriteTimeout, WriteType
+from cassandra.query import BatchStatement
 
 from core.errors import NotFound
 from core.schemas import RepetitionState
@@ -26,10 +31,98 @@ from core.storage.records import Order, Recorded, Repetition, Result, ResultOutc
 
 class CassandraResults(CassandraBase):
     def record_results(self, results: list[Result]) -> list[Recorded]:
-        orders: dict[str, Order | None] = {}
-        return [self._record(result, orders) for result in results]
+        """A batch in a constant number of round trips rather than about fifteen per result: `settle:` markers
+        for every result at once, the jobs read together, each partition of jobs (32 to one) settled in one
+        conditional batch, then every pay and refund with `transfer_many`, then the markers cleared.
+
+        Each result keeps the scheme of one: it is stored and its job closed in an LWT before coins move,
+        and its marker stays until they have, so a crash anywhere is finished by `recover_pending`.
+        """
+        out: list[Recorded | None] = [None] * len(results)
+        first: dict[str, int] = {}
+        repeats: list[int] = []  # a job delivered twice in one batch: judged once the first is recorded
+        for i, result in enumerate(results):
+            if parse_job_key(result.job_key) != (result.order_id, result.n):
+                out[i] = rules.recorded(ResultOutcome.unknown)
+            elif result.job_key in first:
+                repeats.append(i)
+            else:
+                first[result.job_key] = i
+        order_ids = sorted({results[i].order_id for i in first.values()})
+        order_rows = self.ledger._all("SELECT * FROM orders WHERE id = ?", [(o,) for o in order_ids])
+        orders = {o: order_from(rows[0]) for o, rows in zip(order_ids, order_rows, strict=True) if rows}
+        todo = []
+        for i in first.values():
+            if results[i].order_id in orders:
+                todo.append(i)
+            else:
+                out[i] = rules.recorded(ResultOutcome.unknown)
+        markers = [f"settle:{results[i].job_key}" for i in todo]
+        self.ledger.mark_pending_many(markers)
+        movements: list[rules.Movement] = []
+        while todo:
+            jobs: dict[tuple[str, int], dict[str, Any]] = {}
+            by_order: dict[str, list[int]] = {}
+            for i in todo:
+                by_order.setdefault(results[i].order_id, []).append(results[i].n)
+            for order_id, ns in by_order.items():
+                for job in self._jobs(order_id, ns, "order_id, n, state, result"):
+                    jobs[(order_id, job["n"])] = job
+            partitions: dict[tuple[str, int], list[tuple[int, RepetitionState, RepetitionState]]] = {}
+            for i in todo:
+                result = results[i]
+                order = orders[result.order_id]
+                row = jobs.get((result.order_id, result.n))
+                if row is None:
+                    out[i] = rules.recorded(ResultOutcome.unknown)
+                    continue
+                state = RepetitionState(row["state"])
+                prior = rules.prior_outcome(row["result"] is not None, state)
+                if prior is not None:  # finish what a crash may have cut
+                    miner = json.loads(row["result"])["miner_id"] if row["result"] is not None else None
+                    movement = rules.settlement(order, result.n, state, miner)
+                    if movement is not None:
+                        movements.append(movement)
+                    out[i] = rules.recorded(prior)
+                    continue
+                to, _ = rules.settle(order, result)
+                partitions.setdefault((result.order_id, bucket_of(result.n)), []).append((i, state, to))
+            update = self._q("UPDATE jobs SET state = ?, result = ?, body = ? "
+                             "WHERE order_id = ? AND bucket = ? AND n = ? IF state = ?")
+            futures = []
+            for (order_id, bucket), group in partitions.items():
+                batch = BatchStatement()
+                for i, state, to in group:
+                    r = results[i]
+                    batch.add(update, (to.value, r.model_dump_json(exclude={"body_zlib"}), r.body_zlib,
+                                       order_id, bucket, r.n, state.value))
+                futures.append((self._session.execute_async(batch), group))
+            todo = []
+            for future, group in futures:
+                try:
+                    applied = bool(future.result().one()["[applied]"])
+                except WriteTimeout as e:
+                    if e.write_type != WriteType.CAS:
+                        raise
+                    applied = False  # the next read shows whether it was stored (and by whom)
+                if not applied:  # a job of the partition changed meanwhile: read them again
+                    todo += [i for i, _, _ in group]
+                    continue
+                for i, _, to in group:
+                    order = orders[results[i].order_id]
+                    movements.append(rules.settle(order, results[i])[1])
+                    out[i] = rules.settled(to, order)
+        if markers:
+            self._checkpoint("result:stored")
+        self.ledger.transfer_many(movements)
+        self.ledger.clear_pending_many(markers)
+        if repeats:
+            for i, recorded in zip(repeats, self.record_results([results[i] for i in repeats]), strict=True):
+                out[i] = recorded
+        return [r if r is not None else rules.recorded(ResultOutcome.unknown) for r in out]
 
     def _record(self, result: Result, orders: dict[str, Order | None]) -> Recorded:
+        """One result on its own (the scheme `record_results` follows for a batch)."""
         if parse_job_key(result.job_key) != (result.order_id, result.n):
             return rules.recorded(ResultOutcome.unknown)
         if result.order_id not in orders:

@@ -22,9 +22,10 @@ class SqlOutbox(SqlBase):
 
     def pending_syncs(self, limit: int, now: datetime) -> list[tuple[str, datetime]]:
         with self._read() as s:
-            stmt = (select(SyncRequestRow).where(col(SyncRequestRow.requested_at) <= now)
+            stmt = (select(SyncRequestRow.order_id, SyncRequestRow.requested_at)  # columns: no ORM objects to build
+                    .where(col(SyncRequestRow.requested_at) <= now)
                     .order_by(col(SyncRequestRow.requested_at)).limit(limit))
-            return [(r.order_id, r.requested_at) for r in s.exec(stmt)]
+            return [(order_id, at) for order_id, at in s.exec(stmt)]
 
     def finish_sync(self, order_id: str, requested_at: datetime, then: datetime | None = None) -> None:
         with self._write() as s:

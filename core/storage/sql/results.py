@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import case, func, update
+from sqlalchemy import bindparam, case, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -18,44 +18,47 @@ from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, R
 class SqlResults(SqlLedger):
     # --- results -----------------------------------------------------------------------
 
-    def _settle(self, s: Session, rep: RepetitionRow, order: Order, result: Result) -> Recorded:
-        s.add(ResultRow.model_validate(result.model_dump()))
-        rep.state, movement = rules.settle(order, result)
-        self._make(s, movement)
-        return rules.settled(rep.state, order)
-
     def record_results(self, results: list[Result]) -> list[Recorded]:
+        """One transaction and a fixed number of statements per batch, whatever its size: the
+        repetitions are locked and read at once, then the results, the pay (or refunds) with their
+        ledger entries, and the repetitions' new states are written in bulk."""
         if not results:
             return []
         keys = sorted({r.job_key for r in results})
+        reps_table = RepetitionRow.__table__  # type: ignore[attr-defined]
 
         def run() -> list[Recorded]:
             with self._write() as s:
-                stmt = (select(RepetitionRow).where(col(RepetitionRow.key).in_(keys))
-                        .order_by(col(RepetitionRow.key)).with_for_update())
-                reps = {r.key: r for r in s.exec(stmt)}
+                stmt = (select(RepetitionRow.key, RepetitionRow.order_id, RepetitionRow.n, RepetitionRow.state)
+                        .where(col(RepetitionRow.key).in_(keys)).order_by(col(RepetitionRow.key)).with_for_update())
+                reps = {key: (order_id, n, RepetitionState(state)) for key, order_id, n, state in s.execute(stmt)}
                 stored = set(s.exec(select(ResultRow.job_key).where(col(ResultRow.job_key).in_(keys))))
-                order_ids = sorted({r.order_id for r in reps.values()})
+                order_ids = sorted({order_id for order_id, _, _ in reps.values()})
                 rows = s.exec(select(OrderRow).where(col(OrderRow.id).in_(order_ids)))
                 orders = {o.id: record(Order, o) for o in rows}
-                accounts: set[str] = set()
-                for result in results:
-                    rep = reps.get(result.job_key)
-                    if rep is not None and rep.order_id in orders:
-                        _, movement = rules.settle(orders[rep.order_id], result)
-                        accounts |= {movement.from_account, movement.to_account}
-                self._lock_accounts(s, accounts)
                 out: list[Recorded] = []
+                new_results: list[dict] = []
+                new_states: list[dict] = []
+                movements: list[rules.Movement] = []
                 for result in results:
                     rep = reps.get(result.job_key)
-                    if rep is None or rep.order_id not in orders or (rep.order_id, rep.n) != (result.order_id,
-                                                                                             result.n):
+                    if rep is None or rep[0] not in orders or rep[:2] != (result.order_id, result.n):
                         out.append(rules.recorded(ResultOutcome.unknown))
-                    elif (prior := rules.prior_outcome(rep.key in stored, rep.state)) is not None:
+                    elif (prior := rules.prior_outcome(result.job_key in stored, rep[2])) is not None:
                         out.append(rules.recorded(prior))
                     else:
-                        out.append(self._settle(s, rep, orders[rep.order_id], result))
-                        stored.add(rep.key)
+                        order = orders[rep[0]]
+                        state, movement = rules.settle(order, result)
+                        new_results.append(result.model_dump())
+                        new_states.append({"k": result.job_key, "s": state.value})
+                        movements.append(movement)
+                        stored.add(result.job_key)
+                        out.append(rules.settled(state, order))
+                if new_results:
+                    s.execute(self._insert(ResultRow.__table__), new_results)  # type: ignore[attr-defined]
+                    s.execute(update(reps_table).where(reps_table.c.key == bindparam("k"))
+                              .values(state=bindparam("s")), new_states)
+                    self._post(s, movements)
                 return out
 
         try:

@@ -450,6 +450,26 @@ def test_a_batch_of_results_is_recorded_in_one_step(store: Store) -> None:
     assert store.record_results([]) == []
 
 
+def test_a_batch_posts_every_payment_and_refund_in_the_ledger_in_order(store: Store) -> None:
+    customer, order = claimed(store, runs=5, price=2)
+    miner = new_user(store)
+    batch = [result_for(order, n, miner, error="robots_disallowed" if n == 3 else None) for n in range(1, 6)]
+    assert [r.outcome for r in store.record_results(batch)] == [ResultOutcome.paid] * 2 + [
+        ResultOutcome.refunded] + [ResultOutcome.paid] * 2
+    escrow = store.list_entries(ledger.escrow_account(order.id), 10)  # newest first
+    assert [(e.txn_key, e.delta, e.balance_after) for e in escrow[:5]] == [
+        (ledger.reward_key(f"{order.id}:5"), -2, 0), (ledger.reward_key(f"{order.id}:4"), -2, 2),
+        (ledger.refund_job_key(f"{order.id}:3"), -2, 4), (ledger.reward_key(f"{order.id}:2"), -2, 6),
+        (ledger.reward_key(f"{order.id}:1"), -2, 8)]
+    assert [(e.delta, e.balance_after) for e in store.list_entries(ledger.user_account(miner.id), 10)] == [
+        (2, 8), (2, 6), (2, 4), (2, 2)]
+    assert store.get_balance(ledger.user_account(customer.id)) == 2
+    again = store.record_results(batch)  # a whole batch delivered twice moves nothing
+    assert {r.outcome for r in again} == {ResultOutcome.duplicate}
+    assert store.get_balance(ledger.user_account(miner.id)) == 8 and store.get_balance(
+        ledger.escrow_account(order.id)) == 0
+
+
 def test_concurrent_deliveries_of_the_same_job_pay_once(store: Store) -> None:
     _, order = claimed(store, runs=2)
     miners = [new_user(store) for _ in range(8)]
