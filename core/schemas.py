@@ -249,7 +249,8 @@ class Extraction(Request):
     """What of each fetched page to keep and watch: the text of a CSS selector's or an XPath's matches
     (one line each), or the page's visible text. Without one, the whole page is compared."""
 
-    kind: Literal["css", "xpath", "text"]
+    kind: Literal["css", "xpath", "text"] = Field(
+        description="css: a CSS selector's matches; xpath: an XPath's matches; text: the page's visible text.")
     selector: Annotated[str, Field(min_length=1, max_length=1000), OneLine] | None = Field(
         default=None, description="The CSS selector or XPath expression; none for `text`. A selector ending in "
                                   "`::text` or `::attr(name)`, or an XPath selecting text or attributes, keeps "
@@ -365,10 +366,10 @@ class ResultPage(BaseModel):
 class ChangeOut(BaseModel):
     """A repetition whose page (or extracted value) differs from the previous valid result's."""
 
-    n: int
+    n: int = Field(description="The repetition whose result changed.")
     previous_n: int = Field(description="The valid result it differs from.")
-    fetched_at: datetime
-    observed_at: datetime
+    fetched_at: datetime = Field(description="When repetition n's page was fetched.")
+    observed_at: datetime = Field(description="When the watcher compared it.")
     extracted: str | None = Field(description="The extracted value now; null when the order watches whole pages.")
     diff: str | None = Field(description="Unified diff from repetition previous_n to n; null for binary pages.")
 

@@ -14,7 +14,7 @@ from dashboard.changes import side_by_side
 from dashboard.client import Api, new_http
 from results.watch.observer import observe_order
 from tests.dashboard.conftest import button, deliver, texts, widget
-from tests.dashboard.test_browser import ARTIFACTS, WAIT_MS, browser, dashboard_server  # noqa: F401 - fixtures
+from tests.dashboard.test_browser import ARTIFACTS, WAIT_MS, dashboard_server  # noqa: F401 - a fixture
 from tests.helpers import Account, ApiClient, interval_order
 from tests.results.watch.test_observer import price_page
 
