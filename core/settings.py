@@ -63,7 +63,8 @@ class Mode(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CRAWLCOIN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CRAWLCOIN_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)  # URLs and keys hold secrets
 
     mode: Mode = Mode.dev
     data_dir: Path = Field(default=Path.home() / ".crawlcoin", description="Where embedded services keep their files.")

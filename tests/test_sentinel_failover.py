@@ -147,3 +147,86 @@ def _role(topology: SentinelTopology, name: str) -> str:
             return str(r.info("replication")["role"])
     except Exception:  # noqa: S110 - not up yet
         return "down"
+
+
+def test_jobs_queued_on_a_primary_that_dies_before_replicating_are_queued_again_by_the_store(tmp_path: Path) -> None:
+    """The failover loses a dispatch's enqueue; the requeue pass, comparing the store's claims with
+    the new primary, queues those jobs again, once, through the same Sentinel URL."""
+    import asyncio
+
+    from core.queue import JobQueue
+    from core.storage import open_store
+    from core.valkey import valkey
+    from flows.dispatch import dispatch_order
+    from flows.requeue import GRACE, requeue_lost
+    from tests.conftest import make_settings
+    from tests.flows.test_dispatch import seed_order
+    from tests.flows.test_lost_jobs import released_keys
+
+    topology = SentinelTopology(tmp_path / "valkey", down_after_ms=1000)
+    topology.start()
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", topology.url)
+    store = open_store(settings.resolved_store_url)
+    try:
+        t0 = datetime.now(UTC) - timedelta(minutes=5)
+        seed_order(store, "f", every=1, runs=3, now=t0)
+
+        async def scenario() -> tuple[list[bool], int, int]:
+            redis = valkey(settings.resolved_redis_url)
+            queue = JobQueue(redis)
+            try:
+                topology.cut_replication()
+                await dispatch_order(store, queue, settings, "of", "run-f", t0)  # on the primary only
+                assert await queue.held(["of:1", "of:2", "of:3"]) == [True] * 3
+                topology.kill("primary")
+                await asyncio.to_thread(topology.wait_until, lambda: topology.primary_port() ==
+                                        topology.ports["replica"], 60, "the Sentinels promote the replica")
+                held = await _retrying(lambda: queue.held(["of:1", "of:2", "of:3"]))
+                later = datetime.now(UTC) + GRACE
+                first = (await requeue_lost(store, queue, redis, later)).queued
+                await queue.release_due(time.time() + 3600)
+                second = (await requeue_lost(store, queue, redis, later)).queued
+                return held, first, second
+            finally:
+                await redis.aclose()
+
+        held, first, second = asyncio.run(scenario())
+        assert held == [False] * 3, "the promoted replica never saw the enqueue"
+        assert (first, second) == (3, 0), "queued again once, then held by Valkey"
+        with topology.client("replica") as new_primary:
+            assert sorted(released_keys(new_primary, "of")) == ["of:1", "of:2", "of:3"]
+    finally:
+        store.close()
+        topology.stop()
+
+
+async def _retrying(call):  # type: ignore[no-untyped-def]
+    """What every service loop does: retry a call while Valkey fails over."""
+    import asyncio
+
+    from core.outage import VALKEY_DOWN
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return await call()
+        except VALKEY_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def test_a_malformed_sentinel_url_stops_start_up_with_a_message_naming_the_problem(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    for url, message in [("redis+sentinel://s1:26379,s2:26379", "ends with the primary's name"),
+                         ("redis+sentinel:///crawlcoin", "names at least one Sentinel"),
+                         ("redis+sentinel://:secret@s1:port/crawlcoin", "'s1:port' in the Valkey URL is not host")]:
+        with pytest.raises(ValidationError, match=message) as error:
+            Settings(redis_url=url, data_dir=tmp_path)
+        assert "secret" not in str(error.value), "the password stays out of the message"
+    parsed = Settings(redis_url="redis+sentinel://:p%40ss@s1,s2:26380/crawlcoin/2", data_dir=tmp_path)
+    assert parsed.resolved_redis_url.endswith("/crawlcoin/2")

@@ -71,6 +71,9 @@ class SentinelTopology:
     def sentinel(self, i: int = 0) -> Redis:
         return Redis(port=self.sentinel_ports[i], password=self.password, socket_timeout=2, decode_responses=True)
 
+    def client(self, name: str) -> Redis:
+        return Redis(port=self.ports[name], password=self.password, socket_timeout=5)
+
     def primary_port(self) -> int | None:
         """The primary's port as the Sentinels' majority names it."""
         seen = []
