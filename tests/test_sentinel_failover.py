@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from tests.conftest import free_port
@@ -29,6 +30,7 @@ ORDERS, RUNS, EVERY = 4, 6, 3
 LOST_WINDOW_SECONDS = 1.5
 
 
+@pytest.mark.timeout(900)  # `crawlcoin up` alone takes minutes on a loaded 2-core machine
 def test_orders_ride_through_a_sentinel_failover_that_loses_writes(tmp_path: Path) -> None:
     topology = SentinelTopology(tmp_path / "valkey")
     topology.start()
@@ -217,7 +219,6 @@ async def _retrying(call):  # type: ignore[no-untyped-def]
 
 
 def test_a_malformed_sentinel_url_stops_start_up_with_a_message_naming_the_problem(tmp_path: Path) -> None:
-    import pytest
     from pydantic import ValidationError
 
     from core.settings import Settings
