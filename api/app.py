@@ -4,8 +4,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from api import errors, openapi
 from api.limits import BodySizeLimit
@@ -14,6 +12,7 @@ from api.security_headers import SecurityHeaders
 from core.security import Passwords
 from core.settings import Settings
 from core.storage import open_store
+from core.valkey import valkey, valkey_sync
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,8 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.passwords = passwords
         app.state.store = open_store(settings.resolved_store_url)
         app.state.store.recover_pending()  # finish what a crashed process left half done
-        app.state.redis = Redis.from_url(settings.resolved_redis_url, socket_timeout=5, health_check_interval=30)
-        app.state.aredis = AsyncRedis.from_url(settings.resolved_redis_url, socket_timeout=5)
+        app.state.redis = valkey_sync(settings.resolved_redis_url, socket_timeout=5, health_check_interval=30)
+        app.state.aredis = valkey(settings.resolved_redis_url, socket_timeout=5)
         try:
             yield
         finally:

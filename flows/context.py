@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from core.queue import JobQueue
 from core.settings import Settings
 from core.storage import Store, open_store
+from core.valkey import valkey
 from flows.prefect_sync import PrefectSync, prefect_client
 
 
@@ -34,7 +35,7 @@ async def open_flow_context(settings: Settings, client: PrefectClient | None = N
     async with AsyncExitStack() as stack:
         store = await asyncio.to_thread(open_store, settings.resolved_store_url)
         stack.push_async_callback(asyncio.to_thread, store.close)
-        redis = Redis.from_url(settings.resolved_redis_url)
+        redis = valkey(settings.resolved_redis_url)
         stack.push_async_callback(redis.aclose)
         if client is None:
             client = await stack.enter_async_context(prefect_client(settings))

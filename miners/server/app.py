@@ -18,6 +18,7 @@ from core import metrics
 from core.protocol.mining import NAMESPACE
 from core.settings import Settings
 from core.storage import Store, open_store
+from core.valkey import valkey
 from miners.server.handout import Handout, Held
 from miners.server.namespace import MinerNamespace
 from miners.server.stream import JobStream
@@ -93,7 +94,7 @@ class MiningServer:
 
     async def start(self) -> None:
         settings = self.settings
-        self.redis = Redis.from_url(settings.resolved_redis_url)
+        self.redis = valkey(settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, settings.resolved_store_url)
         stream = JobStream(self.redis, self.server_id, settings.domain_rate_per_second)
         await stream.ensure_group()

@@ -25,6 +25,7 @@ from core.outage import outage
 from core.protocol.notices import NOTICES_STREAM, ResultNotice
 from core.settings import Settings
 from core.storage import Store, open_store
+from core.valkey import valkey
 from results.server.namespace import ResultNamespace, Wakeups
 from results.watch.consumer import Watcher
 
@@ -51,7 +52,7 @@ class ResultServer:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.redis = Redis.from_url(self.settings.resolved_redis_url)
+        self.redis = valkey(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
         watcher = Watcher(self.store, self.redis)
         self.namespace = ResultNamespace(self.store, self.wakeups, observe=watcher.observe_batch)

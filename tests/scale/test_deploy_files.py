@@ -127,3 +127,27 @@ def test_socketio_services_are_sticky_and_health_checked() -> None:
         assert services[name]["deploy"]["replicas"] >= 2 and "healthcheck" in services[name]
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert "postgresql" in services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+
+
+def test_valkey_runs_as_primary_replica_and_three_sentinels_that_every_process_goes_through() -> None:
+    from core.settings import parse_sentinel_url
+
+    compose = documents(COMPOSE)[0]
+    services = compose["services"]
+    sentinels = sorted(n for n, s in services.items() if "--sentinel" in " ".join(s.get("command", [])))
+    assert len(sentinels) >= 3, "three Sentinels: a majority survives losing one"
+    assert services["valkey-replica"]["environment"]["REPLICAOF"] == "valkey-primary 6379"
+    monitors = {re.search(r'"sentinel monitor (\S+) (\S+) (\d+) (\d+)"', " ".join(services[n]["command"])).groups()
+                for n in sentinels}  # type: ignore[union-attr]
+    [(name, host, port, quorum)] = monitors
+    assert (host, port) == ("valkey-primary", "6379") and int(quorum) == len(sentinels) // 2 + 1
+    url = compose["x-crawlcoin"]["environment"]["CRAWLCOIN_REDIS_URL"]
+    assert re.search(r"^redis\+sentinel://:\$\{VALKEY_PASSWORD[^}]*\}@", url), "the password comes from .env"
+    target = parse_sentinel_url(re.sub(r"\$\{VALKEY_PASSWORD[^}]*\}", "pw", url))  # as compose fills it in
+    assert sorted(h for h, _ in target.sentinels) == sentinels and target.primary == name
+    assert target.password == "pw"
+    for n in ["valkey-primary", "valkey-replica", *sentinels]:
+        command = " ".join(services[n]["command"])
+        assert "requirepass $$VALKEY_PASSWORD" in command and "exec valkey-server" in command, n
+    assert set(sentinels) <= set(compose["x-crawlcoin"]["depends_on"])
+    assert "VALKEY_PASSWORD=" in (DEPLOY / ".env.example").read_text()
