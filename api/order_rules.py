@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from core import schedules
+from core import extraction, schedules
 from core.errors import InvalidInput
 from core.schemas import CronSchedule, IntervalSchedule, OrderCreate
 from core.settings import Settings
@@ -97,4 +97,6 @@ def check_order(req: OrderCreate, settings: Settings, now: datetime) -> datetime
     check_body(req.method, req.body, settings)
     start_at = check_start(req.start_at, settings, now)
     check_schedule(req.schedule, start_at, settings)
+    if req.extraction is not None:
+        extraction.check(req.extraction)
     return start_at

@@ -10,8 +10,11 @@ Prints p50/p99 for both latency phases, the drain rate and both clients' peak me
 
 Bodies are 20 KB of hex text (zlib takes them to about half, as it does typical HTML to a
 third); `--repetitive` sends 20 KB of one repeated byte instead, which compresses to nothing.
+`--extraction` gives the orders an extraction (`text`, the page's visible text), so every batch is
+observed — extracted and compared — before it is sent; without it the orders have none, and the
+watcher observes them beside the deliveries.
 
-    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--repetitive]
+    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--repetitive] [--extraction]
 """
 
 import argparse
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.e2e import free_port, pct  # noqa: E402
 from core import ledger, schedules  # noqa: E402
 from core.protocol.notices import NOTICES_STREAM, ResultNotice  # noqa: E402
+from core.schemas import Extraction  # noqa: E402
 from core.security import new_api_token  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.storage import ApiToken, Order, Result, User, open_store  # noqa: E402
@@ -50,6 +54,7 @@ def main() -> None:
     p.add_argument("--singles", type=int, default=30)
     p.add_argument("--backlog", type=int, default=5000, help="results a second client drains (0: none)")
     p.add_argument("--repetitive", action="store_true", help="bodies of one repeated byte (compress to nothing)")
+    p.add_argument("--extraction", action="store_true", help="orders with an extraction: deliveries observe first")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-results-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -67,7 +72,8 @@ def main() -> None:
     def new_order(runs: int) -> Order:
         order = Order(id=str(uuid.uuid4()), owner_id="bench", url="https://example.com/", method="GET",
                       schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, price_per_run=1,
-                      request_hash="h", created_at=now, updated_at=now)
+                      request_hash="h", created_at=now, updated_at=now,
+                      **({"extraction": Extraction(kind="text")} if args.extraction else {}))
         order.next_due_at = schedules.first_due(order)
         store.create_order(order)
         store.claim_repetitions(order.id, f"bench-{order.id}", now + timedelta(seconds=runs + 10), now, 10**6)

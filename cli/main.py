@@ -150,12 +150,15 @@ def results(
     out: Path = typer.Option(..., "--out", help="Folder to write the results into (created if missing)."),
     server: str = typer.Option(None, help="Result server URL (default: http://CRAWLCOIN_HOST:CRAWLCOIN_RESULTS_PORT)."),
     once: bool = typer.Option(False, "--once", help="Write what is there now, then exit (for scripts and cron)."),
+    changes: bool = typer.Option(False, "--changes",
+                                 help="Write only the results whose page (or extracted value) changed since the "
+                                      "previous valid result, each with a .diff file."),
 ) -> None:
     """Write every result of your orders to files: backlog first, then live; resumes where it stopped."""
     from results.client.cli import run_results
 
     settings = _settings()
-    run_results(server or f"http://{settings.host}:{settings.results_port}", token, order, out, once)
+    run_results(server or f"http://{settings.host}:{settings.results_port}", token, order, out, once, changes)
 
 
 @app.command()

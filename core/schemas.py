@@ -245,11 +245,32 @@ class CronSchedule(Request):
 Schedule = Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
 
 
+class Extraction(Request):
+    """What of each fetched page to keep and watch: the text of a CSS selector's or an XPath's matches
+    (one line each), or the page's visible text. Without one, the whole page is compared."""
+
+    kind: Literal["css", "xpath", "text"] = Field(
+        description="css: a CSS selector's matches; xpath: an XPath's matches; text: the page's visible text.")
+    selector: Annotated[str, Field(min_length=1, max_length=1000), OneLine] | None = Field(
+        default=None, description="The CSS selector or XPath expression; none for `text`. A selector ending in "
+                                  "`::text` or `::attr(name)`, or an XPath selecting text or attributes, keeps "
+                                  "those strings; one selecting elements keeps each element's text.")
+
+    @model_validator(mode="after")
+    def _selector_matches_kind(self) -> "Extraction":
+        if self.kind == "text" and self.selector is not None:
+            raise PydanticCustomError("selector", "extraction of kind text takes no selector")
+        if self.kind != "text" and self.selector is None:
+            raise PydanticCustomError("selector", "extraction of kind {kind} needs a selector", {"kind": self.kind})
+        return self
+
+
 class OrderCreate(Request, RequestSpec):
     schedule: Schedule = Field(description="When the page is fetched: at an interval or on a cron schedule.")
     start_at: IsoDateTime | None = Field(default=None, description="First run, with a timezone; default: now.")
     max_runs: Annotated[int, Field(ge=1, description="How many times the page is fetched; the order costs max_runs × "
                                                      "price_per_run.")]
+    extraction: Extraction | None = Field(default=None, description="Keep and watch only part of each page.")
 
 
 class RepetitionCounts(BaseModel):
@@ -281,6 +302,8 @@ class OrderOut(RequestSpec, _Identified):
     runs_left: int = Field(description="Repetitions not yet handed to the job queue (`max_runs - runs_claimed`).")
     repetitions: RepetitionCounts = Field(description="How many repetitions are in each state.")
     next_run_at: datetime | None = Field(description="When the next repetition is due; null once none is to come.")
+    extraction: Extraction | None = Field(description="What of each page is kept and watched; null: the whole page "
+                                                      "is compared.")
     status: OrderStatus = Field(description="active, paused, completed (every repetition settled) or cancelled.")
     price_per_run: int = Field(description="Coins per repetition, fixed when the order was placed.")
     cost: int = Field(description="max_runs × price_per_run, held in escrow when the order was placed.")
@@ -330,11 +353,30 @@ class ResultOut(BaseModel):
         default=None, description=(
             "When the body was deleted: bodies are kept for `result_body_retention_seconds` (see /meta) after a "
             "result client received them; everything else about the result stays."))
+    extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
+    changed: bool | None = Field(default=None, description="Differs from the previous valid result; null when not "
+                                                           "a page to compare, or not observed yet.")
 
 
 class ResultPage(BaseModel):
     items: list[ResultOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `before` to get the next (older) page.")
+
+
+class ChangeOut(BaseModel):
+    """A repetition whose page (or extracted value) differs from the previous valid result's."""
+
+    n: int = Field(description="The repetition whose result changed.")
+    previous_n: int = Field(description="The valid result it differs from.")
+    fetched_at: datetime = Field(description="When repetition n's page was fetched.")
+    observed_at: datetime = Field(description="When the watcher compared it.")
+    extracted: str | None = Field(description="The extracted value now; null when the order watches whole pages.")
+    diff: str | None = Field(description="Unified diff from repetition previous_n to n; null for binary pages.")
+
+
+class ChangePage(BaseModel):
+    items: list[ChangeOut] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Pass as `after` to get the next (newer) page.")
 
 
 # --- service --------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import httpx
 
 from core.schemas import (
     CancelOut,
+    ChangeOut,
+    ChangePage,
     CronPreview,
     LedgerEntryOut,
     LedgerPage,
@@ -215,6 +217,28 @@ class Api:
             if cursor is None:
                 break
         return results
+
+    def changes_page(self, order_id: str, limit: int = 100, after: int = 0) -> ChangePage:
+        """Oldest change first; `after` is the previous page's `next_cursor`."""
+        params = {"limit": limit, "after": after}
+        return ChangePage.model_validate(self._request("GET", f"/orders/{order_id}/changes", params=params))
+
+    def changes(self, order_id: str, max_changes: int = 1000) -> list[ChangeOut]:
+        """The order's changes, oldest first, at most `max_changes`."""
+        changes: list[ChangeOut] = []
+        after = 0
+        while len(changes) < max_changes:
+            page = self.changes_page(order_id, min(100, max_changes - len(changes)), after)
+            changes.extend(page.items)
+            if page.next_cursor is None:
+                break
+            after = int(page.next_cursor)
+        return changes
+
+    def export(self, order_id: str, format: str, since: str | None = None, until: str | None = None) -> bytes:
+        """The order's results as one file (jsonl, csv or zip), fetched [since, until) (ISO 8601 with a zone)."""
+        params = {"format": format} | {k: v for k, v in (("since", since), ("until", until)) if v}
+        return self._send("GET", f"/orders/{order_id}/export", params=params).content
 
     def result_body(self, order_id: str, n: int) -> tuple[bytes, str]:
         """The page a repetition fetched, and its content type."""

@@ -5,15 +5,16 @@ from datetime import datetime
 from api.services.orders import get_own
 from core.errors import Gone, NotFound
 from core.schemas import ResultOut, ResultPage
-from core.storage import Result, Store, User, job_key
+from core.storage import Observation, Result, Store, User, job_key
 
 
-def result_out(r: Result, due_at: datetime | None = None) -> ResultOut:
+def result_out(r: Result, due_at: datetime | None = None, obs: Observation | None = None) -> ResultOut:
     return ResultOut(n=r.n, key=r.job_key, status=r.status, final_url=r.final_url, headers=r.headers,
                      body_size=r.body_size, truncated=r.truncated, sha256=r.sha256, due_at=due_at,
                      fetched_at=r.fetched_at,
                      stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text,
-                     body_pruned_at=r.body_pruned_at)
+                     body_pruned_at=r.body_pruned_at, extracted=obs.value if obs else None,
+                     changed=obs.changed if obs and obs.valid else None)
 
 
 def list_page(store: Store, user: User, order_id: str, limit: int, before: int | None) -> ResultPage:
@@ -29,7 +30,9 @@ def list_page(store: Store, user: User, order_id: str, limit: int, before: int |
     items = items[:limit]
     more = len(items) == limit and items[-1].n > 1
     due = {rep.n: rep.due_at for rep in store.get_repetitions(order.id, [r.n for r in items])}
-    return ResultPage(items=[result_out(r, due.get(r.n)) for r in items],
+    seen = {o.n: o for o in store.list_observations(order.id, items[-1].n - 1, items[0].n - items[-1].n + 1)
+            } if items else {}
+    return ResultPage(items=[result_out(r, due.get(r.n), seen.get(r.n)) for r in items],
                       next_cursor=str(items[-1].n) if more else None)
 
 

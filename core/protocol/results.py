@@ -8,6 +8,10 @@ them; answered with `{"ok": true}` once every result of the batch is on disk), k
 client's `Window` in flight over the connection, and sends `caught_up` (a `CaughtUp`) whenever an
 order's backlog is delivered.
 
+Each `ResultMessage` carries what the watcher made of it (`extracted`, `changed`, `previous_n`,
+`diff`) when the order has an extraction or the client subscribed with `changes`; otherwise those
+are null and the results go out without waiting for the watcher.
+
 A client that subscribes without a window (crawlcoin before batches) is called `result` for every
 result instead (`encode_result`: one message, its body uncompressed), at most 16 at a time.
 """
@@ -53,6 +57,9 @@ class Subscribe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     orders: Annotated[dict[str, Annotated[int, Field(ge=0)] | None], Field(min_length=1, max_length=100)]
     window: Window | None = Field(default=None, description="None: one `result` call per result (older clients).")
+    changes: bool = Field(default=False, description=(
+        "The client writes changes only: every result goes with whether it changed, even on orders without an "
+        "extraction (sent only when true, so servers from before change records take the subscription)."))
 
 
 class ResultMessage(BaseModel):
@@ -74,6 +81,11 @@ class ResultMessage(BaseModel):
     error_text: str | None
     body_pruned_at: datetime | None = Field(
         default=None, description="When the store deleted the body, kept for its retention period after delivery.")
+    extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
+    changed: bool | None = Field(default=None, description="Differs from the previous valid result (None: not a "
+                                                           "page to compare).")
+    previous_n: int | None = Field(default=None, description="The valid result it was compared with.")
+    diff: str | None = Field(default=None, description="Unified diff from `previous_n`, when it changed.")
 
 
 class CaughtUp(BaseModel):

@@ -1,13 +1,14 @@
 """The durable store: one Protocol (`Store`), its records, and one backend per kind of database."""
 
 from core.errors import InvalidInput
-from core.storage.interface import AccountStore, LedgerStore, OrderStore, ResultStore, Store, SyncOutbox
+from core.storage.interface import AccountStore, LedgerStore, OrderStore, ResultStore, Store, SyncOutbox, WatchStore
 from core.storage.records import (
     ApiToken,
     Claim,
     Cursor,
     LedgerEntry,
     LoginSession,
+    Observation,
     OpenClaim,
     Order,
     Pruned,
@@ -17,13 +18,14 @@ from core.storage.records import (
     ResultOutcome,
     Transfer,
     User,
+    WatchCursor,
     job_key,
 )
 
 __all__ = [
-    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "OpenClaim", "Order",
-    "OrderStore", "Pruned", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox",
-    "Transfer", "User", "job_key", "open_store",
+    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "Observation",
+    "OpenClaim", "Order", "OrderStore", "Pruned", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore",
+    "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "job_key", "open_store",
 ]
 
 

@@ -8,7 +8,7 @@ backend can make them atomic in its own way (a transaction in SQL, lightweight t
 and a pending-transfer record in Cassandra).
 
 `Store` is the whole interface; it is composed of one Protocol per domain (accounts, ledger,
-orders, results, sync outbox), so a piece of code that needs only one domain can say so.
+orders, results, observations, sync outbox), so a piece of code that needs only one domain can say so.
 Records (`core.storage.records`) are plain pydantic models; backends copy them in and out.
 Datetimes are timezone-aware UTC. The rules every backend applies the same way (what a
 delivered result settles, which repetitions a claim takes, what a cancel refunds) are
@@ -25,6 +25,7 @@ from core.storage.records import (
     Cursor,
     LedgerEntry,
     LoginSession,
+    Observation,
     OpenClaim,
     Order,
     Pruned,
@@ -33,6 +34,7 @@ from core.storage.records import (
     Result,
     Transfer,
     User,
+    WatchCursor,
 )
 
 
@@ -243,6 +245,25 @@ class ResultStore(Protocol):
         """
 
 
+class WatchStore(Protocol):
+    """What the watcher made of each result (extracted value, change and diff), and how far it got per order."""
+
+    def get_watch_cursor(self, order_id: str) -> WatchCursor:
+        """How far the order was observed; `WatchCursor(order_id=…)` (nothing yet) if never."""
+
+    def record_observations(self, cursor: WatchCursor, observations: list[Observation]) -> None:
+        """Store the observations of `cursor`'s order and move its watch cursor forward to `cursor` (never back).
+
+        An observation of an (order, n) stored before is kept, not replaced: observing is
+        deterministic, so two watchers of one order write the same thing. The observations are
+        written before the cursor moves (in one transaction where the backend has them).
+        """
+
+    def list_observations(self, order_id: str, after_n: int = 0, limit: int = 100,
+                          changes_only: bool = False) -> list[Observation]:
+        """The order's observations with n > `after_n`, by n ascending; only the changes if `changes_only`."""
+
+
 class SyncOutbox(Protocol):
     """Orders whose Prefect deployment must be brought in line with them (the Prefect sync queue)."""
 
@@ -260,7 +281,7 @@ class SyncOutbox(Protocol):
         for that time instead (unless a newer one came in: that one is worked on first, and sets its own)."""
 
 
-class Store(AccountStore, LedgerStore, OrderStore, ResultStore, SyncOutbox, Protocol):
+class Store(AccountStore, LedgerStore, OrderStore, ResultStore, WatchStore, SyncOutbox, Protocol):
     """Durable state of crawlcoin. Implementations must be safe to share between threads."""
 
     def close(self) -> None: ...

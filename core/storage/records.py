@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.schemas import OrderStatus, RepetitionState
+from core.schemas import Extraction, OrderStatus, RepetitionState
 
 Cursor = tuple[datetime, str]
 """Position in a newest-first listing: (created_at, id) of the last item already seen."""
@@ -58,6 +58,7 @@ class Order(BaseModel):
     timezone: str | None = None
     start_at: datetime
     max_runs: int
+    extraction: Extraction | None = Field(default=None, description="What of each page to keep and watch.")
     runs_claimed: int = 0
     next_due_at: datetime | None = Field(default=None, description="Due time of repetition runs_claimed + 1.")
     status: OrderStatus = OrderStatus.active
@@ -144,6 +145,37 @@ class Result(BaseModel):
             body, fields["truncated"] = body[:cap], True
         return cls(body_zlib=zlib.compress(body, 6) if body else b"", body_size=len(body),
                    sha256=hashlib.sha256(body).hexdigest(), **fields)
+
+
+class Observation(BaseModel):
+    """What the watcher made of one repetition's result: the value it compared and whether that changed.
+
+    Written once per (order, n), in n order: repetition n is observed only when every one before it
+    is settled, so `previous_n` is the latest valid result before it.
+    """
+
+    order_id: str
+    n: int
+    fetched_at: datetime
+    valid: bool = Field(description="A page to compare: fetched without an error, with a 2xx status.")
+    extraction: str | None = Field(default=None, description="The order's extraction applied (its JSON); None: the "
+                                                             "whole page was compared.")
+    value: str | None = Field(default=None, description="The extracted value; None without an extraction.")
+    value_truncated: bool = False
+    value_sha256: str | None = Field(default=None, description="Digest of what was compared (the value or the page).")
+    changed: bool = Field(default=False, description="It differs from the valid result `previous_n`.")
+    previous_n: int | None = None
+    diff: str | None = Field(default=None, description="Unified diff from `previous_n` to `n` (capped); None when "
+                                                       "unchanged, or when a page is binary.")
+    created_at: datetime
+
+
+class WatchCursor(BaseModel):
+    """How far the watcher got with an order: every repetition up to `last_n` is observed."""
+
+    order_id: str
+    last_n: int = 0
+    last_valid_n: int | None = Field(default=None, description="The newest valid result observed so far.")
 
 
 class ResultOutcome(StrEnum):

@@ -14,7 +14,8 @@ from dashboard.client import ApiError
 
 UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 FORM_KEYS = ("new_url", "new_method", "new_headers", "new_body", "new_kind", "new_every", "new_unit", "new_cron",
-             "new_cron_tz", "new_start", "new_start_at", "new_start_tz", "new_runs")
+             "new_cron_tz", "new_start", "new_start_at", "new_start_tz", "new_runs", "new_watch", "new_selector")
+WATCH = {"The whole page": None, "A CSS selector": "css", "An XPath expression": "xpath", "The visible text": "text"}
 PAGE_SIZE = 10
 
 
@@ -138,6 +139,15 @@ def create_form(meta: MetaOut, balance: int) -> None:
             body = st.text_area("Body", key="new_body", placeholder='{"query": "…"}', height=90)
         else:
             st.caption("A body can be sent with the POST method.")
+    with st.expander("Watch part of the page (optional)", icon=":material/difference:"):
+        kind = WATCH[st.radio("Compare and keep", list(WATCH), horizontal=True, key="new_watch",
+                              help="Each result is compared with the one before: a change gets a diff on the "
+                                   "Results page. The part you pick is also kept next to every page.")]
+        selector = ""
+        if kind in ("css", "xpath"):
+            selector = st.text_input("Selector", key="new_selector",
+                                     placeholder=".price" if kind == "css" else "//h1/text()",
+                                     help="`::text` / `::attr(href)` keep strings; an element keeps its text.")
     schedule, interval = _schedule_inputs(tz_default)
     if schedule["kind"] == "cron":
         _cron_preview(schedule)
@@ -161,6 +171,8 @@ def create_form(meta: MetaOut, balance: int) -> None:
                              "max_runs": runs}
     if body:
         order["body"] = body
+    if kind is not None:
+        order["extraction"] = {"kind": kind} | ({"selector": selector.strip()} if kind != "text" else {})
     if start is not None:
         order["start_at"] = start.isoformat()
     with ui.reporting("The order was not placed:"):
@@ -204,8 +216,11 @@ def order_card(order: OrderOut) -> None:
     with st.container(border=True, key=f"order_{order.id}"):
         title_col, badge_col = st.columns([5, 1], vertical_alignment="center")
         title_col.markdown(f"**{order.url}**")
+        watching = (f" · watching {order.extraction.kind.upper()} `{order.extraction.selector}`"
+                    if order.extraction and order.extraction.selector else
+                    " · watching the visible text" if order.extraction else "")
         title_col.caption(f"{order.method} · {fmt.schedule_text(order.schedule)} · placed "
-                          f"{fmt.when(order.created_at, tz)} · order {fmt.short_id(order.id)}")
+                          f"{fmt.when(order.created_at, tz)} · order {fmt.short_id(order.id)}{watching}")
         badge_col.badge(order.status.value.capitalize(), color=fmt.STATUS_COLORS.get(order.status.value, "gray"))
 
         done_col, left_col, next_col, cost_col = st.columns(4)

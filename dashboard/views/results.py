@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.schemas import OrderOut, ResultOut
-from dashboard import delivery, ui
+from dashboard import changes, delivery, ui
 from dashboard import format as fmt
 
 DEFAULT_OUT = "crawlcoin-results"
@@ -78,7 +78,9 @@ def result_client(order: OrderOut) -> None:
                 st.session_state["results_tokens"][order.id] = token.token
                 st.rerun()
     st.caption("Install the client with `pip install 'crawlcoin[results]'`. The token can read the results of "
-               "this order only.")
+               "this order only. Add `--changes` to write only the results that changed, each with a `.diff`"
+               + (", and every page comes with its extracted value in `<n>-<time>.extract.txt`." if order.extraction
+                  else "."))
     retention = ui.api().meta().result_body_retention_seconds
     if retention is not None:
         st.caption(f"Pages are kept here for {fmt.duration(retention)} after the result client receives them, then "
@@ -286,6 +288,8 @@ def main() -> None:
     results = results_table(order)
     if results:
         body_viewer(order, results)
+        changes.timeline(order)
+        changes.export(order)
     st.divider()
     result_client(order)
     existing_tokens(order)

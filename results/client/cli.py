@@ -16,6 +16,8 @@ console = Console()
 def _table(p: Progress, orders: list[str], out: Path) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_row("written", str(p.written), "already on disk", str(p.duplicates))
+    if p.unchanged:
+        t.add_row("unchanged (skipped)", str(p.unchanged), "", "")
     t.add_row("orders caught up", f"{len(p.caught_up)}/{len(orders)}", "finished", str(len(p.finished)))
     t.add_row("into", str(out), "last", p.last[-60:])
     return t
@@ -40,8 +42,8 @@ async def _run(client: ResultClient, orders: list[str], out: Path) -> Progress:
     return await task
 
 
-def run_results(server: str, token: str, orders: list[str], out: Path, once: bool) -> None:
-    client = ResultClient(server, token, orders, out, once=once)
+def run_results(server: str, token: str, orders: list[str], out: Path, once: bool, changes_only: bool = False) -> None:
+    client = ResultClient(server, token, orders, out, once=once, changes_only=changes_only)
     progress = asyncio.run(_run(client, orders, out))
     written = f"{progress.written} result(s) written to {out}"
     if progress.pruned:

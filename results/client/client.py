@@ -23,6 +23,7 @@ class Progress:
     written: int = 0
     duplicates: int = 0
     pruned: int = 0  # written without their body: the store had deleted it (retention after delivery)
+    unchanged: int = 0  # acknowledged without writing: --changes writes changes only
     errors: int = 0
     caught_up: set[str] = field(default_factory=set)
     finished: set[str] = field(default_factory=set)
@@ -31,12 +32,14 @@ class Progress:
 
 
 class ResultClient:
-    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False) -> None:
+    def __init__(self, server: str, token: str, orders: list[str], out: Path, once: bool = False,
+                 changes_only: bool = False) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.orders = list(dict.fromkeys(orders))
-        self.files = ResultFiles(out)
+        self.files = ResultFiles(out, diffs=changes_only)
         self.once = once
+        self.changes_only = changes_only
         self.progress = Progress()
         self.done = asyncio.Event()
         self.refused: str | None = None
@@ -57,8 +60,10 @@ class ResultClient:
     async def _subscribe(self) -> None:
         cursors = {o: self.files.cursors.get(o) for o in self.orders}
         # The server validates it and says what is wrong.
-        subscription = Subscribe.model_construct(orders=cursors, window=WINDOW)
-        reply = await self.sio.call(ClientEvent.subscribe, subscription.model_dump(), namespace=NAMESPACE, timeout=30)
+        # `changes` only when asked: a server from before change records takes the subscription as it was.
+        subscription = Subscribe.model_construct(orders=cursors, window=WINDOW, changes=self.changes_only)
+        reply = await self.sio.call(ClientEvent.subscribe, subscription.model_dump(exclude_defaults=True),
+                                    namespace=NAMESPACE, timeout=30)
         if not isinstance(reply, dict) or not reply.get("ok"):
             self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
             self.done.set()
@@ -70,11 +75,14 @@ class ResultClient:
             self.progress.errors += 1
             return {"ok": False, "error": f"malformed results: {e}"}
         async with self._lock:  # one writer: the cursor file and the once-per-n check stay consistent
-            written = await asyncio.to_thread(self.files.write, batch)
+            if self.changes_only:
+                self.progress.unchanged += sum(not msg.changed for msg, _ in batch)
+            keep = [(msg, body) for msg, body in batch if msg.changed or not self.changes_only]
+            written = await asyncio.to_thread(self.files.write, keep) if keep else []
             for order_id in {msg.order_id for msg, _ in batch}:
                 last = max(msg.n for msg, _ in batch if msg.order_id == order_id)
                 await asyncio.to_thread(self.files.advance, order_id, last)
-        for (msg, _), (path, new) in zip(batch, written, strict=True):
+        for (msg, _), (path, new) in zip(keep, written, strict=True):
             if not new:
                 self.progress.duplicates += 1
                 continue

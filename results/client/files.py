@@ -2,16 +2,19 @@
 
 Layout: `<out>/<order_id>/<n:06d>-<fetched_at>.<ext>` (the body, extension from its content
 type) and `<same stem>.meta.json` (status, final URL, headers kept, hash, miner, timings,
-error). The sidecar is renamed into place after its body, so its presence means the result is
-complete; a result whose sidecar exists is never written again. A result whose body the store
-deleted (its retention after delivery was over) gets a sidecar only, saying when.
+error, whether it changed since `previous_n`). With the order's extraction `<same stem>.extract.txt`
+holds the extracted value, and (with `diffs`, as `--changes` writes) a change's `<same stem>.diff`
+its unified diff from the previous valid result. The sidecar is renamed into place after the
+other files of its result, so its presence means the result is complete; a result whose sidecar
+exists is never written again. A result whose body the store deleted (its retention after
+delivery was over) gets a sidecar only, saying when.
 
 A batch is written in three steps: each file goes to a `.tmp-*` file beside its final name and is
-fsynced (in parallel: the file system commits them together); the bodies are renamed into place
-and the folder fsynced; then the sidecars, and the folder again. Only then is the batch
-acknowledged. A crash at any point leaves whole files, or `.tmp-*` leftovers that the next run
-sweeps, never a sidecar without its body. `<out>/.crawlcoin/cursor.json` holds, per order, the
-highest n written, saved after every batch.
+fsynced (in parallel: the file system commits them together); the bodies (with the extracted
+values and diffs) are renamed into place and the folder fsynced; then the sidecars, and the folder
+again. Only then is the batch acknowledged. A crash at any point leaves whole files, or `.tmp-*`
+leftovers that the next run sweeps, never a sidecar without its body. `<out>/.crawlcoin/cursor.json`
+holds, per order, the highest n written, saved after every batch.
 """
 
 import json
@@ -107,8 +110,9 @@ def inflater(body_zlib: bytes) -> Callable[[BinaryIO], None]:
 
 
 class ResultFiles:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, diffs: bool = False) -> None:
         self.out = out
+        self.diffs = diffs
         self._cursor_path = out / ".crawlcoin" / "cursor.json"
         self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -157,12 +161,16 @@ class ResultFiles:
             if not new:
                 continue
             taken[msg.order_id].add(msg.n)
-            meta = msg.model_dump(mode="json")
+            meta = msg.model_dump(mode="json", exclude={"extracted", "diff"})
             if msg.body_pruned_at is None and (msg.error is None or body_zlib):
                 content_type = next((v for k, v in msg.headers.items() if k.lower() == "content-type"), None)
                 body = folder / f"{stem}{extension(content_type)}"
                 bodies.append((body, inflater(body_zlib)))
                 meta["body"] = body.name
+            for suffix, text in ((".extract.txt", msg.extracted), (".diff", msg.diff if self.diffs else None)):
+                if text is not None:
+                    bodies.append((folder / f"{stem}{suffix}", writer(text.encode())))
+                    meta[suffix.split(".")[1]] = f"{stem}{suffix}"
             # On one line: json's C encoder does not indent (the Python one took a fifth of a result's CPU).
             sidecars.append((sidecar, writer(json.dumps(meta, sort_keys=True).encode())))
         self._place(bodies, sidecars)

@@ -27,6 +27,7 @@ from core.settings import Settings
 from core.storage import Store, open_store
 from core.valkey import valkey
 from results.server.namespace import ResultNamespace, Wakeups
+from results.watch.consumer import Watcher
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
@@ -53,10 +54,12 @@ class ResultServer:
     async def start(self) -> None:
         self.redis = valkey(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
-        self.namespace = ResultNamespace(self.store, self.wakeups)
+        watcher = Watcher(self.store, self.redis)
+        self.namespace = ResultNamespace(self.store, self.wakeups, observe=watcher.observe_batch)
         self.sio.register_namespace(self.namespace)
         self._tasks = [asyncio.create_task(self._listen(), name="results:notifications"),
-                       asyncio.create_task(self._prune_loop(), name="results:retention")]
+                       asyncio.create_task(self._prune_loop(), name="results:retention"),
+                       asyncio.create_task(watcher.run(self._stopping), name="results:watch")]
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -8,6 +8,11 @@ disk while the next ones travel. Acknowledgements are taken in n order: the curs
 the acknowledged prefix only, so a client that dies mid-way gets the rest again, and each
 acknowledged stretch is recorded as delivered, which starts its bodies' retention period.
 
+When the order has an extraction or the client asked for changes, each page read is observed
+before it is sent (`observe`, the watcher's `observe_batch`): one store read when the watcher
+observed those results already, else one write of what it had not. Otherwise results go out
+without waiting for the watcher, and their `extracted`/`changed` are null.
+
 A delivery is woken by the notices on the results stream (a result stored, repetitions refunded,
 the order ended). It also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so many
 idle deliveries do not poll the store in step) in case a notice was lost, e.g. while Valkey
@@ -26,13 +31,15 @@ from anyio import to_thread
 
 from core.protocol.results import ResultMessage
 from core.schemas import OrderStatus, RepetitionState
-from core.storage import Result, Store
+from core.storage import Observation, Result, Store
 
 log = logging.getLogger("crawlcoin.results")
 
 FINAL = {RepetitionState.done, RepetitionState.failed, RepetitionState.refunded}
-SendBatch = Callable[[list[Result]], Awaitable[bool]]
-"""Send results to the client; True once it acknowledged them all (they are on its disk)."""
+SendBatch = Callable[[list[Result], dict[int, Observation]], Awaitable[bool]]
+"""Send results (with their observations by n, if observed) to the client; True once it acknowledged them all."""
+ObserveBatch = Callable[[str, list[int], dict[int, Result]], Awaitable[dict[int, Observation]]]
+"""The observations of settled repetitions (order id, their n, their results as read): `Watcher.observe_batch`."""
 SAFETY_POLL_SECONDS = 30.0
 FIRST_PAGE = 64
 """Repetitions read at once after being idle: the first batch goes out soon; the page doubles from there."""
@@ -40,12 +47,14 @@ MAX_PAGE = 1024
 """Most repetitions read from the store at once."""
 
 
-def message(result: Result) -> ResultMessage:
+def message(result: Result, obs: Observation | None = None) -> ResultMessage:
     return ResultMessage(key=result.job_key, order_id=result.order_id, n=result.n, miner_id=result.miner_id,
                          fetched_at=result.fetched_at, status=result.status, final_url=result.final_url,
                          headers=result.headers, body_size=result.body_size, truncated=result.truncated,
                          sha256=result.sha256, elapsed_ms=result.elapsed_ms, error=result.error,
-                         error_text=result.error_text, body_pruned_at=result.body_pruned_at)
+                         error_text=result.error_text, body_pruned_at=result.body_pruned_at,
+                         extracted=obs.value if obs else None, changed=obs.changed if obs and obs.valid else None,
+                         previous_n=obs.previous_n if obs else None, diff=obs.diff if obs else None)
 
 
 class Window:
@@ -83,7 +92,8 @@ class Window:
 
 class OrderDelivery:
     def __init__(self, store: Store, token_id: str, order_id: str, cursor: int, send: SendBatch,
-                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: Window) -> None:
+                 caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: Window,
+                 observe: ObserveBatch | None = None) -> None:
         self.store = store
         self.token_id = token_id
         self.order_id = order_id
@@ -93,6 +103,8 @@ class OrderDelivery:
         self.caught_up = caught_up
         self.wake = wake
         self.window = window
+        self.observe = observe  # None: results go out without what the watcher makes of them
+        self._observations: dict[int, Observation] = {}  # of the repetitions `_ready` returned last
         self._page = FIRST_PAGE
         # Batches sent and not yet taken, in n order: (n before the batch, last n, the call; None: nothing to send).
         self._acks: deque[tuple[int, int, asyncio.Task[bool] | None]] = deque()
@@ -114,6 +126,8 @@ class OrderDelivery:
         if results:  # twice as many next time, up to about a window's worth of bodies
             mean = max(1, sum(len(r.body_zlib) for r in results.values()) // len(results))
             self._page = max(1, min(2 * self._page, MAX_PAGE, self.window.results, self.window.bytes // mean))
+        if self.observe is not None:  # the extracted value and the change go with each result: one store read per
+            self._observations = await self.observe(self.order_id, ready, results)  # page when the watcher was first
         return [(n, results.get(n)) for n in ready]
 
     async def _send(self, ready: list[tuple[int, Result | None]]) -> None:
@@ -134,14 +148,15 @@ class OrderDelivery:
         call = None
         if results:
             await self.window.acquire(len(results), size)
-            call = asyncio.create_task(self._call(results, size))
+            observations = {r.n: self._observations[r.n] for r in results if r.n in self._observations}
+            call = asyncio.create_task(self._call(results, observations, size))
         self._acks.append((self.sent, batch[-1][0], call))
         self.sent = batch[-1][0]
         await self._settle(wait=False)
 
-    async def _call(self, results: list[Result], size: int) -> bool:
+    async def _call(self, results: list[Result], observations: dict[int, Observation], size: int) -> bool:
         try:
-            return await self.send(results)
+            return await self.send(results, observations)
         finally:
             self.window.release(len(results), size)
 

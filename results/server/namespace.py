@@ -21,9 +21,9 @@ from core.protocol.results import (
     encode_result,
 )
 from core.schemas import Scope
-from core.storage import ApiToken, Result, Store
+from core.storage import ApiToken, Observation, Result, Store
 from core.tokens import authenticate_api_token
-from results.server.delivery import OrderDelivery, Window, message
+from results.server.delivery import ObserveBatch, OrderDelivery, Window, message
 
 log = logging.getLogger("crawlcoin.results")
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
@@ -57,9 +57,10 @@ class Wakeups:
 
 
 class ResultNamespace(socketio.AsyncNamespace):
-    def __init__(self, store: Store, wakeups: Wakeups) -> None:
+    def __init__(self, store: Store, wakeups: Wakeups, observe: ObserveBatch | None = None) -> None:
         super().__init__(NAMESPACE)
         self.store = store
+        self.observe = observe
         self.wakeups = wakeups
         self.tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
         self.windows: dict[str, tuple[Window, bool]] = {}  # per connection: its window, whether it takes batches
@@ -90,12 +91,14 @@ class ResultNamespace(socketio.AsyncNamespace):
             first = e.errors()[0]
             return {"error": f"invalid subscription: {'.'.join(map(str, first['loc']))}: {first['msg']}"}
         token: ApiToken = (await self.get_session(sid))["token"]
+        observing: dict[str, bool] = {}  # per order: observe before sending (an extraction, or changes asked for)
         for order_id in sub.orders:
             if token.order_id is not None and token.order_id != order_id:
                 return {"error": f"this token is limited to order {token.order_id}"}
             order = await to_thread.run_sync(self.store.get_order, order_id)
             if order is None or order.owner_id != token.owner_id:
                 return {"error": f"order {order_id} not found"}
+            observing[order_id] = sub.changes or order.extraction is not None
         if sid not in self.windows:  # the connection's first subscription says how much its client takes
             self.windows[sid] = ((Window(sub.window.results, min(sub.window.bytes, MAX_WINDOW_BYTES)), True)
                                  if sub.window else (Window(LEGACY_WINDOW, MAX_WINDOW_BYTES), False))
@@ -106,19 +109,21 @@ class ResultNamespace(socketio.AsyncNamespace):
             running = self.tasks.setdefault(sid, {}).pop(order_id, None)
             if running is not None:
                 running.cancel()
-            self.tasks[sid][order_id] = asyncio.create_task(self._deliver(sid, token, order_id, after))
+            self.tasks[sid][order_id] = asyncio.create_task(self._deliver(sid, token, order_id, after,
+                                                                         observing[order_id]))
             started[order_id] = after
         return {"ok": True, "orders": started}
 
-    async def _deliver(self, sid: str, token: ApiToken, order_id: str, after: int) -> None:
+    async def _deliver(self, sid: str, token: ApiToken, order_id: str, after: int, observing: bool) -> None:
         window, batches = self.windows[sid]
 
-        async def send_batch(results: list[Result]) -> bool:
-            payload = encode_batch([(message(r), r.body_zlib) for r in results])
+        async def send_batch(results: list[Result], observations: dict[int, Observation]) -> bool:
+            payload = encode_batch([(message(r, observations.get(r.n)), r.body_zlib) for r in results])
             return _delivered(results, await self.call(ServerEvent.results, payload, to=sid, timeout=ACK_SECONDS))
 
-        async def send_each(results: list[Result]) -> bool:
-            acks = await asyncio.gather(*(self.call(ServerEvent.result, encode_result(message(r), r.body), to=sid,
+        async def send_each(results: list[Result], observations: dict[int, Observation]) -> bool:
+            acks = await asyncio.gather(*(self.call(ServerEvent.result, encode_result(message(r, observations.get(r.n)),
+                                                                                      r.body), to=sid,
                                                     timeout=ACK_SECONDS) for r in results))
             return _delivered(results, *acks)
 
@@ -129,7 +134,7 @@ class ResultNamespace(socketio.AsyncNamespace):
         wake = self.wakeups.register(order_id)
         try:
             await OrderDelivery(self.store, token.id, order_id, after, send_batch if batches else send_each, caught_up,
-                                wake, window).run()
+                                wake, window, self.observe if observing else None).run()
         except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
             log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
         finally:

@@ -26,7 +26,7 @@ ERRORS = {
     ("post", "/orders/{order_id}/resume"): {401, 404, 409, 422},
     ("post", "/orders/{order_id}/cancel"): {401, 404, 409, 422},
     ("get", "/orders/{order_id}/results"): {401, 404, 422},
-    ("get", "/orders/{order_id}/results/{n}/body"): {401, 404, 422},
+    ("get", "/orders/{order_id}/results/{n}/body"): {401, 404, 410, 422},
 }
 
 

@@ -183,7 +183,7 @@ def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server:
     expect(main_text("Repetitions #3 to #1, newest first")).to_be_visible()
     expect(page.locator(".st-key-result_body")).to_contain_text("Coffee 3.20")
     with page.expect_download() as download:
-        page.get_by_test_id("stDownloadButton").get_by_role("button").click()
+        page.get_by_role("button", name="Download page #3").click()
     saved = Path(download.value.path())
     assert saved.read_bytes() == page_html and download.value.suggested_filename.endswith("-3.html")
     page.set_viewport_size({"width": 1360, "height": 2000})  # the whole page in one picture

@@ -3,8 +3,9 @@
 One module per part, composed into `CassandraStore` (`store`): `session` (connection, LWT
 helpers), `schema` (URL, keyspace, tables), `accounts`, `ledger` (the Paxos account logs),
 `orders`, `claims`, `results` (with delivery cursors), `retention` (deleting delivered bodies),
-`outbox` (Prefect sync requests) and `recovery` (the `recover_pending` sweep). The rules every
-backend shares are in `core.storage.rules`; this package only makes them stick, as follows.
+`watch` (observations of results), `outbox` (Prefect sync requests) and `recovery` (the
+`recover_pending` sweep). The rules every backend shares are in `core.storage.rules`; this
+package only makes them stick, as follows.
 
 Every query names one partition; nothing uses ALLOW FILTERING or scans a table. Multi-step
 operations never rely on multi-partition transactions; instead each one has a single

@@ -85,6 +85,12 @@ STEPS: list[tuple[int, list[str]]] = [
             first_n int, last_n int, PRIMARY KEY (minute, delivered_at, order_id, first_n))""",
          """CREATE TABLE IF NOT EXISTS {ks}.delivery_minutes (shard int, minute bigint,
             PRIMARY KEY (shard, minute))"""]),
+    # What the watcher made of each result (an `Observation` as JSON, partitioned like the jobs) and how far
+    # it got per order. An order's extraction is part of its `spec`, which needs no step.
+    (5, ["""CREATE TABLE IF NOT EXISTS {ks}.observations (order_id text, bucket int, n int, changed boolean,
+            observation text, PRIMARY KEY ((order_id, bucket), n))""",
+         """CREATE TABLE IF NOT EXISTS {ks}.watch_cursors (order_id text PRIMARY KEY, last_n int,
+            last_valid_n int)"""]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"

@@ -5,8 +5,9 @@ from core.storage.cassandra.ledger import CassandraLedgerMethods
 from core.storage.cassandra.recovery import CassandraRecovery
 from core.storage.cassandra.results import CassandraResults
 from core.storage.cassandra.retention import CassandraRetention
+from core.storage.cassandra.watch import CassandraWatch
 
 
 class CassandraStore(CassandraAccounts, CassandraLedgerMethods, CassandraRecovery, CassandraResults,
-                     CassandraRetention):
+                     CassandraRetention, CassandraWatch):
     """The Store protocol on an Apache Cassandra (4.1+/5.x) cluster."""

@@ -8,7 +8,7 @@ pydantic models, so they carry no table metadata); backends copy records in and 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, LargeBinary, String, TypeDecorator
+from sqlalchemy import JSON, CheckConstraint, DateTime, Index, LargeBinary, String, Text, TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from core import ledger
@@ -124,6 +124,7 @@ class OrderRow(SQLModel, table=True):
     timezone: str | None = None
     start_at: datetime = Field(sa_type=UTCDateTime)
     max_runs: int
+    extraction: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     runs_claimed: int = 0
     next_due_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status: OrderStatus = Field(default=OrderStatus.active, sa_type=String(16))
@@ -210,6 +211,32 @@ class DeliveryCursorRow(SQLModel, table=True):
     token_id: str = Field(primary_key=True, max_length=36)
     order_id: str = Field(primary_key=True, max_length=36)
     last_n: int = 0
+
+
+# --- observations (extracted values and changes) ---------------------------------------------
+
+
+class ObservationRow(SQLModel, table=True):
+    __tablename__ = "observations"
+    order_id: str = Field(primary_key=True, max_length=36)
+    n: int = Field(primary_key=True)
+    fetched_at: datetime = Field(sa_type=UTCDateTime)
+    valid: bool
+    extraction: str | None = Field(default=None, sa_type=Text)
+    value: str | None = Field(default=None, sa_type=Text)
+    value_truncated: bool = False
+    value_sha256: str | None = Field(default=None, max_length=64)
+    changed: bool = False
+    previous_n: int | None = None
+    diff: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class WatchCursorRow(SQLModel, table=True):
+    __tablename__ = "watch_cursors"
+    order_id: str = Field(primary_key=True, max_length=36)
+    last_n: int = 0
+    last_valid_n: int | None = None
 
 
 # --- Prefect sync outbox --------------------------------------------------------------------

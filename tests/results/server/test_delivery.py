@@ -18,12 +18,14 @@ CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
 
 
 def run_client(server: str, token: str, orders: list[str], out: Path, once: bool = True,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+               timeout: float = 120, changes: bool = False) -> subprocess.CompletedProcess[str]:
     argv = [CRAWLCOIN, "results", "--server", server, "--token", token, "--out", str(out)]
     for o in orders:
         argv += ["--order", o]
     if once:
         argv.append("--once")
+    if changes:
+        argv.append("--changes")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")} | {"COLUMNS": "200"}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -1,0 +1,126 @@
+"""The watcher: reads the result-notice stream through a consumer group and observes the orders it names.
+
+Every result server runs one. A notice (a result stored, repetitions refunded, an order ended) is
+read by one watcher of the group, which observes that order as far as it is settled
+(`observer.observe_order`), then acknowledges the notice; a watcher that dies leaves its notices
+pending, and another takes them over after `RECLAIM_IDLE_MS`. When an order's cursor moved, the
+watcher adds an `observed` notice, so the deliveries of that order on every result server wake up
+(those that observe do so on their own too, a batch at a time, and never wait for the watcher).
+
+Observing one order is serialised within a process (a lock per order); across processes it is
+safe to run twice (see `observer`).
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from core.outage import VALKEY_DOWN, outage
+from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
+from core.storage import Observation, Result, Store, WatchCursor
+from results.watch.observer import observe_order, observe_ready
+
+log = logging.getLogger("crawlcoin.watch")
+
+GROUP = "watch"
+OBSERVED = "observed"
+"""Outcome of the notice a watcher adds when it observed more of an order (the watchers skip those)."""
+RECLAIM_IDLE_MS = 60_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Watcher:
+    def __init__(self, store: Store, redis: Redis) -> None:
+        self.store = store
+        self.redis = redis
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def observe(self, order_id: str, upto: int = 0) -> WatchCursor:
+        """Observe the order as far as it is settled (at least to `upto`, if it is settled that far)."""
+        lock = self._locks.setdefault(order_id, asyncio.Lock())
+        try:
+            async with lock:
+                return await asyncio.to_thread(observe_order, self.store, order_id, upto)
+        finally:
+            if not lock.locked() and self._locks.get(order_id) is lock:
+                del self._locks[order_id]
+
+    async def observe_batch(self, order_id: str, ns: list[int], results: dict[int, Result]) -> dict[int, Observation]:
+        """A delivery's batch observed (`observer.observe_ready`): one store read when the watcher got there first."""
+        lock = self._locks.setdefault(order_id, asyncio.Lock())
+        try:
+            async with lock:
+                return await asyncio.to_thread(observe_ready, self.store, order_id, ns, results)
+        finally:
+            if not lock.locked() and self._locks.get(order_id) is lock:
+                del self._locks[order_id]
+
+    async def _ensure_group(self) -> None:
+        try:
+            # From the start of the stream: results stored before any watcher ran are observed too.
+            await self.redis.xgroup_create(NOTICES_STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _read(self, block_ms: int) -> list[tuple[str, ResultNotice | None]]:
+        try:
+            reply = await self.redis.xreadgroup(GROUP, self.consumer, {NOTICES_STREAM: ">"}, count=500,
+                                                block=block_ms)
+            claimed = await self.redis.xautoclaim(NOTICES_STREAM, GROUP, self.consumer, RECLAIM_IDLE_MS, "0-0",
+                                                  count=500)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self._ensure_group()  # the stream was deleted (e.g. FLUSHDB): start again
+            return []
+        entries = [e for _, es in reply or [] for e in es] + [e for e in claimed[1] if e[0] is not None]
+        return [(_text(i), ResultNotice.decode(f) if f else None) for i, f in entries]
+
+    async def run_once(self, block_ms: int = 2000) -> int:
+        """Read a batch of notices, observe the orders they name, acknowledge them; how many were read."""
+        entries = await self._read(block_ms)
+        orders = {n.order_id for _, n in entries if n is not None and n.outcome != OBSERVED}
+        failed: set[str] = set()
+        moved: list[ResultNotice] = []
+        for order_id in orders:
+            before = await asyncio.to_thread(self.store.get_watch_cursor, order_id)
+            try:
+                cursor = await self.observe(order_id)
+            except Exception as e:  # the store is down: leave this order's notices pending for a later try
+                outage("the store").failed(e, f"observing order {order_id}")
+                failed.add(order_id)
+                continue
+            if cursor.last_n > before.last_n:
+                moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
+        done = [i for i, n in entries if n is None or n.order_id not in failed]
+        if done or moved:
+            pipe = self.redis.pipeline(transaction=False)
+            for notice in moved:
+                pipe.xadd(NOTICES_STREAM, notice.encode(), maxlen=NOTICES_MAXLEN, approximate=True)
+            if done:
+                pipe.xack(NOTICES_STREAM, GROUP, *done)
+            await pipe.execute()
+        return len(entries)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self._ensure_group()
+        while not stopping.is_set():
+            try:
+                await self.run_once()
+                outage("Valkey").ok()
+            except VALKEY_DOWN as e:  # Valkey restarting: deliveries still observe on their own meanwhile
+                outage("Valkey").failed(e, "watching results")
+                await asyncio.sleep(1)
+            except Exception:
+                log.exception("watching results failed; trying again in 1 s")
+                await asyncio.sleep(1)
