@@ -96,8 +96,10 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 
 
 def stop(proc: subprocess.Popen[str]) -> int:
+    """Ctrl-C; `crawlcoin up` stops its children one after another, each with up to 15 s of grace, which on a
+    busy CI machine has taken over a minute."""
     proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout=60)
+    return proc.wait(timeout=180)
 
 
 def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> None:
