@@ -7,7 +7,6 @@ exactly once or refunded, no order completes with coins left in escrow, and ever
 in the customer's balance, the miner's or an escrow.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -18,8 +17,8 @@ from pathlib import Path
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient, interrupt
-from tests.test_cli_up import CRAWLCOIN, ConsoleLines, children_of, start_up, stop, wait_for_table
-from tests.test_e2e import Pages, client_env
+from tests.test_cli_up import ConsoleLines, children_of, start_up, stop, wait_for_table
+from tests.test_e2e import Pages, ns_on_disk, start_clients
 
 ORDERS, RUNS, EVERY = 4, 6, 3
 
@@ -55,22 +54,11 @@ def test_orders_survive_valkey_being_killed_during_dispatch(tmp_path: Path) -> N
         granted = ORDERS * RUNS
         assert api.balance(customer) + api.balance(volunteer) + sum(o["escrow_balance"] for o in orders()) == granted
 
-        mine_token = api.post("/tokens", json={"scopes": ["mine"]}, headers=volunteer.headers).json()["token"]
-        clients.append(subprocess.Popen(
-            [CRAWLCOIN, "mine", "--server", f"http://127.0.0.1:{ports['mining']}", "--token", mine_token,
-             "--allow-private-targets"], env=client_env(), stdout=open(tmp_path / "miner.log", "wb"),
-            stderr=subprocess.STDOUT))
-        results_token = api.post("/tokens", json={"scopes": ["results"]}, headers=customer.headers).json()["token"]
-        out = tmp_path / "results"
-        results = subprocess.Popen(
-            [CRAWLCOIN, "results", "--server", f"http://127.0.0.1:{ports['results']}", "--token", results_token,
-             "--out", str(out), *[x for oid in order_ids for x in ("--order", oid)]], env=client_env(),
-            stdout=open(tmp_path / "results.log", "wb"), stderr=subprocess.STDOUT)
-        clients.append(results)
+        miner, results, out = start_clients(api, ports, volunteer, customer, order_ids, tmp_path)
+        clients += [miner, results]
 
         def on_disk() -> dict[str, list[int]]:
-            return {oid: sorted(json.loads(p.read_text())["n"] for p in (out / oid).glob("[0-9]*.meta.json"))
-                    for oid in order_ids}
+            return ns_on_disk(out, order_ids)
 
         def delivered() -> int:
             return sum(len(ns) for ns in on_disk().values())

@@ -62,6 +62,30 @@ def client_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))} | {"COLUMNS": "120"}
 
 
+def start_clients(api: ApiClient, ports: dict[str, int], volunteer: object, customer: object, order_ids: list[str],
+                  tmp_path: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], Path]:
+    """A `crawlcoin mine` for the volunteer and a `crawlcoin results` for the customer's orders (logs in
+    `tmp_path`); returns both and the folder the results go to."""
+    token = api.post("/tokens", json={"scopes": ["mine"]}, headers=volunteer.headers).json()["token"]  # type: ignore[attr-defined]
+    miner = subprocess.Popen(
+        [CRAWLCOIN, "mine", "--server", f"http://127.0.0.1:{ports['mining']}", "--token", token,
+         "--allow-private-targets"], env=client_env(), stdout=open(tmp_path / "miner.log", "wb"),
+        stderr=subprocess.STDOUT)
+    token = api.post("/tokens", json={"scopes": ["results"]}, headers=customer.headers).json()["token"]  # type: ignore[attr-defined]
+    out = tmp_path / "results"
+    results = subprocess.Popen(
+        [CRAWLCOIN, "results", "--server", f"http://127.0.0.1:{ports['results']}", "--token", token,
+         "--out", str(out), *[x for oid in order_ids for x in ("--order", oid)]], env=client_env(),
+        stdout=open(tmp_path / "results.log", "wb"), stderr=subprocess.STDOUT)
+    return miner, results, out
+
+
+def ns_on_disk(out: Path, order_ids: list[str]) -> dict[str, list[int]]:
+    """The repetitions of each order that the result client wrote (by their .meta.json files)."""
+    return {oid: sorted(json.loads(p.read_text())["n"] for p in (out / oid).glob("[0-9]*.meta.json"))
+            for oid in order_ids}
+
+
 @pytest.fixture(params=["sqlite", "cassandra"])
 def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """The README's defaults (SQLite in the data dir), and the same stack on a Cassandra store."""

@@ -10,7 +10,6 @@ miner is paid once per result, coins are conserved and every order completes; th
 started again, comes back as a replica of the new one.
 """
 
-import json
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,8 +21,8 @@ from redis import Redis
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient, interrupt
-from tests.test_cli_up import CRAWLCOIN, ConsoleLines, start_up, stop, wait_for_table
-from tests.test_e2e import Pages, client_env
+from tests.test_cli_up import ConsoleLines, start_up, stop, wait_for_table
+from tests.test_e2e import Pages, ns_on_disk, start_clients
 from tests.valkey_sentinel import SentinelTopology
 
 ORDERS, RUNS, EVERY = 4, 6, 3
@@ -64,22 +63,11 @@ def test_orders_ride_through_a_sentinel_failover_that_loses_writes(tmp_path: Pat
             return [api.get(f"/orders/{oid}", headers=customer.headers).json() for oid in order_ids]
 
         granted = ORDERS * RUNS
-        mine_token = api.post("/tokens", json={"scopes": ["mine"]}, headers=volunteer.headers).json()["token"]
-        clients.append(subprocess.Popen(
-            [CRAWLCOIN, "mine", "--server", f"http://127.0.0.1:{ports['mining']}", "--token", mine_token,
-             "--allow-private-targets"], env=client_env(), stdout=open(tmp_path / "miner.log", "wb"),
-            stderr=subprocess.STDOUT))
-        results_token = api.post("/tokens", json={"scopes": ["results"]}, headers=customer.headers).json()["token"]
-        out = tmp_path / "results"
-        results = subprocess.Popen(
-            [CRAWLCOIN, "results", "--server", f"http://127.0.0.1:{ports['results']}", "--token", results_token,
-             "--out", str(out), *[x for oid in order_ids for x in ("--order", oid)]], env=client_env(),
-            stdout=open(tmp_path / "results.log", "wb"), stderr=subprocess.STDOUT)
-        clients.append(results)
+        miner, results, out = start_clients(api, ports, volunteer, customer, order_ids, tmp_path)
+        clients += [miner, results]
 
         def on_disk() -> dict[str, list[int]]:
-            return {oid: sorted(json.loads(p.read_text())["n"] for p in (out / oid).glob("[0-9]*.meta.json"))
-                    for oid in order_ids}
+            return ns_on_disk(out, order_ids)
 
         def delivered() -> int:
             return sum(len(ns) for ns in on_disk().values())
