@@ -85,6 +85,14 @@ class RepetitionState(StrEnum):
     refunded = "refunded"
 
 
+class Validation(StrEnum):
+    """Whether a result was checked against another miner's fetch of the same repetition."""
+
+    unchecked = "unchecked"  # one miner's fetch, not compared with another (a trusted miner's, or nobody to check)
+    validated = "validated"  # another miner's fetch agreed with it
+    disputed = "disputed"  # other fetches disagreed and no two of them agreed: nobody could tell which is right
+
+
 class OrderStatus(StrEnum):
     active = "active"
     paused = "paused"
@@ -356,6 +364,10 @@ class ResultOut(BaseModel):
     extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
     changed: bool | None = Field(default=None, description="Differs from the previous valid result; null when not "
                                                            "a page to compare, or not observed yet.")
+    validation: Validation = Field(
+        default=Validation.unchecked, description=(
+            "validated: another miner (another account) fetched the same repetition and its page agreed; "
+            "unchecked: one miner's fetch, not compared; disputed: the checks disagreed and no two fetches agreed."))
 
 
 class ResultPage(BaseModel):
