@@ -10,7 +10,7 @@ delivered, who is paid and whose reputation moves follows from the votes alone:
 | one, no check in the window | it, `unchecked` | its miner | — |
 | two that agree | the first, `validated` | its miner; the checker a fee | both agreed |
 | two that do not, no third in the window | the first, `disputed` | its miner; the checker a fee | — |
-| three, two agree, the third clearly differs | the pair's first, `validated` | its miner; the other a fee | third struck |
+| three, two agree, the third clearly not | the pair's first, `validated` | its miner; the other a fee | third struck |
 | three, two agree, the third not clearly different | the same | the same | majority agreed |
 | three, the third agrees with both | the first, `validated` | its miner; the others a fee | first and third agreed |
 | three, no two agree | the first, `disputed` | its miner; the others a fee | — |
