@@ -62,8 +62,8 @@ def validation_fee(order: Order, n: int, miner_id: str) -> Movement:
 
 
 def settlement(order: Order, n: int, state: RepetitionState, result: Result | None) -> list[Movement]:
-    """The coin movements a closed repetition implies: the miner's pay when done, the refund when refunded or
-    failed, and a validation fee for every miner whose fetch checked the stored result.
+    """The coin movements a closed repetition implies: the miner's pay when done, with a validation fee for every
+    miner whose fetch checked the delivered page; the refund when refunded or failed (then nobody is paid).
 
     Nothing for a repetition still open (or done without a known result): nothing to move.
     """
@@ -72,7 +72,7 @@ def settlement(order: Order, n: int, state: RepetitionState, result: Result | No
         moves.append(reward(order, n, result.miner_id))
     elif state in (RepetitionState.refunded, RepetitionState.failed):
         moves.append(refund(order, n))
-    if result is not None and state is not RepetitionState.failed:
+    if state is RepetitionState.done and result is not None:
         moves += [validation_fee(order, n, m) for m in dict.fromkeys(result.checked_by) if m != result.miner_id]
     return moves
 
@@ -98,8 +98,8 @@ def completable(order: Order, escrow: int) -> bool:
 def settle(order: Order, result: Result) -> tuple[RepetitionState, list[Movement]]:
     """What a delivered result does to its open repetition: the state it closes it in, and the coins that move.
 
-    A page marks it done and pays the miner; an error no miner can fix marks it refunded and
-    returns the price to the customer. Either way every miner that checked it is paid a validation fee.
+    A page marks it done and pays the miner, and every miner that checked it a validation fee; an error no
+    miner can fix marks it refunded and returns the price to the customer.
     """
     state = RepetitionState.done if result.error is None else RepetitionState.refunded
     return state, settlement(order, result.n, state, result)
