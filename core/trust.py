@@ -59,11 +59,14 @@ class Reputation(BaseModel):
         return 0.0 if standing is Standing.barred else settings.check_share_untrusted
 
     def capacity(self, announced: int, settings: Settings) -> int:
-        """Jobs it may hold at once (results awaiting their check included)."""
+        """Jobs it may hold at once (results awaiting their check included): fewer while it is not trusted and
+        its results are checked."""
         standing = self.standing(settings)
         if standing is Standing.barred:
             return 0
-        return announced if standing is Standing.trusted else min(announced, settings.untrusted_capacity)
+        if standing is Standing.trusted or settings.check_share_untrusted == 0:
+            return announced
+        return min(announced, settings.untrusted_capacity)
 
     def after(self, agreed: bool, settings: Settings, at: datetime | None = None) -> "Reputation":
         """The reputation after one decided check of its fetch."""

@@ -9,11 +9,11 @@ delivered, who is paid and whose reputation moves follows from the votes alone:
 |---|---|---|---|
 | one, no check in the window | it, `unchecked` | its miner | — |
 | two that agree | the first, `validated` | its miner; the checker a fee | both agreed |
-| two that do not, no third in the window | the first, `disputed` | its miner; the checker a fee | — |
+| two that do not, no third in the window | the most reputable, `disputed` | its miner; the other a fee | — |
 | three, two agree, the third clearly not | the pair's first, `validated` | its miner; the other a fee | third struck |
 | three, two agree, the third not clearly different | the same | the same | majority agreed |
 | three, the third agrees with both | the first, `validated` | its miner; the others a fee | first and third agreed |
-| three, no two agree | the first, `disputed` | its miner; the others a fee | — |
+| three, no two agree | the most reputable, `disputed` | its miner; the others a fee | — |
 
 ("its miner" is paid the order's price from the escrow; a fee is the same amount from the platform.)
 
@@ -23,6 +23,7 @@ differs (below the disagreement threshold) from both agreeing fetches counts aga
 nobody's reputation moves when the votes do not say who is wrong.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.agreement import Comparer
@@ -62,10 +63,18 @@ def _deliver(vote: Vote, validation: Validation, checkers: list[Vote]) -> Result
                                           "checked_by": [v.miner_id for v in checkers]})
 
 
-def tally(votes: list[Vote], comparer: Comparer, closing: bool) -> Verdict:
+def _disputed(votes: list[Vote], standing: Callable[[str], float] | None) -> Verdict:
+    """No two fetches agree: deliver the most reputable miner's, pay the others a fee, judge nobody."""
+    best = max(votes, key=lambda v: standing(v.miner_id)) if standing is not None else votes[0]
+    return Verdict(_deliver(best, Validation.disputed, [v for v in votes if v is not best]))
+
+
+def tally(votes: list[Vote], comparer: Comparer, closing: bool,
+          standing: Callable[[str], float] | None = None) -> Verdict:
     """What `votes` (in the order they came, from different miners) decide. With `closing` (the window is over,
     or no further miner can be had) they decide now, whatever they are; otherwise a single vote, or two that
-    do not agree, ask for another fetch."""
+    do not agree, ask for another fetch. A disputed repetition gets the fetch of the miner with the highest
+    `standing` (its reputation), the first one's between equals."""
     if not votes:
         return Verdict()
     if len(votes) == 1:
@@ -74,13 +83,13 @@ def tally(votes: list[Vote], comparer: Comparer, closing: bool) -> Verdict:
     if comparer.agree(a.result, b.result):
         return Verdict(_deliver(a, Validation.validated, [b]), agreed=[a.miner_id, b.miner_id])
     if len(votes) == 2:
-        return Verdict(_deliver(a, Validation.disputed, [b])) if closing else Verdict()
+        return _disputed(votes, standing) if closing else Verdict()
     c = votes[2]
     with_a, with_b = comparer.agree(a.result, c.result), comparer.agree(b.result, c.result)
     if with_a and with_b:  # the third sits between the two: it confirms the first, and nobody is shown wrong
         return Verdict(_deliver(a, Validation.validated, [b, c]), agreed=[a.miner_id, c.miner_id])
     if not (with_a or with_b):
-        return Verdict(_deliver(a, Validation.disputed, [b, c]))
+        return _disputed(votes, standing)
     winner, loser = (a, b) if with_a else (b, a)
     clearly = comparer.differ(loser.result, winner.result) and comparer.differ(loser.result, c.result)
     return Verdict(_deliver(winner, Validation.validated, [c]), agreed=[winner.miner_id, c.miner_id],

@@ -80,3 +80,8 @@ def altered(page: int, fetch: random.Random, share: float) -> str:
     for i in fetch.sample(range(count), max(1, round(share * count))):
         paragraphs[i] = made_up[i]
     return _render(page, paragraphs, fetch)
+
+
+def genuine(page: int, text: str) -> bool:
+    """Whether `text` (a fetched page, or its visible text) holds every paragraph of the article: not made up."""
+    return all(p in text for p in _paragraphs(page, 6 + page % 5))

@@ -65,7 +65,8 @@ class Checker:
             self.handout.put_back(held, miner.sid)
             return ResultAck(ok=False, outcome="refused", error="this account is barred from mining")
         if not held.votes:
-            if self._rng.random() >= miner.reputation.check_share(self.settings):
+            if (self._rng.random() >= miner.reputation.check_share(self.settings)
+                    or not self.handout.checker_exists(held, miner)):  # nobody here could check it: unchecked
                 return await self.writer.record(held, result)
             held.check_since = time.monotonic()
         held.votes.append(Vote(result, miner.network))
@@ -114,7 +115,7 @@ class Checker:
             held.votes = [v for v in held.votes if v not in dropped]
             self._forget(held, [v.miner_id for v in dropped])
         comparer = Comparer(self.settings.agreement_threshold, self.settings.disagreement_threshold)
-        return await asyncio.to_thread(tally, held.votes, comparer, closing)
+        return await asyncio.to_thread(tally, held.votes, comparer, closing, lambda m: reps[m].score)
 
     async def _decide(self, held: Held, verdict: Verdict, answer: str | None = None) -> ResultAck:
         """Write the decided result, move the reputations it judged, tell the miners it held."""

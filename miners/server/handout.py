@@ -218,7 +218,7 @@ class Handout:
                 self._next_timer = min(self._next_timer or held.not_before, held.not_before)
                 continue
             if held.votes and (now - (held.check_since or now) > self.settings.validation_window_seconds
-                               or not self._checker_exists(held)):
+                               or not self.checker_exists(held)):
                 self._remove_from_backlog(held)
                 self._close(held)  # decided as it stands: no further fetch can be had in time
                 continue
@@ -279,10 +279,15 @@ class Handout:
                 best = conn
         return best
 
-    def _checker_exists(self, held: Held) -> bool:
-        """Whether a miner connected here, free or not, could fetch the job to check its result."""
+    def checker_exists(self, held: Held, fetched_by: MinerConn | None = None) -> bool:
+        """Whether a miner connected here, free or not, could fetch the job to check its result (or the result
+        `fetched_by` is about to give)."""
+        def other(conn: MinerConn) -> bool:
+            return fetched_by is None or (conn.user_id != fetched_by.user_id
+                                          and (conn.network is None or conn.network != fetched_by.network))
+
         return any(not conn.draining and conn.capacity > 0 and conn.accepts(held) and not held.excludes(conn)
-                   for conn in self.miners.values())
+                   and other(conn) for conn in self.miners.values())
 
     def _remove_from_backlog(self, held: Held) -> None:
         try:
