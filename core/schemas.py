@@ -177,6 +177,20 @@ class TokenCreated(TokenOut):
 # --- coins ----------------------------------------------------------------------------------
 
 
+class ReputationOut(BaseModel):
+    """How far other miners' fetches confirmed yours, and what that means for your mining."""
+
+    reputation: float = Field(description="Moving average of your checked results' agreement with other miners' "
+                                          "fetches, 0…1; a new account starts at 0.5.")
+    standing: str = Field(description="new or suspect: every result is checked before it is paid; trusted: a few "
+                                      "are, at random; barred: no more jobs.")
+    agreed: int = Field(description="Your checked results that other miners' fetches agreed with.")
+    outvoted: int = Field(description="Your results outvoted by two other miners' agreeing fetches.")
+    strikes_left: int = Field(description="Outvoted results left before the account is barred.")
+    checked_share: float = Field(description="The share of your results that is checked now.")
+    barred_at: datetime | None = Field(default=None, description="When the account was barred from mining.")
+
+
 class FaucetRequest(Request):
     amount: Annotated[int, Field(ge=1, description="Test coins to add (dev and test mode only; at most "
                                                    "`faucet_max_amount` of /meta).")] = 100
