@@ -205,8 +205,13 @@ class Settings(BaseSettings):
         default=0.15, gt=0, le=1, description="Weight of each checked result in a miner's reputation (an EMA).")
     trust_threshold: float = Field(
         default=0.9, gt=0, le=1, description=(
-            "Reputation from which a miner is trusted (checked at check_share_trusted): ten agreeing checks in a "
-            "row from a new miner's 0.5 at the default alpha."))
+            "Reputation from which a miner is trusted (checked at check_share_trusted), after trust_after agreeing "
+            "checks in a row."))
+    trust_after: int = Field(
+        default=25, ge=0, description=(
+            "Checked results in a row that agreed with other miners' fetches before a miner can be trusted, "
+            "whatever its reputation: a cheater that fakes one page in five rarely makes such a run "
+            "(0.8^25 = 0.4 %)."))
     trust_strikes: int = Field(
         default=2, ge=1, description=(
             "Results outvoted by two other miners' agreeing fetches that bar a miner from mining: it gets no job "

@@ -5,9 +5,14 @@ JSON value per account and changed only when a check decides something about the
 
 - `score`: an exponential moving average of agreement (1 for a fetch that agreed, 0 for one
   outvoted), weight `CRAWLCOIN_TRUST_ALPHA` (0.15, as Bittensor's data-universe credibility);
-  a new account starts at 0.5, so ten agreeing checks in a row make it trusted (≥ 0.9);
-- `agreed` / `outvoted`: the counts behind it; `barred_at`: when its outvoted count reached
-  `CRAWLCOIN_TRUST_STRIKES`.
+  a new account starts at 0.5;
+- `agreed` / `outvoted`: the counts behind it, and `streak`: agreeing checks since the last
+  outvoted one; `barred_at`: when its outvoted count reached `CRAWLCOIN_TRUST_STRIKES`.
+
+An account is trusted once its score is at least `CRAWLCOIN_TRUST_THRESHOLD` (0.9) after a run of
+`CRAWLCOIN_TRUST_AFTER` (25) agreeing checks in a row, as BOINC's adaptive replication trusts a
+host after a run of valid results: a miner that fakes one page in five makes such a run less than
+once in a hundred tries (0.8^25 ≈ 0.4 %), and is barred at its second outvoted page.
 
 The standing that follows decides how often its results are checked and whether it mines at all:
 `new` and `suspect` (below the threshold; suspect once outvoted) have every result checked
@@ -42,12 +47,13 @@ class Reputation(BaseModel):
     score: float = Field(default=PRIOR, description="EMA of agreement with other miners' fetches, 0…1.")
     agreed: int = Field(default=0, description="Checked results that agreed with the majority.")
     outvoted: int = Field(default=0, description="Checked results outvoted by two agreeing fetches.")
+    streak: int = Field(default=0, description="Checked results that agreed since the last one outvoted.")
     barred_at: datetime | None = None
 
     def standing(self, settings: Settings) -> Standing:
         if self.barred_at is not None:
             return Standing.barred
-        if self.score >= settings.trust_threshold:
+        if self.score >= settings.trust_threshold and self.streak >= settings.trust_after:
             return Standing.trusted
         return Standing.suspect if self.outvoted else Standing.new
 
@@ -76,7 +82,7 @@ class Reputation(BaseModel):
         if barred_at is None and outvoted >= settings.trust_strikes:
             barred_at = at or datetime.now(UTC)
         return Reputation(score=score, agreed=self.agreed + (1 if agreed else 0), outvoted=outvoted,
-                          barred_at=barred_at)
+                          streak=self.streak + 1 if agreed else 0, barred_at=barred_at)
 
 
 def key(user_id: str) -> str:

@@ -30,7 +30,8 @@ HONEST, ORDERS, RUNS = 8, 4, 40
 
 @pytest.fixture
 def mining_overrides() -> dict[str, object]:
-    return dict(check_share_untrusted=1.0, check_share_trusted=0.05, lease_seconds=10.0)
+    # Trusted after ten agreeing checks in a row (25 by default), so the honest miners get there within the run.
+    return dict(check_share_untrusted=1.0, check_share_trusted=0.05, trust_after=10, lease_seconds=10.0)
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Cheater:
 
         sio.on(ServerEvent.job, on_job, namespace=NAMESPACE)
         sio.on(ServerEvent.problem, on_problem, namespace=NAMESPACE)
-        await sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE], transports=["websocket"])
+        await sio.connect(self.server, auth={"token": self.token}, namespaces=[NAMESPACE], transports=["websocket"],
+                          wait_timeout=30)
         await sio.call(MinerEvent.hello, {"capacity": 16, "client": f"cheater-{self.mode}"}, namespace=NAMESPACE)
         while not self._stop.is_set() and sio.connected:
             await asyncio.sleep(0.1)
@@ -161,7 +163,7 @@ def test_cheaters_are_caught_and_earn_nothing_after_honest_miners_are_never_pena
                 fee = market.store.get_transfer(ledger.validation_key(r.job_key, checker))
                 assert fee is not None and fee.from_account == ledger.MINT and fee.kind == "validation"
                 fees += fee.amount
-    # New miners' results were checked until they were trusted (ten agreeing checks in a row); then a few are.
+    # New miners' results were checked until they were trusted (ten agreeing checks in a row here); then a few are.
     validated = sum(r.validation is Validation.validated for o in orders for r in market.store.list_results(o.id))
     assert validated >= HONEST * 10 // 2
     assert all(reputation(redis, u).standing(market.settings) is trust.Standing.trusted for u, _ in honest)
