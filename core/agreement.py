@@ -85,14 +85,23 @@ def jaccard(a: frozenset[int], b: frozenset[int]) -> float:
     return len(a & b) / len(a | b)
 
 
-def fingerprint(result: Result, keep: int | None = None) -> Fingerprint:
-    """The fingerprint of a fetch, of its first `keep` body bytes if given."""
+def fingerprint(result: Result, keep: int | None = None,
+                content: dict[tuple[str, int, str], frozenset[int] | None] | None = None) -> Fingerprint:
+    """The fingerprint of a fetch, of its first `keep` body bytes if given. `content` caches the shingles of
+    bodies fingerprinted before (by digest and length kept)."""
     body = result.body if keep is None else result.body[:keep]
     ctype = _content_type(result.headers)
-    text = visible_text(body, ctype) if body else ""
+    digest = hashlib.sha256(body).hexdigest() if keep is not None else result.sha256
+    cache_key = (digest, len(body), ctype or "")
+    if content is not None and cache_key in content:
+        words = content[cache_key]
+    else:
+        text = visible_text(body, ctype) if body else ""
+        words = None if text is None else shingles(text)
+        if content is not None:
+            content[cache_key] = words
     return Fingerprint(error=result.error, status=result.status, final_url=urldefrag(result.final_url).url,
-                       media_type=media_type(result.headers), shingles=None if text is None else shingles(text),
-                       digest=hashlib.sha256(body).hexdigest(), kept=len(body))
+                       media_type=media_type(result.headers), shingles=words, digest=digest, kept=len(body))
 
 
 def similarity(a: Fingerprint, b: Fingerprint) -> float:
@@ -112,13 +121,10 @@ class Comparer:
     def __init__(self, agree_at: float, differ_below: float) -> None:
         self.agree_at = agree_at
         self.differ_below = differ_below
-        self._prints: dict[tuple[str, str, int], Fingerprint] = {}
+        self._content: dict[tuple[str, int, str], frozenset[int] | None] = {}
 
     def _print(self, result: Result, keep: int | None) -> Fingerprint:
-        key = (result.miner_id, result.sha256, -1 if keep is None else keep)
-        if key not in self._prints:
-            self._prints[key] = fingerprint(result, keep)
-        return self._prints[key]
+        return fingerprint(result, keep, self._content)
 
     def similarity(self, a: Result, b: Result) -> float:
         keep = min(a.body_size, b.body_size) if a.truncated or b.truncated else None
