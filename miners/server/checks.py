@@ -74,7 +74,11 @@ class Checker:
         if len(held.votes) < 2:
             self.handout.put_back(held)
             return HELD
-        verdict = await self._tally(held, closing=len(held.votes) >= MAX_VOTES)
+        try:
+            verdict = await self._tally(held, closing=len(held.votes) >= MAX_VOTES)
+        except Exception:
+            self.handout.put_back(held)  # decided when the next vote comes, or closed by the hand-out
+            raise
         if not verdict.final:
             self.handout.put_back(held)
             return HELD
@@ -95,7 +99,11 @@ class Checker:
 
     async def close(self, held: Held) -> ResultAck:
         """Decide a check as it stands: no further fetch can be had in time."""
-        verdict = await self._tally(held, closing=True)
+        try:
+            verdict = await self._tally(held, closing=True)
+        except Exception:
+            self.handout.put_back(held)  # the hand-out hands it here again
+            raise
         if not verdict.final:  # every vote was a barred miner's: the job starts afresh
             held.check_since = None
             self.handout.put_back(held)
@@ -109,22 +117,32 @@ class Checker:
 
     async def _tally(self, held: Held, closing: bool) -> Verdict:
         """The verdict of the votes of miners not barred (a barred miner's fetch counts for nothing)."""
-        reps = await self.trust.get_many(sorted({v.miner_id for v in held.votes}))
-        dropped = [v for v in held.votes if reps[v.miner_id].barred_at is not None]
+        try:
+            reps = await self.trust.get_many(sorted({v.miner_id for v in held.votes}))
+        except Exception as e:  # Valkey is down: decide on the votes alone, as if nobody were barred
+            log.warning("could not read reputations for the check of %s: %s", held.job.key, e)
+            reps = {}
+        dropped = [v for v in held.votes if v.miner_id in reps and reps[v.miner_id].barred_at is not None]
         if dropped:
             held.votes = [v for v in held.votes if v not in dropped]
             self._forget(held, [v.miner_id for v in dropped])
         comparer = Comparer(self.settings.agreement_threshold, self.settings.disagreement_threshold)
-        return await asyncio.to_thread(tally, held.votes, comparer, closing, lambda m: reps[m].score)
+        return await asyncio.to_thread(tally, held.votes, comparer, closing,
+                                       lambda m: reps[m].score if m in reps else 0.0)
 
     async def _decide(self, held: Held, verdict: Verdict, answer: str | None = None) -> ResultAck:
         """Write the decided result, move the reputations it judged, tell the miners it held."""
         delivered = verdict.delivered
         assert delivered is not None
         ack = await self.writer.record(held, delivered)
-        reps = await self.trust.record(verdict.agreed, verdict.outvoted) if ack.ok else {}
         voters = [v.miner_id for v in held.votes]
         self._forget(held, voters)
+        reps: dict[str, Reputation] = {}
+        try:
+            if ack.ok:
+                reps = await self.trust.record(verdict.agreed, verdict.outvoted)
+        except Exception as e:  # the result is written and paid; only the reputations did not move
+            log.warning("could not record the reputations the check of %s decided: %s", held.job.key, e)
         own: ResultAck | None = None
         for miner_id in dict.fromkeys(voters):
             outcome, coins = _share(miner_id, delivered, verdict, ack)
