@@ -31,12 +31,14 @@ HONEST, ORDERS, RUNS = 8, 4, 40
 @pytest.fixture
 def mining_overrides() -> dict[str, object]:
     # Trusted after ten agreeing checks in a row (25 by default), so the honest miners get there within the run.
-    return dict(check_share_untrusted=1.0, check_share_trusted=0.05, trust_after=10, lease_seconds=10.0)
+    return dict(check_share_untrusted=1.0, check_share_trusted=0.05, trust_after=10, lease_seconds=4.0,
+                validation_window_seconds=30.0)
 
 
 @dataclass
 class Cheater:
-    """A miner speaking the mining protocol that returns made-up pages (`fake`) or alters every fifth (`alter`)."""
+    """A miner speaking the mining protocol that returns made-up pages (`fake`), alters every fifth (`alter`), or
+    takes jobs and never answers (`silent`)."""
 
     server: str
     token: str
@@ -64,6 +66,8 @@ class Cheater:
         async def on_job(data: dict) -> None:
             offer = JobOffer.model_validate(data)
             self.jobs += 1
+            if self.mode == "silent":
+                return
             page = int(offer.url.rsplit("/", 1)[1])
             if self.mode == "fake":
                 body = FAKE_PAGE
@@ -174,3 +178,25 @@ def test_cheaters_are_caught_and_earn_nothing_after_honest_miners_are_never_pena
     assert all(market.escrow(o) == 0 for o in orders) and market.balance(customer) == 0
     assert earned == ORDERS * RUNS * market.settings.price_per_run + fees
     assert market.store.get_balance(ledger.MINT) == -(market.granted + fees)
+
+
+def test_a_result_whose_checks_never_come_is_delivered_unchecked_and_its_failed_checks_do_not_fail_the_job(
+        market: Market, mining_server: str, pages: PageServer, processes: Processes, redis: Redis) -> None:
+    customer = market.user(coins=1)
+    (worker, worker_token), (idler, idler_token) = market.miner(), market.miner()
+    processes.miner(mining_server, worker_token, "--concurrency", "1")
+    silent = Cheater(mining_server, idler_token, "silent").start()  # takes every job, answers none
+    try:
+        wait_for(lambda: httpx.get(f"{mining_server}/health", timeout=5).json()["miners"] == 2, 60,
+                 "both miners to connect")
+        order = market.order(customer, pages.url("/article/7"), runs=1)
+        wait_for(lambda: market.states(order) == {"done": 1}, 120, "the repetition to be delivered")
+    finally:
+        silent.stop()
+    result = market.store.get_result(f"{order.id}:1")
+    assert result is not None and result.miner_id == worker.id
+    assert result.validation is Validation.unchecked and result.checked_by == []
+    assert genuine(7, visible_text(result.body, "text/html") or "")
+    assert market.balance(worker) == 1 and market.balance(idler) == 0 and market.escrow(order) == 0
+    assert silent.jobs >= 1, "the silent miner was asked to check the result"
+    assert reputation(redis, worker).agreed == 0 and reputation(redis, idler).outvoted == 0, "nothing was decided"
