@@ -101,9 +101,10 @@ class Checker:
         """Decide a check as it stands: no further fetch can be had in time."""
         try:
             verdict = await self._tally(held, closing=True)
-        except Exception:
-            self.handout.put_back(held)  # the hand-out hands it here again
-            raise
+        except Exception as e:
+            log.error("could not decide the check of %s (it is handed out again): %s", held.job.key, e)
+            self.handout.put_back(held)
+            return ResultAck(ok=False, error="internal error")
         if not verdict.final:  # every vote was a barred miner's: the job starts afresh
             held.check_since = None
             self.handout.put_back(held)
@@ -111,7 +112,7 @@ class Checker:
         return await self._decide(held, verdict)
 
     def close_soon(self, held: Held) -> None:
-        asyncio.ensure_future(self.close(held)).add_done_callback(_log_failure)
+        metrics.job_finished_when_done(asyncio.ensure_future(self.close(held)), held.job.due_at)
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -213,6 +214,3 @@ def _share(miner_id: str, delivered: Result, verdict: Verdict, ack: ResultAck) -
     return ("outvoted" if miner_id in verdict.outvoted else "unpaid"), 0
 
 
-def _log_failure(task: "asyncio.Future[ResultAck]") -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("deciding a check failed: %s", task.exception())

@@ -57,6 +57,7 @@ class Handout:
         self._groups: dict[tuple[frozenset[str], frozenset[str]], Group] = {}
         self._group_of: dict[str, Group] = {}  # by sid
         self._capacity = 0  # of all connected miners
+        self._trusted = 0  # connected miners that are trusted
         self.free_slots = 0  # of all connected miners
         self._next_timer: float | None = None  # when the first job waiting for its domain's budget may go
 
@@ -86,9 +87,10 @@ class Handout:
         if conn.sid not in self.miners:
             change(conn)
             return
-        before, capacity = conn.free, conn.capacity
+        before, capacity, trusted = conn.free, conn.capacity, conn.standing is Standing.trusted
         change(conn)
         self._capacity += conn.capacity - capacity
+        self._trusted += (conn.standing is Standing.trusted) - trusted
         self._refresh(conn, before)
         self.wake.set()
 
@@ -103,6 +105,7 @@ class Handout:
         group.size += 1
         self._group_of[conn.sid] = group
         self._capacity += conn.capacity
+        self._trusted += conn.standing is Standing.trusted
         self._refresh(conn, 0)
         self.wake.set()
 
@@ -111,6 +114,7 @@ class Handout:
         if conn is None:
             return
         self._capacity -= conn.capacity
+        self._trusted -= conn.standing is Standing.trusted
         before = conn.free
         conn.draining = True
         self._refresh(conn, before)
@@ -262,8 +266,9 @@ class Handout:
         just failed it unless it is the only one. A job whose result waits for its check goes only to a miner
         of another account and network, a trusted one if any is free."""
         if held.votes:
-            return (self._choose_among(held, groups, lambda c: c.standing is Standing.trusted and not held.excludes(c))
-                    or self._choose_among(held, groups, lambda c: not held.excludes(c)))
+            trusted = (self._choose_among(held, groups, lambda c: c.standing is Standing.trusted
+                                          and not held.excludes(c)) if self._trusted else None)
+            return trusted or self._choose_among(held, groups, lambda c: not held.excludes(c))
         return self._choose_among(held, groups, None)
 
     def _choose_among(self, held: Held, groups: list[Group],

@@ -127,15 +127,21 @@ class Group:
             verdict = self.verdicts[key] = key[0] in self.methods and not domain_blocked(held.host, self.blocked)
         return verdict
 
-    def best(self, avoid: str | None, allowed: Callable[[MinerConn], bool] | None = None) -> MinerConn | None:
+    def best(self, avoid: str | None, allowed: Callable[[MinerConn], bool] | None = None,
+             look: int = 256) -> MinerConn | None:
         """The miner with the most free slots, not `avoid` unless it is the only one. Between equals, the one
         whose slots changed longest ago (a miner moves to the end of its bucket when a lease starts or ends),
-        so miners take turns when jobs come one at a time. With `allowed`, only miners it allows."""
+        so miners take turns when jobs come one at a time. With `allowed`, only miners it allows, among the
+        first `look` candidates (a check looks for a checker without walking ten thousand miners)."""
         fallback = None
         for n in sorted(self.by_free, reverse=True):
             for sid, conn in self.by_free[n].items():
-                if allowed is not None and not allowed(conn):
-                    continue
+                if allowed is not None:
+                    look -= 1
+                    if look < 0:
+                        return fallback
+                    if not allowed(conn):
+                        continue
                 if sid != avoid:
                     return conn
                 fallback = fallback or conn
