@@ -65,6 +65,13 @@ RELEASE_LATENESS = Histogram(
     buckets=LATENESS_BUCKETS,
 )
 
+# --- worker (lateness check) ------------------------------------------------------------------
+LATENESS_NOTICES = Counter(
+    "crawlcoin_lateness_notices",
+    "Lateness notices to the operator's alert channel, by kind (late, recovered) and outcome (sent, failed).",
+    ["kind", "outcome"],
+)
+
 # --- API (read from Valkey and the store at scrape time) ----------------------------------------
 QUEUE_JOBS = Gauge("crawlcoin_queue_jobs", "Jobs waiting in the due queue, due or not.")
 QUEUE_DUE_JOBS = Gauge("crawlcoin_queue_due_jobs", "Jobs in the due queue whose due time has passed (backlog).")
