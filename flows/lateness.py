@@ -87,11 +87,18 @@ class Alerts:
         if not entries:
             return
         self._apprise = apprise.Apprise()
+        apprise_log = logging.getLogger("apprise")
         for i, url in enumerate(entries, 1):
-            if not self._apprise.add(url):  # the URL may hold a token: name its scheme only
-                scheme = url.split("://", 1)[0] if "://" in url else "(no scheme)"
-                raise CrawlcoinError(f"CRAWLCOIN_ALERT_URLS: entry {i} ({scheme}://…) is not a URL apprise can "
-                                     "send to; see https://github.com/caronc/apprise/wiki for the formats")
+            level = apprise_log.level
+            apprise_log.setLevel(logging.CRITICAL)  # apprise would log the whole URL, token included
+            try:
+                added = self._apprise.add(url)
+            finally:
+                apprise_log.setLevel(level)
+            if not added:  # the URL may hold a token: name its scheme only
+                what = f"{url.split('://', 1)[0]}://…" if "://" in url else "no scheme"
+                raise CrawlcoinError(f"CRAWLCOIN_ALERT_URLS: entry {i} ({what}) is not a URL apprise can send to; "
+                                     "see https://github.com/caronc/apprise/wiki for the formats")
 
     @property
     def configured(self) -> bool:
@@ -99,7 +106,7 @@ class Alerts:
 
     async def send(self, kind: str, title: str, body: str) -> bool:
         """Send one notice; True once the channel accepted it (or there is no channel but the log)."""
-        log.log(logging.WARNING if kind == "late" else logging.INFO, "%s — %s", title, body)
+        log.warning("%s — %s", title, body)  # the log says it too (crawlcoin logs warnings and up)
         if self._apprise is None:
             return True
         notify_type = apprise.NotifyType.WARNING if kind == "late" else apprise.NotifyType.SUCCESS
@@ -206,7 +213,7 @@ async def _check(store: Store, redis: Redis, alerts: Alerts, late_after_seconds:
                 await redis.hset(EPISODES, order_id, ep.model_copy(update={"alerted": True}).model_dump_json())
                 checked.alerted += 1
         elif not ep.alerted:  # on time again before the late alert got through: nothing to take back
-            log.info("order %s was late from %s to %s; the alert channel never took the alert", order_id,
+            log.warning("order %s was late from %s to %s; the alert channel never took the alert", order_id,
                      _utc(ep.since), _utc(ep.recovered_at))
             await redis.hdel(EPISODES, order_id)
         elif await alerts.send("recovered", *recovered_notice(ep, late_after_seconds)):
