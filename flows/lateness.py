@@ -172,8 +172,11 @@ async def check_lateness(store: Store, redis: Redis, alerts: Alerts, settings: S
         return Checked()
     try:
         checked = await _check(store, redis, alerts, settings.late_after_seconds, lease, now or datetime.now(UTC))
+    except LockError:  # the pass outlived its lease and another one started: that one tells what is left
+        log.warning("the lateness check lost its lease in Valkey mid-pass; the next pass finishes it")
+        return Checked(ran=True)
     except BaseException:
-        with suppress(LockError):
+        with suppress(Exception):  # Valkey may be what failed: the lease then runs out by itself
             await lease.release()
         raise
     with suppress(LockError):  # keep it for most of the interval: the next pass, in any worker, comes then
