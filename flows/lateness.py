@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import apprise
-from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
 from core.errors import CrawlcoinError
-from core.lateness import lateness
+from core.lateness import EPISODES, Episode, lateness
 from core.metrics import LATENESS_NOTICES
 from core.schemas import Lateness
 from core.settings import Settings
@@ -45,24 +44,10 @@ from core.storage import Order, Repetition, Store
 log = logging.getLogger("crawlcoin.lateness")
 
 LEASE = "crawlcoin:lock:lateness"
-EPISODES = "crawlcoin:lateness:episodes"
-"""Valkey hash: order id → `Episode` (JSON), for every order in a late episode."""
 LEASE_SECONDS = 60.0
 """How long a pass holds the lease before it must extend it (it does, after every order it reads or tells)."""
 BATCH = 1000
 """Most open claims one pass reads, oldest first (the ones likeliest to be late)."""
-
-
-class Episode(BaseModel):
-    """One order running late, from the pass that found it late until the operator is told it is on time again."""
-
-    order_id: str
-    url: str
-    since: datetime = Field(description="When a pass first found the order late.")
-    overdue: int = Field(description="Repetitions overdue at the latest pass that found it late.")
-    oldest_due_at: datetime
-    alerted: bool = Field(default=False, description="The alert channel accepted the late alert.")
-    recovered_at: datetime | None = Field(default=None, description="When a pass found it on time again.")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from tests.flows.conftest import wait_for
 from tests.helpers import Account, ApiClient, Receiver, interrupt
 from tests.test_cli_up import start_up, stop, wait_for_table
 from tests.test_e2e import CRAWLCOIN, Pages, client_env
+from tests.test_metrics import scrape
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 LATE_AFTER = 3
@@ -92,6 +93,7 @@ def test_a_late_order_alerts_once_and_its_recovery_clears_it(tmp_path: Path, rec
         assert alert["title"] == f"crawlcoin: order {oid} is late"
         assert f"of order {oid} (http://127.0.0.1:{pages.server_port}/page) are not delivered {LATE_AFTER} s after " \
                "their due time" in alert["message"], alert["message"]
+        assert scrape(f"127.0.0.1:{ports['api']}")["crawlcoin_orders_late"] == 1, "`crawlcoin status`: orders late 1"
         at = order_card(api_url, customer, monkeypatch)
         [warning] = [str(w.value) for w in at.warning if "Running late" in str(w.value)]
         assert f"not delivered {LATE_AFTER} s after their due time" in warning
@@ -106,6 +108,7 @@ def test_a_late_order_alerts_once_and_its_recovery_clears_it(tmp_path: Path, rec
         assert recovered["title"] == f"crawlcoin: order {oid} is on time again" and recovered["type"] == "success"
         assert "no repetition of it is more than 3 s overdue" in recovered["message"], recovered["message"]
         assert order()["late"] is None
+        assert scrape(f"127.0.0.1:{ports['api']}")["crawlcoin_orders_late"] == 0
         at = order_card(api_url, customer, monkeypatch)
         assert not [w for w in at.warning if "Running late" in str(w.value)]
         delivered = order()["repetitions"]["delivered"]
