@@ -202,7 +202,7 @@ async def _check(store: Store, redis: Redis, alerts: Alerts, late_after_seconds:
                 checked.alerted += 1
         elif not ep.alerted:  # on time again before the late alert got through: nothing to take back
             log.warning("order %s was late from %s to %s; the alert channel never took the alert", order_id,
-                     _utc(ep.since), _utc(ep.recovered_at))
+                        _utc(ep.since), _utc(ep.recovered_at))
             await redis.hdel(EPISODES, order_id)
         elif await alerts.send("recovered", *recovered_notice(ep, late_after_seconds)):
             await redis.hdel(EPISODES, order_id)
