@@ -1,6 +1,6 @@
-"""The lateness check on its own: a real SQLite store, a real Valkey, apprise posting to a real HTTP receiver on
-127.0.0.1. Orders fall late by claiming repetitions whose due time has passed; they are on time again once those
-are settled (refunded here, as a miner's error would)."""
+"""The lateness check on its own, on every store backend: a real store, a real Valkey, apprise posting to a real HTTP
+receiver on 127.0.0.1. Orders fall late by claiming repetitions whose due time has passed; they are on time again
+once those are settled (refunded here, as a miner's error would)."""
 
 import asyncio
 import uuid
@@ -16,15 +16,26 @@ from core.errors import CrawlcoinError
 from core.settings import Settings
 from core.storage import Order, Store, User, open_store
 from flows.lateness import EPISODES, Alerts, Checked, check_lateness
-from tests.conftest import make_settings
+from tests.conftest import fresh_postgres_db, make_settings
 from tests.helpers import Receiver
 
 LATE_AFTER = 3.0
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "cassandra"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The check reads open claims, repetitions and orders: every backend's, not only SQLite's."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    if request.param == "cassandra":
+        request.getfixturevalue("empty_cassandra")()
+        return str(request.getfixturevalue("cassandra_url"))
+    return fresh_postgres_db(request.getfixturevalue("postgres_admin_url"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
     yield s
     s.close()
 
@@ -37,8 +48,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, valkey_url: str, redis: object) -> Settings:  # `redis`: an empty Valkey
-    return make_settings(tmp_path, f"sqlite:///{tmp_path / 'store.db'}", valkey_url,
+def settings(tmp_path: Path, store_url: str, valkey_url: str, redis: object) -> Settings:  # `redis`: empty Valkey
+    return make_settings(tmp_path, store_url, valkey_url,
                          late_after_seconds=LATE_AFTER, lateness_interval_seconds=0.5)
 
 
