@@ -27,7 +27,7 @@ from core.settings import Settings
 from core.storage import Store, open_store
 from core.valkey import valkey
 from results.server.namespace import ResultNamespace, Wakeups
-from results.watch.consumer import Watcher
+from results.watch.consumer import OBSERVED, Watcher
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
@@ -86,7 +86,7 @@ class ResultServer:
                 for entry_id, fields in entries:
                     last = entry_id
                     notice = ResultNotice.decode(fields)
-                    if notice is not None:
+                    if notice is not None and notice.outcome != OBSERVED:
                         self.wakeups.wake(notice.order_id)
 
     def prune(self) -> int:
