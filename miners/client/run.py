@@ -48,7 +48,8 @@ def _summary(stats: MinerStats) -> str:
 
 
 def final_line(stats: MinerStats) -> str:
-    return (f"stopped: paid {stats.done}, unpaid {stats.unpaid_text()}, failed {stats.failed}, "
+    held = f"held {stats.held} (paid once another miner checks them), " if stats.held else ""
+    return (f"stopped: paid {stats.done}, {held}unpaid {stats.unpaid_text()}, failed {stats.failed}, "
             f"coins earned {stats.coins}")
 
 

@@ -36,7 +36,7 @@ from core.schemas import Scope
 from core.settings import Settings
 from core.storage import Result, Store
 from core.tokens import authenticate_api_token
-from core.trust import Standing, TrustBook
+from core.trust import Reputation, Standing, TrustBook
 from miners.server.checks import Checker
 from miners.server.handout import Handout
 from miners.server.pool import MinerConn
@@ -102,6 +102,9 @@ class MinerNamespace(socketio.AsyncNamespace):
             user = await asyncio.to_thread(self.store.get_user, token.owner_id)
         except CrawlcoinError as e:
             raise SocketRefused(f"authentication failed: {e.message}") from None
+        if (await self._reputation(token.owner_id)).barred_at is not None:
+            raise SocketRefused("this account is barred from mining: its results were outvoted by other miners' "
+                                "fetches of the same pages")
         forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if environ.get("HTTP_X_FORWARDED_FOR") else []
         address = real_client(environ.get("REMOTE_ADDR"), forwarded, self.settings.trusted_proxy_networks)
         self.connections[sid] = Connection(token.owner_id, user.username if user else token.owner_id,
@@ -162,20 +165,26 @@ class MinerNamespace(socketio.AsyncNamespace):
         except ValidationError as e:
             raise _Refused(f"invalid policy: {_first_error(e)}") from None
         blocked = frozenset(d.strip().strip(".").lower() for d in policy.blocked_domains if d.strip().strip("."))
-        reputation = (await self.trust.get_many([conn.user_id]))[conn.user_id]
+        reputation = await self._reputation(conn.user_id)
         miner = MinerConn(sid=sid, user_id=conn.user_id, username=conn.username, policy=policy,
                           announced=min(policy.capacity, self.settings.miner_max_capacity),
                           max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
                           blocked=blocked, settings=self.settings, network=conn.network, reputation=reputation)
-        if miner.standing is Standing.barred:
-            await self._drop(sid, f"this account is barred from mining: {reputation.outvoted} of its results were "
-                                  "outvoted by other miners' fetches")
+        if miner.standing is Standing.barred:  # barred since it connected: it gets no job
             return ResultAck(ok=False, error="this account is barred from mining").model_dump()
         conn.announced = True
         self.handout.add_miner(miner)
         return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
                        max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds,
                        reputation=round(reputation.score, 3), standing=miner.standing.value).model_dump()
+
+    async def _reputation(self, user_id: str) -> Reputation:
+        """The account's reputation; a new account's while Valkey cannot say (checked in full: the safe side)."""
+        try:
+            return (await self.trust.get_many([user_id]))[user_id]
+        except Exception as e:
+            log.warning("could not read the reputation of %s: %s", user_id, e)
+            return Reputation()
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
         return Drained(in_flight=self.handout.drain(sid)).model_dump()

@@ -127,6 +127,9 @@ def test_cheaters_are_caught_and_earn_nothing_after_honest_miners_are_never_pena
         assert rep.outvoted >= market.settings.trust_strikes
         assert any("barred" in p for p in cheater.problems), cheater.problems
     assert cheaters[faker.id].cheats >= 2 and cheaters[alterer.id].cheats >= 2
+    refused = processes.miner(mining_server, faker_token)
+    assert refused.proc.wait(timeout=60) != 0, "a barred account's miner is refused and stops"
+    assert "barred from mining" in refused.output()
     # Answering at once gained the faker nothing: an untrusted miner holds few jobs, its slots stay taken until
     # its results are checked, and two outvoted results bar it.
     assert cheaters[faker.id].jobs <= 2 * market.settings.untrusted_capacity, cheaters[faker.id].jobs
