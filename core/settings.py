@@ -232,9 +232,10 @@ class Settings(BaseSettings):
         default=4, ge=1, description=(
             "Most jobs a miner that is not trusted holds at once, its results waiting for their check included."))
     validation_window_seconds: float = Field(
-        default=120.0, gt=0, description=(
-            "How long a result waits for its check; then it is delivered and paid as it stands (unchecked, or "
-            "disputed when the checks so far disagreed)."))
+        default=30.0, gt=0, description=(
+            "How long a result waits for a miner to check it; then it is delivered and paid as it stands (unchecked, "
+            "or disputed when the checks so far disagreed). Kept below late_after_seconds, so waiting for a check "
+            "alone does not make an order late."))
     agreement_threshold: float = Field(
         default=0.7, gt=0, le=1, description=(
             "Least similarity (Jaccard of word 3-shingles of the visible text) at which two fetches of one page "

@@ -99,6 +99,7 @@ class Miner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._refusal: str | None = None
         self._fatal: str | None = None
+        self._held: set[str] = set()  # keys of results held for a check
         self._send_lock = asyncio.Lock()
         self._disconnected = asyncio.Event()
         self._fetcher: Fetcher | None = None
@@ -225,9 +226,12 @@ class Miner:
             checked = Checked.model_validate(data)
         except ValidationError:
             return
-        self.stats.held = max(0, self.stats.held - 1)
         if checked.reputation is not None:
             self.stats.reputation, self.stats.standing = checked.reputation, checked.standing
+        if checked.key not in self._held:  # the check this miner's own answer decided: its ack said it all
+            return
+        self._held.discard(checked.key)
+        self.stats.held = len(self._held)
         if checked.coins > 0:
             self.stats.done += 1
             self.stats.coins += checked.coins
@@ -290,7 +294,8 @@ class Miner:
             self.stats.failed += 1
             self.stats.last_problem = ack.error
         elif ack.outcome == "held":  # a `checked` event says what became of it
-            self.stats.held += 1
+            self._held.add(offer.key)
+            self.stats.held = len(self._held)
         elif ack.coins > 0:
             self.stats.done += 1
             self.stats.coins += ack.coins

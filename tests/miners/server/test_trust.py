@@ -8,6 +8,8 @@ fetching; the other fetches every page and alters every fifth one it returns (20
 
 import asyncio
 import random
+import re
+import signal
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -104,8 +106,7 @@ def test_cheaters_are_caught_and_earn_nothing_after_honest_miners_are_never_pena
         market: Market, mining_server: str, pages: PageServer, processes: Processes, redis: Redis) -> None:
     customer = market.user(coins=ORDERS * RUNS)
     honest = [market.miner() for _ in range(HONEST)]
-    for _, token in honest:
-        processes.miner(mining_server, token, "--concurrency", "4")
+    honest_procs = [processes.miner(mining_server, token, "--concurrency", "4") for _, token in honest]
     (faker, faker_token), (alterer, alterer_token) = market.miner(), market.miner()
     cheaters = {faker.id: Cheater(mining_server, faker_token, "fake").start(),
                 alterer.id: Cheater(mining_server, alterer_token, "alter").start()}
@@ -133,6 +134,15 @@ def test_cheaters_are_caught_and_earn_nothing_after_honest_miners_are_never_pena
     # Answering at once gained the faker nothing: an untrusted miner holds few jobs, its slots stay taken until
     # its results are checked, and two outvoted results bar it.
     assert cheaters[faker.id].jobs <= 2 * market.settings.untrusted_capacity, cheaters[faker.id].jobs
+
+    # Each honest miner's own count of what it earned agrees with its balance (a result still held for a check
+    # when it stopped is paid once decided).
+    for (user, _), proc in zip(honest, honest_procs, strict=True):
+        assert proc.stop(signal.SIGINT) == 0
+        last = re.search(r"stopped: paid \d+, (?:held (\d+) [^,]*, )?.*coins earned (\d+)", proc.output())
+        assert last is not None, proc.output()[-2000:]
+        held, coins = int(last.group(1) or 0), int(last.group(2))
+        assert coins <= market.balance(user) <= coins + held, (coins, held, market.balance(user))
 
     # Honest miners are never penalised.
     for user, _ in honest:
