@@ -47,7 +47,6 @@ class Fingerprint:
     media_type: str
     shingles: frozenset[int] | None  # None: a binary body, compared by `digest`
     digest: str
-    kept: int  # bytes of the body kept (a truncated body is compared over the shorter one)
 
 
 def media_type(headers: dict[str, str]) -> str:
@@ -89,19 +88,20 @@ def fingerprint(result: Result, keep: int | None = None,
                 content: dict[tuple[str, int, str], frozenset[int] | None] | None = None) -> Fingerprint:
     """The fingerprint of a fetch, of its first `keep` body bytes if given. `content` caches the shingles of
     bodies fingerprinted before (by digest and length kept)."""
-    body = result.body if keep is None else result.body[:keep]
     ctype = _content_type(result.headers)
-    digest = hashlib.sha256(body).hexdigest() if keep is not None else result.sha256
-    cache_key = (digest, len(body), ctype or "")
+    body = b"" if keep is None else result.body[:keep]  # the whole body is read only when not seen before
+    digest = result.sha256 if keep is None else hashlib.sha256(body).hexdigest()
+    cache_key = (digest, result.body_size if keep is None else len(body), ctype or "")
     if content is not None and cache_key in content:
         words = content[cache_key]
     else:
+        body = result.body if keep is None else body
         text = visible_text(body, ctype) if body else ""
         words = None if text is None else shingles(text)
         if content is not None:
             content[cache_key] = words
     return Fingerprint(error=result.error, status=result.status, final_url=urldefrag(result.final_url).url,
-                       media_type=media_type(result.headers), shingles=words, digest=digest, kept=len(body))
+                       media_type=media_type(result.headers), shingles=words, digest=digest)
 
 
 def similarity(a: Fingerprint, b: Fingerprint) -> float:
@@ -116,7 +116,7 @@ def similarity(a: Fingerprint, b: Fingerprint) -> float:
 
 
 class Comparer:
-    """Compares fetches of one repetition, fingerprinting each once (a cut body over the part all kept)."""
+    """Compares fetches of one repetition, shingling each body once (a cut body over the part both kept)."""
 
     def __init__(self, agree_at: float, differ_below: float) -> None:
         self.agree_at = agree_at
