@@ -196,6 +196,23 @@ class CassandraClaims(CassandraOrders):
                           last_n=r["last_n"], created_at=dt(r["created_at"]), queued=bool(r["queued"]))
                 for r in rows[:limit]]
 
+    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
+        wanted: defaultdict[tuple[str, int], set[int]] = defaultdict(set)  # per partition, once for all claims
+        for c in claims:
+            for n in range(c.first_n, c.last_n + 1):
+                wanted[(c.order_id, bucket_of(n))].add(n)
+        found = self._many(f"SELECT {JOB_COLS} FROM jobs WHERE order_id = ? AND bucket = ? AND n IN ?",
+                           [(order_id, bucket, sorted(ns)) for (order_id, bucket), ns in wanted.items()])
+        for rows in found:
+            for row in rows:
+                rep = repetition_from(row)
+                if rep.flow_run_id in held:
+                    held[rep.flow_run_id].append(rep)
+        for reps in held.values():
+            reps.sort(key=lambda r: r.n)
+        return held
+
     def confirm_queued(self, flow_run_id: str) -> None:
         self._cas_retry("UPDATE open_claims SET queued = true WHERE bucket = ? AND flow_run_id = ? IF EXISTS",
                         (self._claim_bucket(flow_run_id), flow_run_id))

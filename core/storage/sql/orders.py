@@ -15,6 +15,9 @@ from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
 from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
 
+KEYS_PER_READ = 500
+"""Repetition keys read in one statement (well within SQLite's and PostgreSQL's bound parameters)."""
+
 
 class SqlOrders(SqlLedger, SqlOutbox):
     # --- orders ------------------------------------------------------------------------
@@ -185,6 +188,18 @@ class SqlOrders(SqlLedger, SqlOutbox):
             stmt = (select(OpenClaimRow).where(col(OpenClaimRow.created_at) < claimed_before)
                     .order_by(col(OpenClaimRow.created_at), col(OpenClaimRow.flow_run_id)).limit(limit))
             return [record(OpenClaim, r) for r in s.exec(stmt)]
+
+    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
+        keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
+        with self._read() as s:
+            for i in range(0, len(keys), KEYS_PER_READ):
+                for row in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(keys[i:i + KEYS_PER_READ]))):
+                    if row.flow_run_id in held:
+                        held[row.flow_run_id].append(record(Repetition, row))
+        for reps in held.values():
+            reps.sort(key=lambda r: r.n)
+        return held
 
     def confirm_queued(self, flow_run_id: str) -> None:
         with self._write() as s:
