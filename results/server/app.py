@@ -74,14 +74,19 @@ class ResultServer:
     async def _listen(self) -> None:
         assert self.redis is not None
         last = "$"
+        missed = False
         while not self._stopping.is_set():
             try:
                 reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
             except Exception as e:  # Valkey restarting: deliveries fall back to polling meanwhile
                 outage("Valkey").failed(e, "result notifications")
+                missed = True
                 await asyncio.sleep(1)
                 continue
             outage("Valkey").ok()
+            if missed:  # notices may have been lost while Valkey was away: every delivery looks again
+                missed = False
+                self.wakeups.wake_all()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
