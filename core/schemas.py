@@ -379,6 +379,55 @@ class ChangePage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `after` to get the next (newer) page.")
 
 
+# --- webhooks -------------------------------------------------------------------------------
+
+WebhookEventName = Literal["change", "result"]
+
+
+class WebhookCreate(Request):
+    url: Annotated[str, Field(min_length=1, max_length=2048, description="Where to POST each notification (http or "
+                                                                          "https; a public address)."), OneLine]
+    order_id: Annotated[str, Field(max_length=64), OneLine] | None = Field(
+        default=None, description="Tell about this one order; null: about every order of yours.")
+    event: WebhookEventName = Field(default="change", description="change: only results that changed; result: "
+                                                                  "every result.")
+
+
+class WebhookOut(BaseModel):
+    id: str = Field(description="The webhook's id.")
+    url: str = Field(description="Where notifications go.")
+    order_id: str | None = Field(description="The only order it tells about; null: all of yours.")
+    event: WebhookEventName = Field(description="change: only results that changed; result: every result.")
+    created_at: datetime = Field(description="When it was created.")
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="Signs every notification (HMAC-SHA256, header Crawlcoin-Signature). Shown only "
+                                    "this once.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="The idempotency id, sent as Crawlcoin-Delivery on every attempt.")
+    order_id: str = Field(description="The order told about.")
+    n: int = Field(description="The repetition told about.")
+    event: WebhookEventName = Field(description="change if its result changed, else result.")
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: to be sent (again) at next_attempt_at; delivered: answered 2xx; failed: given up.")
+    attempts: int = Field(description="Requests made so far.")
+    created_at: datetime = Field(description="When the notification was stored.")
+    next_attempt_at: datetime | None = Field(description="When it is tried next (pending only).")
+    last_attempt_at: datetime | None = Field(description="When it was last tried.")
+    last_status: int | None = Field(description="HTTP status of the last attempt; null: no answer.")
+    last_error: str | None = Field(description="What went wrong with the last attempt.")
+    delivered_at: datetime | None = Field(description="When the endpoint answered 2xx.")
+    payload: str = Field(description="The JSON body sent.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next (older) page; null on the last page.")
+
+
 # --- service --------------------------------------------------------------------------------
 
 
