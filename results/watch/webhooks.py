@@ -142,7 +142,9 @@ class WebhookSender:
     async def run_once(self, client: httpx.AsyncClient) -> int:
         """Claim the due deliveries (a batch), send them, log each attempt; how many were claimed."""
         now = datetime.now(UTC)
-        lease = now + timedelta(seconds=self.settings.webhook_timeout_seconds + 30)
+        # long enough for the whole batch to be tried, CONCURRENCY at a time, each request taking its longest
+        rounds = -(-BATCH // CONCURRENCY)
+        lease = now + timedelta(seconds=self.settings.webhook_timeout_seconds * rounds + 30)
         claimed = await asyncio.to_thread(self.store.claim_webhook_deliveries, now, lease, BATCH)
         hooks: dict[str, Webhook | None] = {}
         for d in claimed:

@@ -1,4 +1,8 @@
-"""Webhooks from a running result server to a real receiver on 127.0.0.1: signed, retried, logged, never lost."""
+"""Webhooks from a running result server to a real receiver on 127.0.0.1: signed, retried, logged, never lost.
+
+Run on every store backend (the root `store_url`, not result delivery's SQLite-only one): the sender's
+claims and leases are store operations.
+"""
 
 import time
 import uuid
@@ -13,10 +17,13 @@ from core.schemas import Extraction
 from core.settings import Settings
 from core.storage import DeliveryState, Store, Webhook, WebhookDelivery, WebhookEvent, delivery_id
 from results.server.app import ResultServer
+from tests import conftest
 from tests.conftest import ThreadedServer, make_settings
 from tests.results.server.conftest import Customer
 from tests.results.watch.test_changes_delivered import order_with_pages
 from tests.webhook_receiver import Receiver
+
+store_url = conftest.store_url  # every backend, not result delivery's SQLite alone
 
 
 def sender_settings(tmp_path: Path, store_url: str, valkey_url: str, **overrides: object) -> Settings:
