@@ -21,6 +21,7 @@ from core.storage.records import (
     Observation,
     OpenClaim,
     Order,
+    OrderEdit,
     Pruned,
     Recorded,
     Repetition,
@@ -38,9 +39,9 @@ from core.storage.records import (
 
 __all__ = [
     "AccountStore", "ApiToken", "Claim", "Cursor", "DeliveryState", "LedgerEntry", "LedgerStore", "LoginSession",
-    "Observation", "OpenClaim", "Order", "OrderStore", "Pruned", "Recorded", "Repetition", "Result", "ResultOutcome",
-    "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "Webhook", "WebhookDelivery",
-    "WebhookEvent", "WebhookStore", "delivery_id", "job_key", "open_store",
+    "Observation", "OpenClaim", "Order", "OrderEdit", "OrderStore", "Pruned", "Recorded", "Repetition", "Result",
+    "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "Webhook",
+    "WebhookDelivery", "WebhookEvent", "WebhookStore", "delivery_id", "job_key", "open_store",
 ]
 
 

@@ -28,6 +28,7 @@ from core.storage.records import (
     Observation,
     OpenClaim,
     Order,
+    OrderEdit,
     Pruned,
     Recorded,
     Repetition,
@@ -143,6 +144,16 @@ class OrderStore(Protocol):
         """Cancel an active or paused order and refund its unclaimed repetitions, atomically.
 
         Returns (order, refunded coins), or None if the order is not active or paused.
+        """
+
+    def edit_order(self, order_id: str, edit: OrderEdit, key: str, now: datetime) -> Order | None:
+        """Change an active or paused order as `edit` says (`rules.plan_edit`), atomically with its escrow.
+
+        The escrow is topped up from the owner or refunded to the owner by the difference in cost
+        (ledger key `rules.edit_key(order_id, key)`: a retried request moves nothing twice), and a
+        Prefect sync is requested, in the same atomic step. Claimed repetitions are untouched. None for
+        an unknown order; raises Conflict (not active or paused), InvalidInput (max_runs below the
+        repetitions claimed) or InsufficientFunds, changing nothing.
         """
 
     def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None: ...

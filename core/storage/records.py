@@ -74,6 +74,18 @@ class Order(BaseModel):
         return self.max_runs * self.price_per_run
 
 
+class OrderEdit(BaseModel):
+    """What a customer may change of a live order, as it is to be; it applies from the next unclaimed repetition."""
+
+    url: str
+    schedule_kind: str
+    every_seconds: int | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    extraction: Extraction | None = None
+    max_runs: int
+
+
 class Repetition(BaseModel):
     key: str = Field(description='"{order_id}:{n}", the idempotency key of everything downstream.')
     order_id: str

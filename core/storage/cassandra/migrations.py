@@ -102,6 +102,9 @@ STEPS: list[tuple[int, list[str]]] = [
             PRIMARY KEY (webhook_id, created_at, id)) WITH CLUSTERING ORDER BY (created_at DESC, id DESC)""",
          """CREATE TABLE IF NOT EXISTS {ks}.webhook_due (bucket int, due_at bigint, id text,
             PRIMARY KEY (bucket, due_at, id))"""]),
+    # Editing a live order: the coins an edit moves (and the spec it replaced) are noted in the order's row
+    # until they have moved; claims wait for it. Orders from before this step have none pending.
+    (7, ["ALTER TABLE {ks}.orders ADD IF NOT EXISTS edit_pending text"]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"
