@@ -277,14 +277,14 @@ class OrderChange(Request):
     """What to change of an active or paused order; what is left out stays. It applies from the next repetition
     not yet dispatched: those dispatched keep their URL and due time."""
 
-    url: Annotated[str, Field(min_length=1, max_length=8192, description="The page to fetch (http or https)."),
-                   OneLine] | None = None
+    url: Annotated[str, Field(min_length=1, max_length=8192), OneLine] | None = Field(
+        default=None, description="The page to fetch (http or https).")
     schedule: Schedule | None = Field(default=None, description="The new schedule: the next undispatched repetition "
                                                                 "is due at its first slot after the last dispatched "
                                                                 "one, and not before now.")
-    max_runs: Annotated[int, Field(ge=1, description="The new number of repetitions, at least those dispatched: the "
-                                                     "escrow is topped up from your balance, or refunded to it, by "
-                                                     "the difference in cost.")] | None = None
+    max_runs: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="The new number of repetitions, at least those dispatched: the escrow is topped up "
+                                  "from your balance, or refunded to it, by the difference in cost.")
     extraction: Extraction | None = Field(default=None, description="Keep and watch only this part of each page; "
                                                                     "null to compare whole pages again.")
 
