@@ -214,6 +214,10 @@ class Api:
     def resume(self, order_id: str) -> OrderOut:
         return OrderOut.model_validate(self._request("POST", f"/orders/{order_id}/resume"))
 
+    def edit_order(self, order_id: str, changes: dict[str, Any]) -> OrderOut:
+        """Change an active or paused order (`PATCH /orders/{id}`): only the fields in `changes`."""
+        return OrderOut.model_validate(self._request("PATCH", f"/orders/{order_id}", json=changes))
+
     def cancel(self, order_id: str) -> CancelOut:
         return CancelOut.model_validate(self._request("POST", f"/orders/{order_id}/cancel"))
 
