@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import ada_url
 import httpx
 
+from core import metrics
 from core import webhooks as signing
 from core.errors import InvalidInput
 from core.outage import outage
@@ -186,6 +187,9 @@ class WebhookSender:
         retry_at = None
         if not delivered and attempts < self.settings.webhook_max_attempts:
             retry_at = datetime.now(UTC) + timedelta(seconds=retry_delay(self.settings, attempts))
+        if delivered:
+            metrics.WEBHOOK_LATENESS.observe((datetime.now(UTC) - delivery.created_at).total_seconds())
+        metrics.WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "retry" if retry_at else "failed").inc()
         if not delivered:
             log.info("webhook %s: delivery %s attempt %d failed (%s)%s", webhook.id, delivery.id, attempts, error,
                      "" if retry_at else "; giving up")

@@ -4,6 +4,7 @@ Run on every store backend (the root `store_url`, not result delivery's SQLite-o
 claims and leases are store operations.
 """
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from redis import Redis
 
 from core.schemas import Extraction
@@ -88,7 +90,7 @@ def test_each_change_reaches_the_receiver_once_with_a_valid_signature(
 def test_a_receiver_answering_500_twice_gets_it_on_the_third_try(
         tmp_path: Path, store_url: str, valkey_url: str, redis: Redis, customer: Customer) -> None:
     with Receiver(answer=lambda _id, seen: 500 if seen < 2 else 200) as receiver, \
-            result_server(sender_settings(tmp_path, store_url, valkey_url)):
+            result_server(sender_settings(tmp_path, store_url, valkey_url)) as server:
         hook = add_webhook(customer, receiver.url)
         order_id = order_with_pages(customer, 4, Extraction(kind="css", selector=".price"))
         wait_for("the change was delivered", lambda: len(receiver.delivered()) == 1)
@@ -100,6 +102,10 @@ def test_a_receiver_answering_500_twice_gets_it_on_the_third_try(
         logged = delivery(customer.store, hook, order_id, 3)
         assert (logged.state, logged.attempts, logged.last_status, logged.last_error) == (DeliveryState.delivered, 3,
                                                                                          200, None)
+        scraped = httpx.get(f"{server}/metrics").text  # counters of this process: at least this test's attempts
+        counts = {o: float(re.search(rf'crawlcoin_webhook_attempts_total{{outcome="{o}"}} (\S+)', scraped)[1])  # type: ignore
+                  for o in ("retry", "delivered")}
+        assert counts["retry"] >= 2 and counts["delivered"] >= 1, counts
 
 
 def test_a_restart_of_the_sending_result_server_loses_nothing(
