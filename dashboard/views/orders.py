@@ -214,12 +214,12 @@ def _delivery(order: OrderOut) -> None:
 def change_form(order: OrderOut) -> None:
     """Change the URL, the interval or the number of repetitions of an active or paused order."""
     with st.expander("Change this order", icon=":material/edit:"), st.form(f"change_{order.id}"):
-        url = st.text_input("URL", value=order.url, key=f"change_url_{order.id}")
+        url = st.text_input("Page URL to fetch", value=order.url, key=f"change_url_{order.id}")
         every = None
         if order.schedule.kind == "interval":
-            every = st.number_input("Every (seconds)", min_value=1, value=order.schedule.every_seconds,
+            every = st.number_input("Interval (seconds)", min_value=1, value=order.schedule.every_seconds,
                                     key=f"change_every_{order.id}")
-        runs = st.number_input("Repetitions", min_value=max(order.runs_claimed, 1), value=order.max_runs,
+        runs = st.number_input("Total repetitions", min_value=max(order.runs_claimed, 1), value=order.max_runs,
                                key=f"change_runs_{order.id}", help=f"At least the {order.runs_claimed:,} already "
                                "handed to the job queue. Fewer refund their price to your wallet; more take it.")
         st.caption("Changes apply from the next repetition not yet handed to the job queue.")
