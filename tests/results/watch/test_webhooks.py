@@ -68,6 +68,8 @@ def test_each_change_reaches_the_receiver_once_with_a_valid_signature(
         every_result = add_webhook(customer, receiver.url, order_id=order_id, event=WebhookEvent.result)
         order_id = order_with_pages(customer, 8, Extraction(kind="css", selector="h1, .price"), order_id=order_id)
         wait_for("the receiver got 2 changes and 8 results", lambda: len(receiver.delivered()) == 10)
+        wait_for("the sender logged them", lambda: all(d.state is DeliveryState.delivered for d in
+                                                       customer.store.list_webhook_deliveries(on_changes.id)))
         time.sleep(1.5)  # time for a duplicate to show up, were there one
         got = receiver.all()
         assert len(got) == 10 and len({r.delivery_id for r in got}) == 10, "each delivered once"
@@ -93,7 +95,8 @@ def test_a_receiver_answering_500_twice_gets_it_on_the_third_try(
             result_server(sender_settings(tmp_path, store_url, valkey_url)) as server:
         hook = add_webhook(customer, receiver.url)
         order_id = order_with_pages(customer, 4, Extraction(kind="css", selector=".price"))
-        wait_for("the change was delivered", lambda: len(receiver.delivered()) == 1)
+        wait_for("the change was delivered and logged", lambda: len(receiver.delivered()) == 1 and delivery(
+            customer.store, hook, order_id, 3).state is DeliveryState.delivered)
         assert [r.status for r in receiver.all()] == [500, 500, 200]
         assert len({r.delivery_id for r in receiver.all()}) == 1, "every attempt carries the same idempotency id"
         first, last = receiver.all()[0], receiver.all()[-1]
@@ -123,7 +126,8 @@ def test_a_restart_of_the_sending_result_server_loses_nothing(
         answers["status"] = 200  # the receiver comes back while no result server runs
         assert [d.state for d in customer.store.list_webhook_deliveries(hook.id)] == [DeliveryState.pending] * 2
         with result_server(settings):
-            wait_for("the changes were delivered after the restart", lambda: len(receiver.delivered()) == 2)
+            wait_for("the changes were delivered after the restart", lambda: len(receiver.delivered()) == 2 and all(
+                delivery(customer.store, hook, order_id, n).state is DeliveryState.delivered for n in (3, 6)))
             time.sleep(1)
         assert sorted(r.payload["n"] for r in receiver.delivered()) == [3, 6]
         assert len(receiver.all()) == 4, "each change tried once before the restart and delivered once after"
