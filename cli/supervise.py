@@ -26,6 +26,7 @@ GIVE_UP_AFTER = 5
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30)
 START_TIMEOUT_SECONDS = 180.0
 SETTLE_SECONDS = 3.0  # a child without a health check counts as back once it has lived this long
+STOP_GRACE_SECONDS = 15.0  # a child asked to stop has this long to finish its work before it is killed
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -48,6 +49,7 @@ class Child:
     log: Path
     ready: Callable[[], bool] | None = None  # health check other than an HTTP 200 from health_url
     one_shot: bool = False  # a helper with an end: exit code 0 means its work is done, not that it died
+    infrastructure: bool = False  # what the services depend on (Valkey, Prefect): stopped after them
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     env: dict[str, str] = field(default_factory=dict, repr=False)
     started_at: float = field(default=0.0, repr=False)
@@ -100,22 +102,30 @@ class Child:
             self.process.kill()
             self.process.wait()
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def ask_to_stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for a child asked to stop until `deadline` (monotonic), then kill it."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def stop(self) -> None:
+        self.ask_to_stop()
+        self.wait_stopped(time.monotonic() + STOP_GRACE_SECONDS)
 
 
 class PostgresChild(Child):
     """The embedded PostgreSQL of Prefect: `pg_ctl` daemonizes it, so it is watched through its pid file."""
 
     def __init__(self, name: str, pgdata: Path, server: Any) -> None:
-        super().__init__(name, [], "", "", pgdata / "log")
+        super().__init__(name, [], "", "", pgdata / "log", infrastructure=True)
         self.server = server
         self.started_at = time.monotonic()
 
@@ -138,6 +148,19 @@ class PostgresChild(Child):
     def stop(self) -> None:
         with postgres_may_enter(Path(self.server.pgdata).parent):  # pg_ctl stop runs as the wheel's user too
             self.server.cleanup()
+
+
+def stop_all(children: list[Child]) -> None:
+    """Stop the services all at once (each has `STOP_GRACE_SECONDS` to finish its work, together, not one after the
+    other), then what they depend on — Prefect, its database, Valkey — last started first."""
+    services = [c for c in children if not c.infrastructure]
+    for child in services:
+        child.ask_to_stop()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in services:
+        child.wait_stopped(deadline)
+    for child in reversed([c for c in children if c.infrastructure]):
+        child.stop()
 
 
 @dataclass

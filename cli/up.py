@@ -18,7 +18,7 @@ from cli.embedded import embedded_secrets, prefect_env, private_data_dir, start_
 from cli.haproxy import Pool, find_haproxy, write_config
 from cli.local_miner import local_miner_token
 from cli.status import METRICS_TARGETS, write_targets
-from cli.supervise import Child, PostgresChild, Supervisor
+from cli.supervise import Child, PostgresChild, Supervisor, stop_all
 from core.errors import CrawlcoinError
 from core.settings import Settings
 from core.valkey import valkey_sync
@@ -87,8 +87,9 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
 
     def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
               extra_env: dict[str, str] | None = None, timeout: float = 90, wait: bool = True,
-              ready: Callable[[], bool] | None = None, one_shot: bool = False) -> Child:
-        child = Child(name, argv, url, health, logs / log, ready=ready, one_shot=one_shot)
+              ready: Callable[[], bool] | None = None, one_shot: bool = False, infrastructure: bool = False) -> Child:
+        child = Child(name, argv, url, health, logs / log, ready=ready, one_shot=one_shot,
+                      infrastructure=infrastructure)
         children.append(child)
         child.start(dict(env, **(extra_env or {})))
         if wait:
@@ -140,7 +141,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             config = valkey_config(data_dir / "valkey", host, settings.valkey_port, secrets.valkey_password)
             start("valkey", valkey_argv(config), shown_url, "", "valkey.log", timeout=60,
                   shown=f"{shown_url} (password in {data_dir / 'secrets.json'})",
-                  ready=lambda: _valkey_answers(env["CRAWLCOIN_REDIS_URL"]))
+                  ready=lambda: _valkey_answers(env["CRAWLCOIN_REDIS_URL"]), infrastructure=True)
 
         if settings.prefect_api_url:
             rows.append(("prefect (external)", settings.prefect_api_url, "-"))
@@ -165,7 +166,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                                      "--port", str(settings.prefect_port)],
                   prefect_url, f"{prefect_url}/api/health", "prefect.log", timeout=180,
                   shown=f"{prefect_url} (UI; auth string in {data_dir / 'secrets.json'})",
-                  extra_env={"PREFECT_SERVER_API_AUTH_STRING": secrets.prefect_auth_string})
+                  extra_env={"PREFECT_SERVER_API_AUTH_STRING": secrets.prefect_auth_string}, infrastructure=True)
             env["PREFECT_API_URL"] = f"{prefect_url}/api"
 
         crawlcoin = [sys.executable, "-m", "cli.main"]
@@ -243,8 +244,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         console.print("stopping…")
         return 0
     finally:
-        for child in reversed(children):
-            child.stop()
+        stop_all(children)
 
 
 def print_table(out: Console, rows: list[tuple[str, str, str]]) -> None:

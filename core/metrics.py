@@ -75,6 +75,13 @@ RELEASE_LATENESS = Histogram(
     buckets=LATENESS_BUCKETS,
 )
 
+# --- worker (lateness check) ------------------------------------------------------------------
+LATENESS_NOTICES = Counter(
+    "crawlcoin_lateness_notices",
+    "Lateness notices to the operator's alert channel, by kind (late, recovered) and outcome (sent, failed).",
+    ["kind", "outcome"],
+)
+
 # --- API (read from Valkey and the store at scrape time) ----------------------------------------
 QUEUE_JOBS = Gauge("crawlcoin_queue_jobs", "Jobs waiting in the due queue, due or not.")
 QUEUE_DUE_JOBS = Gauge("crawlcoin_queue_due_jobs", "Jobs in the due queue whose due time has passed (backlog).")
@@ -86,8 +93,9 @@ ORDERS_QUEUED = Gauge(
 )
 ORDERS_LATE = Gauge(
     "crawlcoin_orders_late",
-    f"Orders with a job still in the due queue {LATE_AFTER_SECONDS:.0f} s after its due time "
-    f"(counted over the {LATE_SCAN_LIMIT} oldest).",
+    "Orders running late: in a late episode of the workers' lateness check (a repetition not delivered "
+    f"late_after_seconds after its due time), or with a job still in the due queue {LATE_AFTER_SECONDS:.0f} s after "
+    f"its due time (counted over the {LATE_SCAN_LIMIT} oldest).",
 )
 SYNC_REQUESTS_PENDING = Gauge(
     "crawlcoin_sync_requests_pending", f"Order changes not yet applied to Prefect (counted up to {SYNC_SCAN_LIMIT})."
@@ -151,7 +159,9 @@ def order_of(job_key: bytes | str) -> str:
 
 
 async def refresh_queue(redis: Redis, now: float | None = None) -> None:
-    """Set the due-queue gauges from Valkey: one round trip, two bounded ranges."""
+    """Set the due-queue gauges and the late orders from Valkey: one round trip, two bounded ranges and the late
+    episodes of the lateness check."""
+    from core.lateness import EPISODES, Episode
     from core.queue import DUE  # the queue imports this module for its counters
 
     now = time.time() if now is None else now
@@ -161,11 +171,13 @@ async def refresh_queue(redis: Redis, now: float | None = None) -> None:
     pipe.zrange(DUE, 0, 0, withscores=True)
     pipe.zrangebyscore(DUE, "-inf", now - LATE_AFTER_SECONDS, start=0, num=LATE_SCAN_LIMIT)
     pipe.zrange(DUE, 0, LATE_SCAN_LIMIT - 1)
-    total, due, head, late, upcoming = await pipe.execute()
+    pipe.hvals(EPISODES)
+    total, due, head, late, upcoming, episodes = await pipe.execute()
     QUEUE_JOBS.set(total)
     QUEUE_DUE_JOBS.set(due)
     QUEUE_OLDEST_DUE_SECONDS.set(lateness(head[0][1], now) if head else 0.0)
-    ORDERS_LATE.set(len({order_of(k) for k in late}))
+    running_late = [Episode.model_validate_json(e) for e in episodes]
+    ORDERS_LATE.set(len({order_of(k) for k in late} | {e.order_id for e in running_late if e.recovered_at is None}))
     ORDERS_QUEUED.set(len({order_of(k) for k in upcoming}))
 
 

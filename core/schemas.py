@@ -303,6 +303,16 @@ class RepetitionCounts(BaseModel):
     failed: int = Field(description="Given up after every attempt; refunded too.")
 
 
+class Lateness(BaseModel):
+    """An order running late: some of its repetitions are due longer ago than the marketplace's lateness threshold
+    and not delivered yet (no miner took them, or they are still being fetched)."""
+
+    overdue: int = Field(description="Repetitions due more than `late_after_seconds` ago and not settled yet.")
+    oldest_due_at: datetime = Field(description="When the oldest of them was due.")
+    late_after_seconds: float = Field(description="The marketplace's threshold: how long after its due time a "
+                                                  "repetition not delivered makes its order late.")
+
+
 class _Identified(BaseModel):
     id: str = Field(description="The order's id.")
 
@@ -318,6 +328,9 @@ class OrderOut(RequestSpec, _Identified):
     runs_left: int = Field(description="Repetitions not yet handed to the job queue (`max_runs - runs_claimed`).")
     repetitions: RepetitionCounts = Field(description="How many repetitions are in each state.")
     next_run_at: datetime | None = Field(description="When the next repetition is due; null once none is to come.")
+    late: Lateness | None = Field(default=None, description=(
+        "Set while the order runs late (deliveries behind their due time by more than the threshold); null when on "
+        "time. The operator is alerted when it becomes late and told when it is on time again."))
     extraction: Extraction | None = Field(description="What of each page is kept and watched; null: the whole page "
                                                       "is compared.")
     status: OrderStatus = Field(description="active, paused, completed (every repetition settled) or cancelled.")

@@ -168,6 +168,18 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description=(
             "How often each worker finishes store operations a crashed process left half done (Cassandra)."))
 
+    # Lateness alerts.
+    late_after_seconds: float = Field(
+        default=60.0, gt=0, description=(
+            "A repetition not delivered this long after its due time makes its order late: the order says so (API "
+            "and dashboard) and the operator is alerted once, then told when it is on time again."))
+    lateness_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the lateness check runs (in one worker at a time).")
+    alert_urls: str | None = Field(
+        default=None, description=(
+            "Where lateness alerts go: apprise URLs, separated by commas or spaces (e.g. json://host:port/path, "
+            "slack://…, mailtos://…); default: the worker's log only."))
+
     # Mining.
     mining_port: int = Field(default=8601, description="Port of the mining server (Socket.IO).")
     results_port: int = Field(default=8603, description="Port of the result server (Socket.IO).")

@@ -6,7 +6,7 @@ from http import HTTPStatus
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.schemas import CronSchedule, IntervalSchedule, OrderOut, ResultOut, every
+from core.schemas import CronSchedule, IntervalSchedule, Lateness, OrderOut, ResultOut, every
 
 LEDGER_KINDS = {
     "faucet": "Test coins",
@@ -79,6 +79,15 @@ def relative(dt: datetime | None, now: datetime | None = None) -> str:
     if delta >= 1:
         return f"in {duration(delta)}"
     return "due now" if delta > -60 else f"due {duration(-delta)} ago"
+
+
+def late_text(late: Lateness, now: datetime | None = None) -> str:
+    """What the order card says while an order runs late."""
+    waited = ((now or datetime.now(UTC)) - late.oldest_due_at).total_seconds()
+    reps = "repetition is" if late.overdue == 1 else "repetitions are"
+    return (f"Running late: {late.overdue:,} {reps} not delivered {duration(late.late_after_seconds)} after "
+            f"their due time (the oldest has waited {duration(waited)}). The marketplace's operator is alerted, and "
+            "they are fetched as soon as a miner takes them.")
 
 
 def schedule_text(schedule: IntervalSchedule | CronSchedule) -> str:

@@ -12,6 +12,7 @@ releases due jobs from the queue onto the job stream, applies pending order chan
 as soon as the API announces one (`SYNC_WAKEUP`) and at least every `sync_interval_seconds`,
 finishes store operations a crashed process left half done every `recover_interval_seconds`,
 deletes crawlcoin's finished flow runs past their retention from Prefect (`flows/retention.py`),
+tells the operator when an order runs late and when it is on time again (`flows/lateness.py`),
 and queues again every few seconds the jobs the store claimed but Valkey does not hold
 (`flows/requeue.py`) — so none of them depends on a single process, nor on the API.
 """
@@ -41,6 +42,7 @@ from core.queue import SYNC_WAKEUP, run_releaser
 from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
 from flows.dispatch import run_dispatch
+from flows.lateness import Alerts, check_lateness
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
@@ -74,6 +76,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         self._stop = asyncio.Event()
         self._flow_names: dict[Any, str] = {}
         self._metrics_server: WSGIServer | None = None
+        self._alerts = Alerts(self.settings.alert_urls)  # a URL apprise cannot use stops the worker here
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             asyncio.create_task(self._recover_loop(self._ctx), name="store-recovery"),
             asyncio.create_task(self._requeue_loop(self._ctx), name="requeue"),
             asyncio.create_task(self._retention_loop(self._ctx), name="retention"),
+            asyncio.create_task(self._lateness_loop(self._ctx), name="lateness"),
         ]
 
     async def teardown(self, *exc_info: Any) -> None:
@@ -194,6 +198,17 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
                 outage("Prefect or Valkey").failed(e, "deleting finished flow runs")
                 continue
             log.info(summary)
+
+    async def _lateness_loop(self, ctx: FlowContext) -> None:
+        while not await self._stopped_within(ctx.settings.lateness_interval_seconds):
+            try:
+                checked = await check_lateness(ctx.store, ctx.redis, self._alerts, ctx.settings)
+            except Exception as e:  # Valkey or the store may be down for a while: try again next time
+                outage("Valkey or the store").failed(e, "checking for late orders")
+                continue
+            outage("Valkey or the store").ok()
+            if checked.alerted or checked.recovered:
+                log.info(checked.summary())
 
     # --- running flow runs -----------------------------------------------------------
 

@@ -1,15 +1,19 @@
 """A small HTTP client for tests: the API as a user drives it, nothing in-process."""
 
+import http.server
+import json
 import os
 import pty
 import re
 import select
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pyotp
@@ -149,3 +153,34 @@ class Terminal:
         plain = re.sub(r"\x1b\[[0-9;]*m", "", self.output)  # colours
         plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", plain)  # cursor moves, line erases
         return [x.rstrip() for x in plain.replace("\r", "\n").split("\n") if x.strip()]
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An operator's alert endpoint on 127.0.0.1 (apprise's json:// posts to it): remembers every JSON body it
+    accepted, and answers `status` (set it to 500 to play a channel that is down; those bodies are not kept)."""
+
+    def __init__(self) -> None:
+        self.notices: list[dict[str, Any]] = []
+        self.refused = 0
+        self.status = 200
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if receiver.status == 200:
+                    receiver.notices.append({"path": self.path, **json.loads(body)})
+                else:
+                    receiver.refused += 1
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def titles(self) -> list[str]:
+        return [n["title"] for n in self.notices]

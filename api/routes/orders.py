@@ -35,17 +35,18 @@ def create_order(
 def list_orders(
     user: CurrentUser,
     store: StoreDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> OrderPage:
     """Your orders, newest first."""
-    return orders.list_own(store, user, limit, cursor)
+    return orders.list_own(store, settings, user, limit, cursor)
 
 
 @router.get("/{order_id}", responses=errors(401, 404))
-def get_order(order_id: str, user: CurrentUser, store: StoreDep) -> OrderOut:
+def get_order(order_id: str, user: CurrentUser, store: StoreDep, settings: SettingsDep) -> OrderOut:
     """One of your orders."""
-    return orders.order_out(store, orders.get_own(store, user, order_id))
+    return orders.order_out(store, settings, orders.get_own(store, user, order_id))
 
 
 @router.patch("/{order_id}", responses=errors(401, 402, 404, 409, 413, 422))
@@ -68,29 +69,32 @@ def edit_order(
 
 @router.post("/{order_id}/pause", responses=errors(401, 404, 409))
 def pause_order(
-    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+    order_id: str, user: CurrentUser, store: StoreDep, settings: SettingsDep, background: BackgroundTasks,
+    request: Request,
 ) -> OrderOut:
     """Stop scheduling repetitions until resumed."""
-    out = orders.pause(store, user, order_id)
+    out = orders.pause(store, settings, user, order_id)
     wake_workers(background, request)
     return out
 
 
 @router.post("/{order_id}/resume", responses=errors(401, 404, 409))
 def resume_order(
-    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+    order_id: str, user: CurrentUser, store: StoreDep, settings: SettingsDep, background: BackgroundTasks,
+    request: Request,
 ) -> OrderOut:
     """Continue a paused order."""
-    out = orders.resume(store, user, order_id)
+    out = orders.resume(store, settings, user, order_id)
     wake_workers(background, request)
     return out
 
 
 @router.post("/{order_id}/cancel", responses=errors(401, 404, 409))
 def cancel_order(
-    order_id: str, user: CurrentUser, store: StoreDep, background: BackgroundTasks, request: Request
+    order_id: str, user: CurrentUser, store: StoreDep, settings: SettingsDep, background: BackgroundTasks,
+    request: Request,
 ) -> CancelOut:
     """Cancel the order and refund its unclaimed repetitions."""
-    out = orders.cancel(store, user, order_id)
+    out = orders.cancel(store, settings, user, order_id)
     wake_workers(background, request)
     return out

@@ -9,10 +9,12 @@ from api.order_rules import check_order, check_schedule
 from api.pagination import decode_cursor, encode_cursor
 from core import extraction, ledger, schedules
 from core.errors import Conflict, InvalidInput, NotFound
+from core.lateness import lateness
 from core.schemas import (
     CancelOut,
     CronSchedule,
     IntervalSchedule,
+    Lateness,
     OrderChange,
     OrderCreate,
     OrderOut,
@@ -32,8 +34,10 @@ _COUNTED_AS = {RepetitionState.leased: "fetching", RepetitionState.done: "delive
                RepetitionState.refunded: "refunded", RepetitionState.failed: "failed"}
 
 
-def repetitions(store: Store, order: Order, now: datetime) -> tuple[RepetitionCounts, datetime | None]:
-    """Where each repetition is, and when the next one is due."""
+def repetitions(
+    store: Store, order: Order, now: datetime, late_after_seconds: float
+) -> tuple[RepetitionCounts, datetime | None, Lateness | None]:
+    """Where each repetition is, when the next one is due, and how late the order runs."""
     counts: Counter[str] = Counter()
     next_run_at = None
     claimed = store.get_repetitions(order.id, list(range(1, order.runs_claimed + 1))) if order.runs_claimed else []
@@ -54,16 +58,17 @@ def repetitions(store: Store, order: Order, now: datetime) -> tuple[RepetitionCo
             next_run_at = min(next_run_at or order.next_due_at, order.next_due_at)
     if order.status is not OrderStatus.active:
         next_run_at = None
-    return RepetitionCounts(**{k: counts[k] for k in RepetitionCounts.model_fields}), next_run_at
+    late = lateness(claimed, now, late_after_seconds)
+    return RepetitionCounts(**{k: counts[k] for k in RepetitionCounts.model_fields}), next_run_at, late
 
 
-def order_out(store: Store, order: Order) -> OrderOut:
+def order_out(store: Store, settings: Settings, order: Order) -> OrderOut:
     schedule: IntervalSchedule | CronSchedule
     if order.schedule_kind == "interval":
         schedule = IntervalSchedule(kind="interval", every_seconds=order.every_seconds or 0)
     else:
         schedule = CronSchedule(kind="cron", cron=order.cron or "", timezone=order.timezone or "UTC")
-    counts, next_run_at = repetitions(store, order, datetime.now(UTC))
+    counts, next_run_at, late = repetitions(store, order, datetime.now(UTC), settings.late_after_seconds)
     return OrderOut(
         id=order.id,
         url=order.url,
@@ -78,6 +83,7 @@ def order_out(store: Store, order: Order) -> OrderOut:
         runs_left=order.max_runs - order.runs_claimed,
         repetitions=counts,
         next_run_at=next_run_at,
+        late=late,
         status=order.status,
         price_per_run=order.price_per_run,
         cost=order.cost,
@@ -120,7 +126,7 @@ def create(
     )
     order.next_due_at = schedules.first_due(order)
     stored, created = store.create_order(order)
-    return order_out(store, stored), created
+    return order_out(store, settings, stored), created
 
 
 def get_own(store: Store, user: User, order_id: str) -> Order:
@@ -131,37 +137,37 @@ def get_own(store: Store, user: User, order_id: str) -> Order:
     return order
 
 
-def list_own(store: Store, user: User, limit: int, cursor: str | None) -> OrderPage:
+def list_own(store: Store, settings: Settings, user: User, limit: int, cursor: str | None) -> OrderPage:
     orders = store.list_orders(user.id, limit, decode_cursor(cursor))
     next_cursor = encode_cursor(orders[-1].created_at, orders[-1].id) if len(orders) == limit else None
-    return OrderPage(items=[order_out(store, o) for o in orders], next_cursor=next_cursor)
+    return OrderPage(items=[order_out(store, settings, o) for o in orders], next_cursor=next_cursor)
 
 
-def pause(store: Store, user: User, order_id: str) -> OrderOut:
+def pause(store: Store, settings: Settings, user: User, order_id: str) -> OrderOut:
     order = get_own(store, user, order_id)
     changed = store.set_order_status(order.id, {OrderStatus.active, OrderStatus.paused}, OrderStatus.paused)
     if changed is None:
         raise Conflict(f"a {order.status.value} order cannot be paused")
-    return order_out(store, changed)
+    return order_out(store, settings, changed)
 
 
-def resume(store: Store, user: User, order_id: str) -> OrderOut:
+def resume(store: Store, settings: Settings, user: User, order_id: str) -> OrderOut:
     order = get_own(store, user, order_id)
     next_due = schedules.first_due_at_or_after(order, datetime.now(UTC)) if order.next_due_at is None else None
     changed = store.set_order_status(order.id, {OrderStatus.paused, OrderStatus.active}, OrderStatus.active,
                                      next_due_at=next_due)
     if changed is None:
         raise Conflict(f"a {order.status.value} order cannot be resumed")
-    return order_out(store, changed)
+    return order_out(store, settings, changed)
 
 
-def cancel(store: Store, user: User, order_id: str) -> CancelOut:
+def cancel(store: Store, settings: Settings, user: User, order_id: str) -> CancelOut:
     order = get_own(store, user, order_id)
     result = store.cancel_order(order.id)
     if result is None:
         raise Conflict(f"the order is already {order.status.value}")
     cancelled, refunded = result
-    return CancelOut(order=order_out(store, cancelled), refunded=refunded)
+    return CancelOut(order=order_out(store, settings, cancelled), refunded=refunded)
 
 
 def edit(store: Store, settings: Settings, user: User, order_id: str, req: OrderChange,
@@ -194,4 +200,4 @@ def edit(store: Store, settings: Settings, user: User, order_id: str, req: Order
     changed = store.edit_order(order.id, new, idempotency_key or str(uuid.uuid4()), datetime.now(UTC))
     if changed is None:
         raise NotFound("order not found")
-    return order_out(store, changed)
+    return order_out(store, settings, changed)

@@ -256,6 +256,9 @@ def order_card(order: OrderOut) -> None:
         title_col.caption(f"{order.method} · {fmt.schedule_text(order.schedule)} · placed "
                           f"{fmt.when(order.created_at, tz)} · order {fmt.short_id(order.id)}{watching}")
         badge_col.badge(order.status.value.capitalize(), color=fmt.STATUS_COLORS.get(order.status.value, "gray"))
+        if order.late:
+            badge_col.badge("Late", color="red", icon=":material/schedule:")
+            st.warning(fmt.late_text(order.late), icon=":material/schedule:")
 
         done_col, left_col, next_col, cost_col = st.columns(4)
         counts = order.repetitions.model_dump()

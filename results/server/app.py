@@ -29,7 +29,7 @@ from core.settings import Settings
 from core.storage import Store, open_store
 from core.valkey import valkey
 from results.server.namespace import ResultNamespace, Wakeups
-from results.watch.consumer import Watcher
+from results.watch.consumer import OBSERVED, Watcher
 from results.watch.webhooks import WebhookSender
 
 log = logging.getLogger("crawlcoin.results")
@@ -91,7 +91,7 @@ class ResultServer:
                 for entry_id, fields in entries:
                     last = entry_id
                     notice = ResultNotice.decode(fields)
-                    if notice is not None:
+                    if notice is not None and notice.outcome != OBSERVED:
                         self.wakeups.wake(notice.order_id)
 
     def prune(self) -> int:

@@ -14,10 +14,14 @@ observed those results already, else one write of what it had not. Otherwise res
 without waiting for the watcher, and their `extracted`/`changed` are null.
 
 A delivery is woken by the notices on the results stream (a result stored, repetitions refunded,
-the order ended). It also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so many
-idle deliveries do not poll the store in step) in case a notice was lost, e.g. while Valkey
-restarted: a lost notice costs at most that much delay. Measured with bench/e2e.py at 200 orders,
-polling every 5 s took more CPU in the result server than delivering the results.
+the order ended; not the watcher's "observed", which a delivery that observes does itself). Per
+result delivered live it reads the store twice (the repetitions, the result) and writes once
+(delivered); it reads the order only when woken by something other than a result, or when its
+cursor reached the repetitions the order had claimed. It also looks again on its own every
+`SAFETY_POLL_SECONDS` (± 20 %, so many idle deliveries do not poll the store in step) in case a
+notice was lost, e.g. while Valkey restarted: a lost notice costs at most that much delay.
+Measured with bench/e2e.py at 200 orders, polling every 5 s took more CPU in the result server
+than delivering the results.
 """
 
 import asyncio
@@ -106,6 +110,7 @@ class OrderDelivery:
         self.observe = observe  # None: results go out without what the watcher makes of them
         self._observations: dict[int, Observation] = {}  # of the repetitions `_ready` returned last
         self._page = FIRST_PAGE
+        self._more = False  # whether the last page read was all ready: more may be settled after it
         # Batches sent and not yet taken, in n order: (n before the batch, last n, the call; None: nothing to send).
         self._acks: deque[tuple[int, int, asyncio.Task[bool] | None]] = deque()
 
@@ -119,6 +124,7 @@ class OrderDelivery:
             if rep is None or rep.state not in FINAL:
                 break
             ready.append(n)
+        self._more = len(ready) == len(ns)
         if not ready:
             return []
         results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.sent,
@@ -182,17 +188,26 @@ class OrderDelivery:
 
     async def _run(self) -> None:
         told_caught_up = False
+        claimed: int | None = None  # the order's runs_claimed when last read
         while True:
             self.wake.clear()
             ready = await self._ready()
             if ready:
                 await self._send(ready)
                 told_caught_up = False
-                continue
+                if self._more or self.wake.is_set():  # a full page, or a notice came meanwhile: look again
+                    continue
+                # Else the page stopped at a repetition not settled yet: its notice will wake us.
             await self._settle(wait=True)
-            order = await to_thread.run_sync(self.store.get_order, self.order_id)
-            finished = order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
-                                         and self.cursor >= order.runs_claimed)
+            finished = False
+            # The order cannot be finished while the cursor is below what it had claimed (results came in,
+            # nothing else changed): read it only when woken by something else (a refund, the order ended) or
+            # when the cursor reached its claimed repetitions.
+            if not ready or claimed is None or self.cursor >= claimed:
+                order = await to_thread.run_sync(self.store.get_order, self.order_id)
+                claimed = order.runs_claimed if order is not None else 0
+                finished = order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
+                                             and self.cursor >= order.runs_claimed)
             if finished or not told_caught_up:
                 await self.caught_up(self.cursor, finished)
                 told_caught_up = True

@@ -239,3 +239,29 @@ def test_a_card_with_failed_results_names_the_cause(
     assert metric(at, "Failed") == "10 of 13"
     assert "10 × Target refused by policy (url host is not allowed: 127.0.0.1 is a loopback address)" in \
         [c.value for c in at.caption], [c.value for c in at.caption]
+
+
+def test_a_late_order_says_so_on_its_card_and_in_the_api_until_it_is_on_time(
+    dashboard: Callable[..., AppTest], api: ApiClient, store: Store
+) -> None:
+    account = api.new_account(coins=10)
+    start = datetime.now(UTC) - timedelta(seconds=200)  # within the API's start_at grace
+    order = api.post("/orders", json=interval_order(url="https://example.com/late", every=1, runs=10,
+                                                    start_at=start.isoformat()), headers=account.headers).json()
+    assert order["late"] is None
+    now = datetime.now(UTC)
+    store.claim_repetitions(order["id"], "run-late", now, now, 10**9)  # handed out, no miner takes them
+
+    late = api.get(f"/orders/{order['id']}", headers=account.headers).json()["late"]
+    assert late["overdue"] == 10 and late["late_after_seconds"] == 60
+    assert abs(datetime.fromisoformat(late["oldest_due_at"]) - start) < timedelta(seconds=1)
+    at = dashboard(account)
+    [warning] = [w for w in alerts(at, "warning") if "late" in w]
+    assert warning.startswith("Running late: 10 repetitions are not delivered 1 min after their due time (the "
+                              "oldest has waited 3 min 2") and "operator is alerted" in warning, warning
+
+    store.refund_repetitions(order["id"], list(range(1, 11)))  # settled (as a miner's error would): on time
+    assert api.get(f"/orders/{order['id']}", headers=account.headers).json()["late"] is None
+    at = dashboard(account)
+    assert not [w for w in alerts(at, "warning") if "late" in w]
+    assert not at.exception

@@ -73,6 +73,7 @@ class Worker:
             CRAWLCOIN_DISPATCH_WINDOW_SECONDS=str(settings.dispatch_window_seconds),
             CRAWLCOIN_DISPATCH_LEAD_SECONDS=str(settings.dispatch_lead_seconds),
             CRAWLCOIN_ACTIVATION_WINDOW_SECONDS=str(settings.activation_window_seconds),
+            CRAWLCOIN_PREFECT_RETENTION_SECONDS=str(settings.prefect_retention_seconds),
             **env,
         )
         crawlcoin = str(Path(sys.executable).parent / "crawlcoin")

@@ -1,17 +1,21 @@
 """The retention pass against a real Prefect server and real Valkey."""
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
 from prefect.states import Completed, Failed, Running, Scheduled
 from redis.asyncio import Redis as AsyncRedis
 
+from core.storage import open_store
 from flows import retention
+from tests.flows.conftest import wait_for
+from tests.helpers import interval_order
 
 
 @flow(name="retention-test-flow")
@@ -68,3 +72,54 @@ def test_retention_deletes_only_crawlcoins_finished_runs_and_a_pass_cut_short_is
 
     asyncio.run(go())
 
+
+@pytest.mark.timeout(900)
+def test_prefect_holds_a_bounded_number_of_runs_per_active_order(sched_settings, api_for, start_worker) -> None:
+    """The README's steady state: per active order about (retention + 3 × pass interval) / dispatch period + 6 flow
+    runs — the finished ones not yet pruned, plus one scheduled, one running and its activation record. The test
+    holds a running stack to that bound while every order makes at least twice as many runs as the bound, and checks
+    that the pruned runs are gone and the deployments stay."""
+    settings = sched_settings.model_copy(update={
+        "dispatch_lead_seconds": 1, "dispatch_window_seconds": 2, "activation_window_seconds": 2,
+        "prefect_retention_seconds": 10})
+    period = 2
+    bound = int((settings.prefect_retention_seconds + 3 * retention.retention_interval(settings)) / period) + 6
+    orders, runs = 3, 300
+    start_worker(settings)
+    api = api_for(settings)
+    alice = api.new_account(coins=orders * runs)
+    start = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    body = interval_order(every=1, runs=runs, start_at=start)
+    ids = [api.post("/orders", json=body, headers=alice.headers).json()["id"] for _ in range(orders)]
+    store = open_store(settings.resolved_store_url)
+
+    async def runs_by_order() -> dict[str, list[str]]:
+        async with PrefectClient(api=settings.prefect_api_url) as client:
+            out: dict[str, list[str]] = {}
+            for oid in ids:
+                deployment_id = store.get_order(oid).deployment_id  # type: ignore[union-attr]
+                if deployment_id:
+                    found = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])), limit=200)
+                    out[oid] = [str(r.id) for r in found]
+            return out
+
+    try:
+        wait_for(lambda: all(store.get_order(o).deployment_id for o in ids), 180,  # type: ignore[union-attr]
+                 "a deployment for every order")
+        most, seen = 0, {oid: set[str]() for oid in ids}
+        deadline = time.monotonic() + 600
+        while min(len(v) for v in seen.values()) <= 2 * bound:  # until every order made twice as many runs as kept
+            assert time.monotonic() < deadline, f"only {sorted(len(v) for v in seen.values())} runs in 600 s"
+            held = asyncio.run(runs_by_order())
+            most = max([most, *(len(v) for v in held.values())])
+            # Without retention an order would hold every run it made; with it, its rows stop growing.
+            assert most <= bound, f"an order held {most} flow runs in Prefect, more than {bound}"
+            for oid, found in held.items():
+                seen[oid].update(found)
+            time.sleep(1)
+        final = asyncio.run(runs_by_order())
+        assert all(seen[oid] - set(final.get(oid, [])) for oid in ids), "every order's finished runs were deleted"
+        assert all(final.get(oid) for oid in ids), "every active order keeps its deployment and current runs"
+    finally:
+        store.close()
