@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -38,9 +39,11 @@ def _text(value: bytes | str) -> str:
 
 
 class Watcher:
-    def __init__(self, store: Store, redis: Redis) -> None:
+    def __init__(self, store: Store, redis: Redis, on_observed: Callable[[], None] | None = None) -> None:
         self.store = store
         self.redis = redis
+        self.on_observed = on_observed or (lambda: None)
+        """Called when an order was observed further (the webhook sender looks for new deliveries)."""
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -59,7 +62,9 @@ class Watcher:
         lock = self._locks.setdefault(order_id, asyncio.Lock())
         try:
             async with lock:
-                return await asyncio.to_thread(observe_ready, self.store, order_id, ns, results)
+                found = await asyncio.to_thread(observe_ready, self.store, order_id, ns, results)
+            self.on_observed()
+            return found
         finally:
             if not lock.locked() and self._locks.get(order_id) is lock:
                 del self._locks[order_id]
@@ -101,6 +106,7 @@ class Watcher:
                 failed.add(order_id)
                 continue
             if cursor.last_n > before.last_n:
+                self.on_observed()
                 moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
         done = [i for i, n in entries if n is None or n.order_id not in failed]
         if done or moved:

@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from core.errors import IdempotencyConflict, NotFound
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import rules
-from core.storage.records import Claim, Cursor, OpenClaim, Order, Repetition, job_key
+from core.storage.records import Claim, Cursor, OpenClaim, Order, OrderEdit, Repetition, job_key
 from core.storage.sql.engine import record, utcnow
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
@@ -87,6 +87,25 @@ class SqlOrders(SqlLedger, SqlOutbox):
                 if refund is not None:
                     self._make(s, refund)
                 return record(Order, row), refund.amount if refund else 0
+
+        return self._retrying(run)
+
+    def edit_order(self, order_id: str, edit: OrderEdit, key: str, now: datetime) -> Order | None:
+        def run() -> Order | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None:
+                    return None
+                last = s.get(RepetitionRow, job_key(order_id, row.runs_claimed)) if row.runs_claimed else None
+                new, movement = rules.plan_edit(record(Order, row), edit, key, last.due_at if last else None, now)
+                for name in (*OrderEdit.model_fields, "next_due_at", "updated_at"):
+                    setattr(row, name, getattr(new, name))
+                row.extraction = new.extraction.model_dump() if new.extraction else None
+                self._request_sync(s, order_id, now)
+                s.flush()
+                if movement is not None:
+                    self._make(s, movement)
+                return record(Order, row)
 
         return self._retrying(run)
 
