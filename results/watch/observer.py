@@ -94,12 +94,17 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
 
     Returns the cursor reached. Cheap when the cursor is at `upto` already (one read).
     """
-    cursor = store.get_watch_cursor(order_id)
+    return observe_order_from(store, order_id, upto)[1]
+
+
+def observe_order_from(store: Store, order_id: str, upto: int = 0) -> tuple[WatchCursor, WatchCursor]:
+    """`observe_order`, returning the cursor it started from too: (before, reached)."""
+    cursor = before = store.get_watch_cursor(order_id)
     if upto and cursor.last_n >= upto:
-        return cursor
+        return before, cursor
     order = store.get_order(order_id)
     if order is None:
-        return cursor
+        return before, cursor
     last_obs = None
     if cursor.last_valid_n is not None:
         found = store.list_observations(order_id, cursor.last_valid_n - 1, 1)
@@ -134,7 +139,7 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
         store.record_observations(cursor, observed)
         if len(ready) < len(ns):
             break
-    return cursor
+    return before, cursor
 
 
 
