@@ -6,9 +6,9 @@ from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis import Redis
 
-from api.client_address import real_client
 from api.login_throttle import LoginThrottle, RegistrationThrottle
 from api.services import accounts
+from core.client_address import real_client
 from core.errors import AuthenticationFailed, InvalidInput
 from core.security import Passwords
 from core.settings import Settings

@@ -6,7 +6,7 @@ their users' addresses, so one user's failures do not lock out everyone behind t
 
 from redis import Redis
 
-from api.client_address import throttle_key
+from core.client_address import throttle_key
 from core.errors import Throttled
 from core.settings import Settings
 

@@ -16,6 +16,12 @@ the CPU time it cost per job (or round trip), process by process: the mining ser
 miners (this process), the page server and Valkey. Those stay put under load and say where
 the time goes. `--rounds R` alternates the two measurements R times and prints the median ratio.
 
+By default every result is written unchecked, as before results were checked (the path to compare
+with earlier runs; a miner's `checked_share` is set to 0). `--checks` runs with the default trust
+settings instead: every bench miner is a new account, so every result is held and fetched again by
+another miner before it is stored — each repetition costs two mining round trips, and the rate
+printed counts round trips.
+
 `--idle N` also connects N idle miners (helper processes; their policy blocks the bench's
 page, so they never take a job) and measures the busy miners again: first with min(N, 100)
 idle, then with N. For each it prints how many idle miners the server counted, the hand-out latency (a busy miner's
@@ -371,6 +377,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternate the bare and mining measurements this often")
     parser.add_argument("--idle", type=int, default=0, help="also measure with this many idle miners connected")
     parser.add_argument("--jobs", type=int, help="jobs put on the stream (default: enough for every measurement)")
+    parser.add_argument("--checks", action="store_true",
+                        help="check results as a new miner's are (default: none, the path before checks existed)")
     parser.add_argument("--page-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--idle-miners", nargs=3, metavar=("URL", "TOKEN", "COUNT"), help=argparse.SUPPRESS)
@@ -403,6 +411,8 @@ def main() -> None:
         env.update(CRAWLCOIN_MODE="test", CRAWLCOIN_DATA_DIR=str(tmp), CRAWLCOIN_STORE_URL=store_url,
                    CRAWLCOIN_REDIS_URL=redis_url, CRAWLCOIN_MINING_PORT=str(mining_port),
                    CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000000", CRAWLCOIN_MINER_MAX_CAPACITY="4")
+        if not args.checks:
+            env.update(CRAWLCOIN_CHECK_SHARE_UNTRUSTED="0", CRAWLCOIN_CHECK_SHARE_TRUSTED="0")
         mining = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "mining"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp / "mining.log", "wb"))  # noqa: SIM115
         procs += [page, bare, mining]
@@ -445,7 +455,8 @@ def main() -> None:
                 await miners.finish()
                 print(f"{'bare python-socketio round trip':34} {b[0]:9.0f} {b[1]:9.1f} {b[2]:9.1f}   "
                       f"{bare_cpu.per_job(round(b[0] * args.seconds))}")
-                print(f"{'mining job (fetch+store+pay+ack)':34} {m[0]:9.0f} {m[1]:9.1f} {m[2]:9.1f}   "
+                what = "mining round trip (checked)" if args.checks else "mining job (fetch+store+pay+ack)"
+                print(f"{what:34} {m[0]:9.0f} {m[1]:9.1f} {m[2]:9.1f}   "
                       f"{mining_cpu.per_job(round(m[0] * args.seconds))}")
                 ratios.append(m[0] / b[0])
                 print(f"ratio mining / bare: {ratios[-1]:.2f}")

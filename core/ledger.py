@@ -2,8 +2,9 @@
 
 Every movement is one balanced transfer (debit one account, credit another, same integer
 amount) stored under an idempotency key: the same key twice moves coins once. Coins enter
-the system only from the mint account (dev faucet, admin grants), the one account whose
-balance may go below zero, so the sum over all accounts, mint included, is always 0.
+the system only from the mint account (dev faucet, admin grants, and the validation fees
+the platform pays miners for checking each other's results), the one account whose balance
+may go below zero, so the sum over all accounts, mint included, is always 0.
 """
 
 MINT = "system:mint"
@@ -25,6 +26,11 @@ def hold_key(order_id: str) -> str:
 def reward_key(job_key: str) -> str:
     """Escrow → miner for one delivered repetition; paid once per job whatever is delivered twice."""
     return f"reward:{job_key}"
+
+
+def validation_key(job_key: str, miner_id: str) -> str:
+    """Mint → miner for fetching a repetition again to check another miner's result (the platform pays)."""
+    return f"validation:{job_key}:{miner_id}"
 
 
 def refund_job_key(job_key: str) -> str:

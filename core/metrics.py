@@ -50,6 +50,10 @@ LEASES_RECLAIMED = Counter(
     "crawlcoin_leases_reclaimed", "Jobs taken over from a mining server that stopped renewing them."
 )
 MINERS_CONNECTED = Gauge("crawlcoin_miners_connected", "Miners connected that announced their policy.")
+CHECKS_DECIDED = Counter(
+    "crawlcoin_checks_decided", "Held results decided by their check, by the validation delivered.", ["validation"])
+RESULTS_OUTVOTED = Counter(
+    "crawlcoin_results_outvoted", "Fetches outvoted by two other miners' agreeing fetches (a strike each).")
 
 # --- result server ---------------------------------------------------------------------------
 RESULTS_DELIVERED = Counter(
@@ -132,6 +136,13 @@ def job_finished(ack: "ResultAck", due_at: datetime) -> None:
         COINS_PAID.inc(ack.coins)
     if outcome in STORED:
         STORE_LATENESS.observe(lateness(due_at))
+
+
+def check_decided(validation: str, outvoted: int) -> None:
+    """A check was decided: the delivered result's validation, and how many fetches it outvoted."""
+    CHECKS_DECIDED.labels(validation=validation).inc()
+    if outvoted:
+        RESULTS_OUTVOTED.inc(outvoted)
 
 
 def job_finished_when_done(done: "asyncio.Future[ResultAck]", due_at: datetime) -> None:

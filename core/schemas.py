@@ -85,6 +85,14 @@ class RepetitionState(StrEnum):
     refunded = "refunded"
 
 
+class Validation(StrEnum):
+    """Whether a result was checked against another miner's fetch of the same repetition."""
+
+    unchecked = "unchecked"  # one miner's fetch, not compared with another (a trusted miner's, or nobody to check)
+    validated = "validated"  # another miner's fetch agreed with it
+    disputed = "disputed"  # other fetches disagreed and no two of them agreed: nobody could tell which is right
+
+
 class OrderStatus(StrEnum):
     active = "active"
     paused = "paused"
@@ -167,6 +175,20 @@ class TokenCreated(TokenOut):
 
 
 # --- coins ----------------------------------------------------------------------------------
+
+
+class ReputationOut(BaseModel):
+    """How far other miners' fetches confirmed yours, and what that means for your mining."""
+
+    reputation: float = Field(description="Moving average of your checked results' agreement with other miners' "
+                                          "fetches, 0…1; a new account starts at 0.5.")
+    standing: str = Field(description="new or suspect: every result is checked before it is paid; trusted: a few "
+                                      "are, at random; barred: no more jobs.")
+    agreed: int = Field(description="Your checked results that other miners' fetches agreed with.")
+    outvoted: int = Field(description="Your results outvoted by two other miners' agreeing fetches.")
+    strikes_left: int = Field(description="Outvoted results left before the account is barred.")
+    checked_share: float = Field(description="The share of your results that is checked now.")
+    barred_at: datetime | None = Field(default=None, description="When the account was barred from mining.")
 
 
 class FaucetRequest(Request):
@@ -385,6 +407,10 @@ class ResultOut(BaseModel):
     extracted: str | None = Field(default=None, description="The order's extraction applied to the page.")
     changed: bool | None = Field(default=None, description="Differs from the previous valid result; null when not "
                                                            "a page to compare, or not observed yet.")
+    validation: Validation = Field(
+        default=Validation.unchecked, description=(
+            "validated: another miner (another account) fetched the same repetition and its page agreed; "
+            "unchecked: one miner's fetch, not compared; disputed: the checks disagreed and no two fetches agreed."))
 
 
 class ResultPage(BaseModel):

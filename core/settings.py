@@ -217,6 +217,51 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long one webhook request may take, connecting included.")
 
+    # Trust: checking volunteers' results against each other (core/trust.py, core/agreement.py, DESIGN.md).
+    check_share_untrusted: float = Field(
+        default=1.0, ge=0, le=1, description=(
+            "Share of a new or suspect miner's results that another miner fetches again to check before they "
+            "are paid and delivered."))
+    check_share_trusted: float = Field(
+        default=0.05, ge=0, le=1, description="Share of a trusted miner's results checked, drawn at random.")
+    trust_alpha: float = Field(
+        default=0.15, gt=0, le=1, description="Weight of each checked result in a miner's reputation (an EMA).")
+    trust_threshold: float = Field(
+        default=0.9, gt=0, le=1, description=(
+            "Reputation from which a miner is trusted (checked at check_share_trusted), after trust_after agreeing "
+            "checks in a row."))
+    trust_after: int = Field(
+        default=25, ge=0, description=(
+            "Checked results in a row that agreed with other miners' fetches before a miner can be trusted, "
+            "whatever its reputation: a cheater that fakes one page in five rarely makes such a run "
+            "(0.8^25 = 0.4 %)."))
+    trust_strikes: int = Field(
+        default=2, ge=1, description=(
+            "Results outvoted by two other miners' agreeing fetches that bar a miner from mining: it gets no job "
+            "and no pay after that."))
+    untrusted_capacity: int = Field(
+        default=4, ge=1, description=(
+            "Most jobs a miner that is not trusted holds at once, its results waiting for their check included."))
+    validation_window_seconds: float = Field(
+        default=30.0, gt=0, description=(
+            "How long a result waits for a miner to check it; then it is delivered and paid as it stands (unchecked, "
+            "or disputed when the checks so far disagreed). Kept below late_after_seconds, so waiting for a check "
+            "alone does not make an order late."))
+    agreement_threshold: float = Field(
+        default=0.7, gt=0, le=1, description=(
+            "Least similarity (Jaccard of word 3-shingles of the visible text) at which two fetches of one page "
+            "agree; chosen from bench/validation.py's measurements on pages that change on every fetch."))
+    disagreement_threshold: float = Field(
+        default=0.5, gt=0, le=1, description=(
+            "Similarity below which two fetches clearly disagree: only a fetch that clearly disagrees with both "
+            "fetches of an agreeing majority is outvoted (a strike); in between it is only not paid."))
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> Self:
+        if self.disagreement_threshold > self.agreement_threshold:
+            raise ValueError("CRAWLCOIN_DISAGREEMENT_THRESHOLD must not exceed CRAWLCOIN_AGREEMENT_THRESHOLD")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _sentinel_url_is_complete(cls, value: str | None) -> str | None:

@@ -16,6 +16,7 @@ from core.schemas import (
     OrderOut,
     OrderPage,
     Registered,
+    ReputationOut,
     ResultOut,
     ResultPage,
     SessionOut,
@@ -125,6 +126,9 @@ class Api:
                                                         params={"cron": cron, "timezone": timezone, "count": count}))
 
     # --- coins ------------------------------------------------------------------------------
+
+    def reputation(self) -> ReputationOut:
+        return ReputationOut.model_validate(self._request("GET", "/me/reputation"))
 
     def wallet(self) -> WalletOut:
         return WalletOut.model_validate(self._request("GET", "/wallet"))

@@ -77,6 +77,20 @@ class ApiClient(httpx.Client):
         assert r.status_code == 200, r.text
         return r.json()["balance"]
 
+    def earned_by_kind(self, account: Account) -> dict[str, int]:
+        """The coins the account's ledger entries moved, by kind (`reward`, `validation`, …)."""
+        totals: dict[str, int] = {}
+        cursor = None
+        while True:
+            r = self.get("/wallet/ledger", headers=account.headers,
+                         params={"limit": 200, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            for entry in r.json()["items"]:
+                totals[entry["kind"]] = totals.get(entry["kind"], 0) + entry["delta"]
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                return totals
+
 
 def interval_order(url: str = "https://example.com/page", every: int = 60, runs: int = 5, **extra: object) -> dict:
     return {"url": url, "schedule": {"kind": "interval", "every_seconds": every}, "max_runs": runs, **extra}

@@ -149,6 +149,7 @@ def test_order_to_files_through_crawlcoin_up_with_a_restart(tmp_path: Path, stor
         for meta in metas:
             body = (out / oid / meta["body"]).read_bytes()
             assert hashlib.sha256(body).hexdigest() == meta["sha256"] and meta["sha256"] in served
+            assert meta["validation"] == "unchecked", "one volunteer: no other account could check its pages"
 
         assert api.balance(customer) == 5, "the customer paid 5 coins, once"
         # on Cassandra the payment is written just after the result it pays for

@@ -4,6 +4,7 @@ from api.deps import (
     ClientAddress,
     CurrentUser,
     PasswordsDep,
+    RedisDep,
     RegistrationThrottleDep,
     SessionToken,
     SettingsDep,
@@ -12,13 +13,14 @@ from api.deps import (
     no_store,
 )
 from api.openapi import errors
-from api.services import accounts
+from api.services import accounts, reputation
 from core.schemas import (
     CredentialsRequest,
     LoginRequest,
     MeOut,
     Registered,
     RegisterRequest,
+    ReputationOut,
     SessionOut,
     TotpConfirmRequest,
     TotpEnrolment,
@@ -86,3 +88,9 @@ def logout(token: SessionToken, user: CurrentUser, store: StoreDep, settings: Se
 def me(user: CurrentUser, store: StoreDep) -> MeOut:
     """The logged-in user and their coin balance."""
     return accounts.me(store, user)
+
+
+@router.get("/me/reputation", responses=errors(401))
+def my_reputation(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> ReputationOut:
+    """Your reputation as a miner: how often your results are checked, and whether you may mine."""
+    return reputation.reputation(redis, settings, user)

@@ -14,7 +14,7 @@ from core.storage import Observation, Order, Result, Store
 
 _BATCH = 100
 COLUMNS = ["n", "key", "fetched_at", "stored_at", "status", "final_url", "body_size", "truncated", "sha256",
-           "elapsed_ms", "error", "error_text", "headers", "extracted", "changed", "previous_n"]
+           "elapsed_ms", "error", "error_text", "headers", "extracted", "changed", "previous_n", "validation"]
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "zip": "application/zip"}
 _EXTENSIONS = {"text/html": ".html", "application/json": ".json", "text/plain": ".txt", "application/xml": ".xml",
                "text/xml": ".xml", "text/csv": ".csv", "application/pdf": ".pdf"}
@@ -37,7 +37,8 @@ def row(r: Result, obs: Observation | None) -> dict[str, object]:
             "status": r.status, "final_url": r.final_url, "body_size": r.body_size, "truncated": r.truncated,
             "sha256": r.sha256, "elapsed_ms": r.elapsed_ms, "error": r.error, "error_text": r.error_text,
             "headers": r.headers, "extracted": obs.value if obs else None,
-            "changed": obs.changed if obs and obs.valid else None, "previous_n": obs.previous_n if obs else None}
+            "changed": obs.changed if obs and obs.valid else None, "previous_n": obs.previous_n if obs else None,
+            "validation": r.validation.value}
 
 
 def jsonl(rows: Iterator[tuple[Result, Observation | None]]) -> Iterator[bytes]:

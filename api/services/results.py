@@ -14,7 +14,7 @@ def result_out(r: Result, due_at: datetime | None = None, obs: Observation | Non
                      fetched_at=r.fetched_at,
                      stored_at=r.stored_at, elapsed_ms=r.elapsed_ms, error=r.error, error_text=r.error_text,
                      body_pruned_at=r.body_pruned_at, extracted=obs.value if obs else None,
-                     changed=obs.changed if obs and obs.valid else None)
+                     changed=obs.changed if obs and obs.valid else None, validation=r.validation)
 
 
 def list_page(store: Store, user: User, order_id: str, limit: int, before: int | None) -> ResultPage:

@@ -3,8 +3,9 @@
 A miner connects with auth `{"token": "<mine API token>"}` and then calls `hello` (its
 `MinerPolicy`; answered with the `Welcome` terms), `result` (a `MinedResult` for a job it holds;
 answered with a `ResultAck`) and `drain` (send me nothing new; answered with `Drained`). The
-server sends `job` (a `JobOffer`), `revoke` (a `Revoke`: a lease ended) and `problem` (a
-`Problem`: what was wrong with the last message).
+server sends `job` (a `JobOffer`), `revoke` (a `Revoke`: a lease ended), `problem` (a
+`Problem`: what was wrong with the last message) and `checked` (a `Checked`: a result whose pay
+was held for a check was decided, and the miner's reputation after it).
 """
 
 from enum import StrEnum
@@ -32,6 +33,7 @@ class ServerEvent(StrEnum):
     job = "job"
     revoke = "revoke"
     problem = "problem"
+    checked = "checked"
 
 
 class FetchError(StrEnum):
@@ -70,6 +72,9 @@ class Welcome(BaseModel):
     capacity: int
     max_body_bytes: int
     lease_seconds: float
+    reputation: float | None = Field(default=None, description="The account's reputation, 0…1 (core.trust).")
+    standing: str | None = Field(default=None, description="new, trusted or suspect: how often its results are "
+                                                           "checked.")
 
 
 class JobOffer(RequestSpec, JobKey):
@@ -97,9 +102,24 @@ class ResultAck(BaseModel):
     """The server's answer to `result`: what became of it, or why it was refused."""
 
     ok: bool
-    outcome: str | None = Field(default=None, description="paid, refunded, retry, failed, duplicate, closed")
+    outcome: str | None = Field(default=None, description=(
+        "paid, refunded, retry, failed, duplicate, closed; held: the result waits for another miner's fetch to "
+        "check it (a `checked` event follows); refused: the account is barred."))
     coins: int = 0
     error: str | None = None
+
+
+class Checked(BaseModel):
+    """A result held for a check was decided (server → miner, event `checked`)."""
+
+    key: str
+    outcome: str = Field(description=(
+        "paid: the page was delivered and paid; fee: it checked the delivered page and was paid a fee; "
+        "unpaid: another fetch was delivered; outvoted: two other fetches agreed against it."))
+    coins: int = 0
+    validation: str = Field(description="The delivered result's validation: validated, unchecked or disputed.")
+    reputation: float | None = None
+    standing: str | None = None
 
 
 class Drained(BaseModel):

@@ -86,6 +86,9 @@ class ResultMessage(BaseModel):
                                                            "page to compare).")
     previous_n: int | None = Field(default=None, description="The valid result it was compared with.")
     diff: str | None = Field(default=None, description="Unified diff from `previous_n`, when it changed.")
+    validation: str = Field(default="unchecked", description=(
+        "validated: another miner's fetch of the repetition agreed with this page; unchecked: one miner's fetch; "
+        "disputed: the checks disagreed and no two fetches agreed."))
 
 
 class CaughtUp(BaseModel):

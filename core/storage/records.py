@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.schemas import Extraction, OrderStatus, RepetitionState
+from core.schemas import Extraction, OrderStatus, RepetitionState, Validation
 
 Cursor = tuple[datetime, str]
 """Position in a newest-first listing: (created_at, id) of the last item already seen."""
@@ -146,6 +146,11 @@ class Result(BaseModel):
     stored_at: datetime
     body_pruned_at: datetime | None = Field(
         default=None, description="When the body was deleted, its retention after delivery over; the rest stays.")
+    validation: Validation = Field(default=Validation.unchecked,
+                                   description="Whether other miners' fetches checked it.")
+    checked_by: list[str] = Field(
+        default_factory=list, description="The miners whose fetches of the same repetition checked this one; each is "
+                                          "paid a validation fee when the result is recorded.")
 
     @property
     def body(self) -> bytes:

@@ -54,16 +54,28 @@ def refund(order: Order, n: int) -> Movement:
                     order.price_per_run, "refund", key)
 
 
-def settlement(order: Order, n: int, state: RepetitionState, miner_id: str | None) -> Movement | None:
-    """The coin movement a closed repetition implies: the miner's pay when done, the refund when refunded or failed.
+def validation_fee(order: Order, n: int, miner_id: str) -> Movement:
+    """The pay of a miner whose fetch of repetition `n` checked the delivered one: the price per run, from the
+    platform (the mint), not from the order — the customer pays the same whether or not a result was checked."""
+    key = job_key(order.id, n)
+    return Movement(ledger.validation_key(key, miner_id), ledger.MINT, ledger.user_account(miner_id),
+                    order.price_per_run, "validation", key)
 
-    None for a repetition still open (or done without a known miner): nothing to move.
+
+def settlement(order: Order, n: int, state: RepetitionState, result: Result | None) -> list[Movement]:
+    """The coin movements a closed repetition implies: the miner's pay when done, with a validation fee for every
+    miner whose fetch checked the delivered page; the refund when refunded or failed (then nobody is paid).
+
+    Nothing for a repetition still open (or done without a known result): nothing to move.
     """
-    if state is RepetitionState.done and miner_id is not None:
-        return reward(order, n, miner_id)
-    if state in (RepetitionState.refunded, RepetitionState.failed):
-        return refund(order, n)
-    return None
+    moves: list[Movement] = []
+    if state is RepetitionState.done and result is not None:
+        moves.append(reward(order, n, result.miner_id))
+    elif state in (RepetitionState.refunded, RepetitionState.failed):
+        moves.append(refund(order, n))
+    if state is RepetitionState.done and result is not None:
+        moves += [validation_fee(order, n, m) for m in dict.fromkeys(result.checked_by) if m != result.miner_id]
+    return moves
 
 
 def cancel_refund(order: Order) -> Movement | None:
@@ -123,15 +135,14 @@ def plan_edit(order: Order, edit: OrderEdit, key: str, last_claimed_due: datetim
 # --- results ----------------------------------------------------------------------------------
 
 
-def settle(order: Order, result: Result) -> tuple[RepetitionState, Movement]:
+def settle(order: Order, result: Result) -> tuple[RepetitionState, list[Movement]]:
     """What a delivered result does to its open repetition: the state it closes it in, and the coins that move.
 
-    A page marks it done and pays the miner; an error no miner can fix marks it refunded and
-    returns the price to the customer.
+    A page marks it done and pays the miner, and every miner that checked it a validation fee; an error no
+    miner can fix marks it refunded and returns the price to the customer.
     """
-    if result.error is None:
-        return RepetitionState.done, reward(order, result.n, result.miner_id)
-    return RepetitionState.refunded, refund(order, result.n)
+    state = RepetitionState.done if result.error is None else RepetitionState.refunded
+    return state, settlement(order, result.n, state, result)
 
 
 def prior_outcome(stored: bool, state: RepetitionState) -> ResultOutcome | None:

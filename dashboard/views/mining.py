@@ -5,13 +5,36 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from core.schemas import LedgerEntryOut, TokenOut
+from core.schemas import LedgerEntryOut, ReputationOut, TokenOut
 from dashboard import charts, ui
 from dashboard import format as fmt
 
 
 def rewards(entries: list[LedgerEntryOut]) -> list[LedgerEntryOut]:
-    return [e for e in entries if e.kind == "reward"]
+    """Pay for delivered pages and fees for checking other miners' pages."""
+    return [e for e in entries if e.kind in ("reward", "validation")]
+
+
+STANDING = {
+    "new": "New: every result is checked by another miner before it is paid. Ten checks in a row that agree "
+           "make you trusted.",
+    "trusted": "Trusted: a few of your results are checked, at random; the rest are paid at once.",
+    "suspect": "Suspect: another miner's fetch outvoted one of yours, so every result is checked again until your "
+               "reputation is back.",
+    "barred": "Barred: your results were outvoted too often. This account gets no more jobs.",
+}
+
+
+def standing(rep: ReputationOut) -> None:
+    st.subheader("Reputation")
+    score_col, agreed_col, outvoted_col, checked_col = st.columns(4)
+    score_col.metric("Reputation", f"{rep.reputation:.2f}", help="How often other miners' fetches of the same pages "
+                                                                 "agreed with yours (a moving average, 0 to 1).")
+    agreed_col.metric("Checks agreed", f"{rep.agreed:,}")
+    outvoted_col.metric("Outvoted", f"{rep.outvoted:,}", help=f"{rep.strikes_left} more and the account is barred.")
+    checked_col.metric("Results checked", f"{rep.checked_share:.0%}")
+    (st.error if rep.standing == "barred" else st.warning if rep.standing == "suspect" else st.info)(
+        STANDING.get(rep.standing, rep.standing))
 
 
 def earnings(entries: list[LedgerEntryOut]) -> None:
@@ -20,7 +43,8 @@ def earnings(entries: list[LedgerEntryOut]) -> None:
     day_ago = datetime.now(UTC) - timedelta(days=1)
     total_col, pages_col, day_col = st.columns(3)
     total_col.metric("Earned in total", fmt.coins(sum(e.delta for e in paid)))
-    pages_col.metric("Pages delivered", f"{len(paid):,}")
+    pages_col.metric("Pages delivered", f"{sum(e.kind == 'reward' for e in paid):,}",
+                     help="Pages of yours that customers received; checks of other miners' pages are paid too.")
     day_col.metric("Earned in the last 24 hours", fmt.coins(sum(e.delta for e in paid if e.created_at >= day_ago)))
     if not paid:
         st.info("No earnings yet. Start the mining client with a token from above: every page it delivers "
@@ -42,7 +66,7 @@ def earnings(entries: list[LedgerEntryOut]) -> None:
     tz = ui.viewer_timezone()
     st.dataframe(pd.DataFrame({
         "When": [fmt.when(e.created_at, tz) for e in paid],
-        "Page delivered": [e.reference or "" for e in paid],
+        "For": [("checking " if e.kind == "validation" else "") + (e.reference or "") for e in paid],
         "Earned": [fmt.signed_coins(e.delta) for e in paid],
     }), hide_index=True, width="stretch")
 
@@ -101,6 +125,7 @@ def main() -> None:
     tokens = [t for t in api.tokens() if "mine" in t.scopes and t.revoked_at is None]
     new_token(tokens, meta.mode)
     token_list(tokens)
+    standing(api.reputation())
     entries, _ = api.ledger()
     earnings(entries)
 

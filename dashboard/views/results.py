@@ -104,11 +104,17 @@ def existing_tokens(order: OrderOut) -> None:
                     st.rerun()
 
 
+CHECKED = {"validated": "✓ validated", "unchecked": "unchecked", "disputed": "⚠ disputed"}
+"""A result's validation as the table says it: another miner's fetch agreed, nobody compared it, or the checks
+disagreed."""
+
+
 def results_frame(results: list[ResultOut]) -> pd.DataFrame:
     tz = ui.viewer_timezone()
     rows = [{
         "#": r.n,
         "Status": fmt.result_status(r) + (f": {r.error_text}" if r.error and r.error_text else ""),
+        "Checked": CHECKED.get(r.validation.value, r.validation.value),
         "Fetched at": fmt.when(r.fetched_at, tz),
         "Delivery latency": fmt.latency(delivery.delivery_seconds(r)),
         "Fetch time": fmt.latency(r.elapsed_ms / 1000),
@@ -116,8 +122,8 @@ def results_frame(results: list[ResultOut]) -> pd.DataFrame:
         "Truncated": r.truncated,
         "Final URL": r.final_url,
     } for r in results]
-    return pd.DataFrame(rows, columns=["#", "Status", "Fetched at", "Delivery latency", "Fetch time", "Size",
-                                       "Truncated", "Final URL"])
+    return pd.DataFrame(rows, columns=["#", "Status", "Checked", "Fetched at", "Delivery latency", "Fetch time",
+                                       "Size", "Truncated", "Final URL"])
 
 
 def _cursors(order: OrderOut) -> list[str]:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from core.errors import AuthenticationFailed, CrawlcoinError
 from core.protocol.mining import (
     NAMESPACE,
+    Checked,
     FetchError,
     JobOffer,
     MinedResult,
@@ -48,8 +49,9 @@ class MinerStats:
 
     server: str
     state: str = "starting"
-    done: int = 0  # results accepted and paid
-    unpaid: int = 0  # results accepted without pay (refused target, robots.txt, site errors)
+    done: int = 0  # results accepted and paid (the page delivered, or a fee for checking another miner's)
+    held: int = 0  # results waiting for another miner's fetch to check them, their pay held
+    unpaid: int = 0  # results accepted without pay (refused target, robots.txt, site errors, another fetch won)
     failed: int = 0  # results the server refused, or that could not be delivered
     coins: int = 0
     in_flight: int = 0
@@ -58,6 +60,17 @@ class MinerStats:
     unpaid_reasons: Counter[str] = field(default_factory=Counter)  # why results earned nothing, by cause
     last_unpaid: str | None = None  # the fetcher's words about the latest unpaid result
     finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    reputation: float | None = None  # the account's reputation, 0…1, as the server last said
+    standing: str | None = None  # new, trusted or suspect
+
+    def reputation_text(self) -> str:
+        """`0.92 (trusted: a few results are checked)`."""
+        if self.reputation is None:
+            return "unknown"
+        meaning = {"new": "new: every result is checked until ten checks in a row agree",
+                   "trusted": "trusted: a few results are checked at random",
+                   "suspect": "suspect: outvoted before, every result is checked"}.get(self.standing or "", "")
+        return f"{self.reputation:.2f}" + (f" ({meaning})" if meaning else "")
 
     def per_minute(self, window: float = 60.0) -> float:
         now = time.monotonic()
@@ -86,6 +99,7 @@ class Miner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._refusal: str | None = None
         self._fatal: str | None = None
+        self._held: set[str] = set()  # keys of results held for a check
         self._send_lock = asyncio.Lock()
         self._disconnected = asyncio.Event()
         self._fetcher: Fetcher | None = None
@@ -97,6 +111,7 @@ class Miner:
         self.sio.on(ServerEvent.job, self._on_job, namespace=NAMESPACE)
         self.sio.on(ServerEvent.revoke, self._on_revoke, namespace=NAMESPACE)
         self.sio.on(ServerEvent.problem, self._on_problem, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.checked, self._on_checked, namespace=NAMESPACE)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Mine until `stop` is set; then let in-flight jobs finish and return.
@@ -186,6 +201,7 @@ class Miner:
             await self._close()
             return
         self.stats.capacity = welcome.capacity
+        self.stats.reputation, self.stats.standing = welcome.reputation, welcome.standing
         self.stats.state = f"mining as {welcome.miner} on {welcome.server_id}"
 
     async def _on_connect_error(self, data: Any = None) -> None:
@@ -204,6 +220,25 @@ class Miner:
             message = str(data)
         self.stats.last_problem = message[:300]
         log.warning("mining server: %s", message)
+
+    async def _on_checked(self, data: Any = None) -> None:
+        try:
+            checked = Checked.model_validate(data)
+        except ValidationError:
+            return
+        if checked.reputation is not None:
+            self.stats.reputation, self.stats.standing = checked.reputation, checked.standing
+        if checked.key not in self._held:  # the check this miner's own answer decided: its ack said it all
+            return
+        self._held.discard(checked.key)
+        self.stats.held = len(self._held)
+        if checked.coins > 0:
+            self.stats.done += 1
+            self.stats.coins += checked.coins
+        elif checked.outcome in ("outvoted", "unpaid"):
+            self.stats.unpaid += 1
+            cause = "outvoted by other miners" if checked.outcome == "outvoted" else "another miner's fetch delivered"
+            self.stats.unpaid_reasons[cause] += 1
 
     async def _on_revoke(self, data: Any = None) -> None:
         try:
@@ -258,6 +293,9 @@ class Miner:
         if not ack.ok:
             self.stats.failed += 1
             self.stats.last_problem = ack.error
+        elif ack.outcome == "held":  # a `checked` event says what became of it
+            self._held.add(offer.key)
+            self.stats.held = len(self._held)
         elif ack.coins > 0:
             self.stats.done += 1
             self.stats.coins += ack.coins

@@ -28,11 +28,13 @@ def render(stats: MinerStats) -> Panel:
     table.add_row("server", stats.server)
     table.add_row("state", stats.state)
     table.add_row("jobs paid", str(stats.done))
+    table.add_row("jobs held", f"{stats.held} (waiting for another miner to check them)")
     table.add_row("jobs unpaid", stats.unpaid_text())
     table.add_row("jobs failed", str(stats.failed))
     table.add_row("coins earned", str(stats.coins))
     table.add_row("in flight", f"{stats.in_flight} of {stats.capacity}")
     table.add_row("rate", f"{stats.per_minute():.1f} jobs/min")
+    table.add_row("reputation", stats.reputation_text())
     parts: list = [table]
     if stats.last_problem:
         parts.append(Text(f"last problem: {stats.last_problem}", style="yellow"))
@@ -40,12 +42,14 @@ def render(stats: MinerStats) -> Panel:
 
 
 def _summary(stats: MinerStats) -> str:
-    return (f"[miner] {stats.state} | paid {stats.done} | unpaid {stats.unpaid_text()} | failed {stats.failed} | "
-            f"coins {stats.coins} | {stats.per_minute():.1f} jobs/min")
+    return (f"[miner] {stats.state} | paid {stats.done} | held {stats.held} | unpaid {stats.unpaid_text()} | "
+            f"failed {stats.failed} | coins {stats.coins} | {stats.per_minute():.1f} jobs/min | "
+            f"reputation {stats.reputation_text()}")
 
 
 def final_line(stats: MinerStats) -> str:
-    return (f"stopped: paid {stats.done}, unpaid {stats.unpaid_text()}, failed {stats.failed}, "
+    held = f"held {stats.held} (paid once another miner checks them), " if stats.held else ""
+    return (f"stopped: paid {stats.done}, {held}unpaid {stats.unpaid_text()}, failed {stats.failed}, "
             f"coins earned {stats.coins}")
 
 

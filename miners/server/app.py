@@ -18,9 +18,12 @@ from core import metrics
 from core.protocol.mining import NAMESPACE
 from core.settings import Settings
 from core.storage import Store, open_store
+from core.trust import TrustBook
 from core.valkey import valkey
-from miners.server.handout import Handout, Held
+from miners.server.checks import Checker
+from miners.server.handout import Handout
 from miners.server.namespace import MinerNamespace
+from miners.server.pool import Held
 from miners.server.stream import JobStream
 from miners.server.writer import ResultWriter
 
@@ -103,13 +106,23 @@ class MiningServer:
             await self.sio.emit(event, payload, to=sid, namespace=NAMESPACE)
 
         def fail(held: Held, why: str, avoid: str | None) -> None:
-            metrics.job_finished_when_done(writer.attempt_failed(held, why, avoid=avoid), held.job.due_at)
+            metrics.job_finished_when_done(checker.failed(held, why, avoid), held.job.due_at)
 
-        handout = Handout(settings, stream, send, fail)
+        def close(held: Held) -> None:
+            checker.close_soon(held)
+
+        async def drop(sid: str, why: str) -> None:
+            await namespace.drop(sid, why)
+
+        handout = Handout(settings, stream, send, fail, close)
         writer = ResultWriter(settings, self.store, stream, handout)
+        trust = TrustBook(self.redis, settings)
+        checker = Checker(settings, handout, writer, trust, send, drop)
+        namespace = MinerNamespace(settings, self.store, self.server_id, handout, checker, trust)
         self.handout = handout
-        self.sio.register_namespace(MinerNamespace(settings, self.store, self.server_id, handout, writer))
-        for loop in (handout.run, handout.expire_leases, handout.keep_alive, handout.reclaim, writer.run):
+        self.sio.register_namespace(namespace)
+        for loop in (handout.run, handout.expire_leases, handout.keep_alive, handout.reclaim, writer.run,
+                     checker.refresh):
             self._tasks.append(asyncio.create_task(loop(self._stopping), name=f"mining:{loop.__name__}"))
         log.info("mining server %s started", self.server_id)
 

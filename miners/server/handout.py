@@ -12,6 +12,11 @@ announced the same policy form a group (they accept the same jobs), each group k
 miners with free slots bucketed by how many they have free, and the counts of free slots are
 kept up to date as leases begin and end. So placing a job looks at each group once, and ten
 thousand idle miners cost a server no more per job than a hundred.
+
+A job whose result waits for its check (`Held.votes`) goes back into the backlog and is leased
+to a miner of another account and network (`Held.excludes`), a trusted one when one is free. If
+no such miner is connected here, or the check's window passes, it is handed to `close`, which
+decides it as it stands (`miners.server.checks`).
 """
 
 import asyncio
@@ -19,15 +24,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-
-import ada_url
 
 from core.metrics import LEASES_EXPIRED, LEASES_RECLAIMED
 from core.outage import VALKEY_DOWN, outage
-from core.protocol.jobs import Job
-from core.protocol.mining import JobOffer, MinerPolicy, Revoke, ServerEvent
+from core.protocol.mining import JobOffer, Revoke, ServerEvent
 from core.settings import Settings
+from core.trust import Standing
+from miners.server.pool import Group, Held, Lease, MinerConn, job_host
 from miners.server.stream import Entry, JobStream
 
 log = logging.getLogger(__name__)
@@ -35,117 +38,26 @@ log = logging.getLogger(__name__)
 _BACKLOG_MAX = 1000  # jobs one server holds waiting for a miner, however many slots its miners have
 
 Send = Callable[[str, str, dict], Awaitable[None]]  # (event, sid, payload)
-Fail = Callable[["Held", str, str | None], None]  # a lease ended without a result: (entry, why, avoid sid)
-
-
-def job_host(url: str) -> str:
-    try:
-        return ada_url.URL(url).hostname.rstrip(".").lower()
-    except ValueError:
-        return ""
-
-
-def domain_blocked(host: str, blocked: frozenset[str]) -> bool:
-    return any(host == d or host.endswith("." + d) for d in blocked)
-
-
-@dataclass(eq=False, slots=True)
-class Held:
-    """A stream entry this server is responsible for, from XREADGROUP/XAUTOCLAIM to XACK."""
-
-    entry: Entry
-    host: str
-    since: float = field(default_factory=time.monotonic)  # waiting for a miner since
-    not_before: float = 0.0  # the domain is busy until then
-    avoid: str | None = None  # the connection that just failed it, if another can take it
-
-    @property
-    def job(self) -> Job:
-        assert self.entry.job is not None
-        return self.entry.job
-
-
-@dataclass(eq=False, slots=True)
-class Lease:
-    held: Held
-    sid: str
-    deadline: float
-    delivered: bool = False  # the result is in; the lease (and the miner's slot) ends once it is written
-
-
-@dataclass(eq=False)
-class MinerConn:
-    """One authenticated connection that announced its policy."""
-
-    sid: str
-    user_id: str
-    username: str
-    policy: MinerPolicy
-    capacity: int
-    max_body_bytes: int
-    blocked: frozenset[str]
-    leases: dict[str, Lease] = field(default_factory=dict)
-    draining: bool = False
-    booked: int = 0  # slots promised to jobs of the placement under way
-
-    @property
-    def free(self) -> int:
-        return 0 if self.draining else max(0, self.capacity - len(self.leases) - self.booked)
-
-    def accepts(self, held: Held) -> bool:
-        return held.job.method in self.policy.methods and not domain_blocked(held.host, self.blocked)
-
-
-_VERDICTS = 4096  # (method, host) answers a group remembers
-
-
-@dataclass(eq=False)
-class _Group:
-    """The connected miners that announced one policy (methods, blocked domains): they accept the same jobs."""
-
-    methods: frozenset[str]
-    blocked: frozenset[str]
-    size: int = 0
-    free_slots: int = 0
-    by_free: dict[int, dict[str, MinerConn]] = field(default_factory=dict)  # free slots → miners with that many
-    verdicts: dict[tuple[str, str], bool] = field(default_factory=dict)
-
-    def accepts(self, held: Held) -> bool:
-        key = (held.job.method, held.host)
-        verdict = self.verdicts.get(key)
-        if verdict is None:
-            if len(self.verdicts) >= _VERDICTS:
-                self.verdicts.clear()
-            verdict = self.verdicts[key] = key[0] in self.methods and not domain_blocked(held.host, self.blocked)
-        return verdict
-
-    def best(self, avoid: str | None) -> MinerConn | None:
-        """The miner with the most free slots, not `avoid` unless it is the only one. Between equals, the one
-        whose slots changed longest ago (a miner moves to the end of its bucket when a lease starts or ends),
-        so miners take turns when jobs come one at a time."""
-        fallback = None
-        for n in sorted(self.by_free, reverse=True):
-            for sid, conn in self.by_free[n].items():
-                if sid != avoid:
-                    return conn
-                fallback = fallback or conn
-        return fallback
+Fail = Callable[[Held, str, str | None], None]  # a lease ended without a result: (entry, why, avoid sid)
+Close = Callable[[Held], None]  # a result waiting for its check is to be decided as it stands
 
 
 class Handout:
-    def __init__(self, settings: Settings, stream: JobStream, send: Send, fail: Fail) -> None:
+    def __init__(self, settings: Settings, stream: JobStream, send: Send, fail: Fail, close: Close) -> None:
         self.settings = settings
         self.stream = stream
         self._send = send
         self._fail = fail
+        self._close = close
         self.miners: dict[str, MinerConn] = {}
         self.backlog: deque[Held] = deque()
         self.held: dict[str, Held] = {}  # by entry id: everything to keep alive
         self.leases: dict[str, Lease] = {}  # by job key
         self.wake = asyncio.Event()
-        self._groups: dict[tuple[frozenset[str], frozenset[str]], _Group] = {}
-        self._group_of: dict[str, _Group] = {}  # by sid
+        self._groups: dict[tuple[frozenset[str], frozenset[str]], Group] = {}
+        self._group_of: dict[str, Group] = {}  # by sid
         self._capacity = 0  # of all connected miners
+        self._trusted = 0  # connected miners that are trusted
         self.free_slots = 0  # of all connected miners
         self._next_timer: float | None = None  # when the first job waiting for its domain's budget may go
 
@@ -170,6 +82,18 @@ class Handout:
         group.free_slots += after - before
         self.free_slots += after - before
 
+    def change(self, conn: MinerConn, change: Callable[[MinerConn], None]) -> None:
+        """Apply `change` to a connected miner's reputation or awaiting results, keeping the counts right."""
+        if conn.sid not in self.miners:
+            change(conn)
+            return
+        before, capacity, trusted = conn.free, conn.capacity, conn.standing is Standing.trusted
+        change(conn)
+        self._capacity += conn.capacity - capacity
+        self._trusted += (conn.standing is Standing.trusted) - trusted
+        self._refresh(conn, before)
+        self.wake.set()
+
     # --- miners -----------------------------------------------------------------------------
 
     def add_miner(self, conn: MinerConn) -> None:
@@ -177,10 +101,11 @@ class Handout:
         key = (frozenset(conn.policy.methods), conn.blocked)
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(*key)
+            group = self._groups[key] = Group(*key)
         group.size += 1
         self._group_of[conn.sid] = group
         self._capacity += conn.capacity
+        self._trusted += conn.standing is Standing.trusted
         self._refresh(conn, 0)
         self.wake.set()
 
@@ -189,6 +114,7 @@ class Handout:
         if conn is None:
             return
         self._capacity -= conn.capacity
+        self._trusted -= conn.standing is Standing.trusted
         before = conn.free
         conn.draining = True
         self._refresh(conn, before)
@@ -211,12 +137,14 @@ class Handout:
         return len(conn.leases)
 
     def end_lease(self, lease: Lease) -> None:
+        key = lease.held.job.key
         conn = self.miners.get(lease.sid)
-        if conn is not None:
+        if conn is not None and conn.leases.get(key) is lease:
             before = conn.free
-            conn.leases.pop(lease.held.job.key, None)
+            del conn.leases[key]
             self._refresh(conn, before)
-        self.leases.pop(lease.held.job.key, None)
+        if self.leases.get(key) is lease:  # the job may be leased to another miner already (it went back first)
+            del self.leases[key]
         self.wake.set()
 
     def lease_of(self, sid: str, key: str) -> Lease | None:
@@ -293,6 +221,11 @@ class Handout:
             if held.not_before > now:
                 self._next_timer = min(self._next_timer or held.not_before, held.not_before)
                 continue
+            if held.votes and (now - (held.check_since or now) > self.settings.validation_window_seconds
+                               or not self.checker_exists(held)):
+                self._remove_from_backlog(held)
+                self._close(held)  # decided as it stands: no further fetch can be had in time
+                continue
             # No free miner here may also mean no miner at all (a restarted server holding the
             # jobs it took over): such jobs must still go back to the stream for other servers.
             conn = self._choose(held, open_groups)
@@ -328,19 +261,38 @@ class Handout:
             else:  # the miner left meanwhile; the booked slot is spent, the job waits its turn
                 held.not_before = now + 0.05
 
-    def _choose(self, held: Held, groups: list[_Group]) -> MinerConn | None:
+    def _choose(self, held: Held, groups: list[Group]) -> MinerConn | None:
         """The miner with the most free slots among those whose policy accepts the job, not the one that
-        just failed it unless it is the only one."""
+        just failed it unless it is the only one. A job whose result waits for its check goes only to a miner
+        of another account and network, a trusted one if any is free."""
+        if held.votes:
+            trusted = (self._choose_among(held, groups, lambda c: c.standing is Standing.trusted
+                                          and not held.excludes(c)) if self._trusted else None)
+            return trusted or self._choose_among(held, groups, lambda c: not held.excludes(c))
+        return self._choose_among(held, groups, None)
+
+    def _choose_among(self, held: Held, groups: list[Group],
+                      allowed: Callable[[MinerConn], bool] | None) -> MinerConn | None:
         best: MinerConn | None = None
         for group in groups:
             if group.free_slots <= 0 or not group.accepts(held):
                 continue
-            conn = group.best(held.avoid)
+            conn = group.best(held.avoid, allowed)
             if conn is None:
                 continue
             if best is None or (conn.sid != held.avoid, conn.free) > (best.sid != held.avoid, best.free):
                 best = conn
         return best
+
+    def checker_exists(self, held: Held, fetched_by: MinerConn | None = None) -> bool:
+        """Whether a miner connected here, free or not, could fetch the job to check its result (or the result
+        `fetched_by` is about to give)."""
+        def other(conn: MinerConn) -> bool:
+            return fetched_by is None or (conn.user_id != fetched_by.user_id
+                                          and (conn.network is None or conn.network != fetched_by.network))
+
+        return any(not conn.draining and conn.capacity > 0 and conn.accepts(held) and not held.excludes(conn)
+                   and other(conn) for conn in self.miners.values())
 
     def _remove_from_backlog(self, held: Held) -> None:
         try:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from socketio.exceptions import ConnectionRefusedError as SocketRefused
 
 from core import metrics
+from core.client_address import network_of, real_client
 from core.errors import CrawlcoinError
 from core.protocol.mining import (
     NAMESPACE,
@@ -35,8 +36,10 @@ from core.schemas import Scope
 from core.settings import Settings
 from core.storage import Result, Store
 from core.tokens import authenticate_api_token
-from miners.server.handout import Handout, MinerConn
-from miners.server.writer import ResultWriter
+from core.trust import Reputation, Standing, TrustBook
+from miners.server.checks import Checker
+from miners.server.handout import Handout
+from miners.server.pool import MinerConn
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Connection:
 
     user_id: str
     username: str
+    network: str | None = None  # where it connects from, when that can be told (core.client_address)
     tokens: float = BURST_EVENTS
     refilled: float = field(default_factory=time.monotonic)
     strikes: int = 0
@@ -76,14 +80,15 @@ def _first_error(e: ValidationError) -> str:
 
 
 class MinerNamespace(socketio.AsyncNamespace):
-    def __init__(self, settings: Settings, store: Store, server_id: str, handout: Handout,
-                 writer: ResultWriter) -> None:
+    def __init__(self, settings: Settings, store: Store, server_id: str, handout: Handout, checker: Checker,
+                 trust: TrustBook) -> None:
         super().__init__(NAMESPACE)
         self.settings = settings
         self.store = store
         self.server_id = server_id
         self.handout = handout
-        self.writer = writer
+        self.checker = checker
+        self.trust = trust
         self.connections: dict[str, Connection] = {}
 
     # --- connection ---------------------------------------------------------------------------
@@ -97,7 +102,13 @@ class MinerNamespace(socketio.AsyncNamespace):
             user = await asyncio.to_thread(self.store.get_user, token.owner_id)
         except CrawlcoinError as e:
             raise SocketRefused(f"authentication failed: {e.message}") from None
-        self.connections[sid] = Connection(token.owner_id, user.username if user else token.owner_id)
+        if (await self._reputation(token.owner_id)).barred_at is not None:
+            raise SocketRefused("this account is barred from mining: its results were outvoted by other miners' "
+                                "fetches of the same pages")
+        forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if environ.get("HTTP_X_FORWARDED_FOR") else []
+        address = real_client(environ.get("REMOTE_ADDR"), forwarded, self.settings.trusted_proxy_networks)
+        self.connections[sid] = Connection(token.owner_id, user.username if user else token.owner_id,
+                                           network_of(address))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.connections.pop(sid, None)
@@ -135,6 +146,10 @@ class MinerNamespace(socketio.AsyncNamespace):
             await self.emit(ServerEvent.problem, Problem(message=message).payload(), to=sid)
         return ResultAck(ok=False, error=message).model_dump()
 
+    async def drop(self, sid: str, message: str) -> None:
+        """Disconnect a connection, telling it why (a barred account)."""
+        await self._drop(sid, message)
+
     async def _drop(self, sid: str, message: str) -> None:
         log.warning("dropping miner connection %s: %s", sid, message)
         await self.emit(ServerEvent.problem, Problem(message=message, fatal=True).payload(), to=sid)
@@ -150,14 +165,26 @@ class MinerNamespace(socketio.AsyncNamespace):
         except ValidationError as e:
             raise _Refused(f"invalid policy: {_first_error(e)}") from None
         blocked = frozenset(d.strip().strip(".").lower() for d in policy.blocked_domains if d.strip().strip("."))
+        reputation = await self._reputation(conn.user_id)
         miner = MinerConn(sid=sid, user_id=conn.user_id, username=conn.username, policy=policy,
-                          capacity=min(policy.capacity, self.settings.miner_max_capacity),
+                          announced=min(policy.capacity, self.settings.miner_max_capacity),
                           max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
-                          blocked=blocked)
+                          blocked=blocked, settings=self.settings, network=conn.network, reputation=reputation)
+        if miner.standing is Standing.barred:  # barred since it connected: it gets no job
+            return ResultAck(ok=False, error="this account is barred from mining").model_dump()
         conn.announced = True
         self.handout.add_miner(miner)
         return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
-                       max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds).model_dump()
+                       max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds,
+                       reputation=round(reputation.score, 3), standing=miner.standing.value).model_dump()
+
+    async def _reputation(self, user_id: str) -> Reputation:
+        """The account's reputation; a new account's while Valkey cannot say (checked in full: the safe side)."""
+        try:
+            return (await self.trust.get_many([user_id]))[user_id]
+        except Exception as e:
+            log.warning("could not read the reputation of %s: %s", user_id, e)
+            return Reputation()
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
         return Drained(in_flight=self.handout.drain(sid)).model_dump()
@@ -173,7 +200,7 @@ class MinerNamespace(socketio.AsyncNamespace):
                 lease = self.handout.lease_of(sid, key) if isinstance(key, str) else None
                 if lease is not None:  # the job goes to another miner
                     self.handout.end_lease(lease)
-                    metrics.job_finished_when_done(self.writer.attempt_failed(lease.held, "the result was too large"),
+                    metrics.job_finished_when_done(self.checker.failed(lease.held, "the result was too large", None),
                                                    lease.held.job.due_at)
                 raise _Refused(f"result body of {size} bytes exceeds this connection's cap of "
                                f"{miner.max_body_bytes} bytes; truncate it and set truncated")
@@ -199,10 +226,10 @@ class MinerNamespace(socketio.AsyncNamespace):
         )
         try:
             if mined.error is None or mined.error in SETTLING_ERRORS:
-                ack = await self.writer.record(lease.held, result)
+                ack = await self.checker.settle(miner, lease.held, result)
             else:  # the site or this miner's network failed: another miner tries
-                ack = await self.writer.attempt_failed(lease.held, f"{mined.error.value}: {mined.error_text}",
-                                                       last=result, avoid=sid)
+                ack = await self.checker.failed(lease.held, f"{mined.error.value}: {mined.error_text}", sid,
+                                                last=result)
         finally:
             self.handout.end_lease(lease)
         metrics.job_finished(ack, job.due_at)

@@ -2,9 +2,10 @@
 
 Layout: `<out>/<order_id>/<n:06d>-<fetched_at>.<ext>` (the body, extension from its content
 type) and `<same stem>.meta.json` (status, final URL, headers kept, hash, miner, timings,
-error, whether it changed since `previous_n`). With the order's extraction `<same stem>.extract.txt`
-holds the extracted value, and (with `diffs`, as `--changes` writes) a change's `<same stem>.diff`
-its unified diff from the previous valid result. The sidecar is renamed into place after the
+error, whether it changed since `previous_n`, and its `validation`: validated, unchecked or
+disputed). With the order's extraction `<same stem>.extract.txt` holds the extracted value,
+and (with `diffs`, as `--changes` writes) a change's `<same stem>.diff` its unified diff from
+the previous valid result. The sidecar is renamed into place after the
 other files of its result, so its presence means the result is complete; a result whose sidecar
 exists is never written again. A result whose body the store deleted (its retention after
 delivery was over) gets a sidecar only, saying when.

@@ -60,7 +60,8 @@ def message(result: Result, obs: Observation | None = None) -> ResultMessage:
                          sha256=result.sha256, elapsed_ms=result.elapsed_ms, error=result.error,
                          error_text=result.error_text, body_pruned_at=result.body_pruned_at,
                          extracted=obs.value if obs else None, changed=obs.changed if obs and obs.valid else None,
-                         previous_n=obs.previous_n if obs else None, diff=obs.diff if obs else None)
+                         previous_n=obs.previous_n if obs else None, diff=obs.diff if obs else None,
+                         validation=result.validation.value)
 
 
 class Window:

@@ -60,10 +60,12 @@ def test_jsonl_and_csv_hold_every_result_with_its_extracted_value(api: ApiClient
         (1, "10 coins", False), (2, "10 coins", False), (3, "12 coins", True), (4, None, None),
         (5, "12 coins", False), (6, "9 coins", True), (7, "9 coins", False), (8, "9 coins", False)]
     assert rows[3]["error"] == "timeout" and rows[0]["sha256"] == hashlib.sha256(price_page(1)).hexdigest()
+    assert {x["validation"] for x in rows} == {"unchecked"}
     table = list(csv.DictReader(io.StringIO(api.get(f"/orders/{order_id}/export", params={"format": "csv"},
                                                     headers=alice.headers).text)))
     assert [row["n"] for row in table] == [str(x["n"]) for x in rows]
     assert table[2]["extracted"] == "12 coins" and json.loads(table[2]["headers"]) == {"content-type": "text/html"}
+    assert table[2]["validation"] == "unchecked"
     window = {"since": (T0 + timedelta(minutes=3)).isoformat(), "until": (T0 + timedelta(minutes=6)).isoformat()}
     part = api.get(f"/orders/{order_id}/export", params=window, headers=alice.headers)
     assert [json.loads(line)["n"] for line in part.text.splitlines()] == [3, 4, 5]

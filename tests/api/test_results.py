@@ -39,6 +39,25 @@ def test_list_and_download_results(api: ApiClient, api_settings: Settings) -> No
     assert api.balance(bob) == 4, "the miner was paid once per result"
 
 
+def test_a_result_says_whether_another_miner_checked_it(api: ApiClient, api_settings: Settings) -> None:
+    alice, bob, carol = api.new_account(coins=10), api.new_account(), api.new_account()
+    order = api.post("/orders", json=interval_order(every=1, runs=2), headers=alice.headers).json()
+    store = open_store(api_settings.resolved_store_url)
+    try:
+        now = datetime.now(UTC)
+        store.claim_repetitions(order["id"], "run", now.replace(year=now.year + 1), now, 10**6)
+        store.record_results([Result.with_body(b"<p>page</p>", 1 << 20, job_key=f"{order['id']}:{n}",
+                                               order_id=order["id"], n=n, miner_id=bob.id, fetched_at=now, status=200,
+                                               final_url="https://example.com/page", stored_at=now,
+                                               validation=validation, checked_by=checked_by)
+                              for n, validation, checked_by in ((1, "validated", [carol.id]), (2, "unchecked", []))])
+    finally:
+        store.close()
+    listed = {r["n"]: r for r in api.get(f"/orders/{order['id']}/results", headers=alice.headers).json()["items"]}
+    assert (listed[1]["validation"], listed[2]["validation"]) == ("validated", "unchecked")
+    assert api.balance(carol) == 1, "the checking miner's fee"
+
+
 def test_a_deleted_body_is_gone_with_a_clear_message_and_its_result_still_listed(api: ApiClient,
                                                                               api_settings: Settings) -> None:
     alice, bob = api.new_account(coins=10), api.new_account()

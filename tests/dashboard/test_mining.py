@@ -41,7 +41,7 @@ def test_create_and_revoke_a_mining_token(dashboard: Callable[..., AppTest], api
     assert "Revoke" not in [b.label for b in at.button]
 
 
-def test_earnings_from_rewards(dashboard: Callable[..., AppTest], api: ApiClient, store: Store) -> None:
+def test_earnings_from_rewards_and_checks(dashboard: Callable[..., AppTest], api: ApiClient, store: Store) -> None:
     customer = api.new_account(coins=10)
     miner = api.new_account()
     order = api.post("/orders", json=interval_order(runs=5), headers=customer.headers).json()
@@ -49,15 +49,20 @@ def test_earnings_from_rewards(dashboard: Callable[..., AppTest], api: ApiClient
         job = f"{order['id']}:{n}"
         store.transfer(ledger.reward_key(job), ledger.escrow_account(order["id"]), ledger.user_account(miner.id),
                        1, "reward", job)
+    checked = f"{order['id']}:4"  # what the platform pays for checking another miner's page
+    store.transfer(ledger.validation_key(checked, miner.id), ledger.MINT, ledger.user_account(miner.id), 1,
+                   "validation", checked)
     at = dashboard(miner, MINING)
-    assert metric(at, "Earned in total") == "3 coins"
+    assert metric(at, "Earned in total") == "4 coins"
     assert metric(at, "Pages delivered") == "3"
-    assert metric(at, "Earned in the last 24 hours") == "3 coins"
+    assert metric(at, "Earned in the last 24 hours") == "4 coins"
     table = at.dataframe[0].value
-    assert list(table["Page delivered"]) == [f"{order['id']}:{n}" for n in (3, 2, 1)]
-    assert list(table["Earned"]) == ["+1", "+1", "+1"]
+    assert list(table["For"]) == [f"checking {checked}"] + [f"{order['id']}:{n}" for n in (3, 2, 1)]
+    assert list(table["Earned"]) == ["+1", "+1", "+1", "+1"]
     assert len(at.get("vega_lite_chart")) == 2
-    assert metric(at, "Balance") == "3 coins"
+    assert metric(at, "Balance") == "4 coins"
+    assert metric(at, "Reputation") == "0.50" and metric(at, "Results checked") == "100%"
+    assert any(i.startswith("New: every result is checked") for i in alerts(at, "info"))
 
 
 class TestDevMode:

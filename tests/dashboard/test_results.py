@@ -111,6 +111,7 @@ def test_results_with_status_latency_body_and_download(
     assert list(table["Fetch time"]) == ["340 ms", "30 s", "0 ms", "120 ms"]
     assert list(table["Size"]) == ["14 B", "0 B", "8 B", f"{len(html)} B"]
     assert list(table["Truncated"]) == [False] * 4
+    assert list(table["Checked"]) == ["unchecked"] * 4
     assert table["Final URL"][0] == "https://example.com/prices?page=1"
     assert "Repetitions #4 to #1, newest first (5 started so far)." in texts(at)
     assert button(at, "Newer").disabled and button(at, "Older").disabled

@@ -4,7 +4,6 @@ A result is stored and its job settled in one LWT on the job row (jobs hold thei
 then the miner is paid or the customer refunded; a `settle:` pending marker covers the gap.
 """
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from core.storage.cassandra.session import (
     parse_job_key,
     repetition_from,
     result_from,
+    stored_result,
 )
 from core.storage.records import Order, Recorded, Repetition, Result, ResultOutcome
 
@@ -79,10 +79,7 @@ class CassandraResults(CassandraBase):
                 state = RepetitionState(row["state"])
                 prior = rules.prior_outcome(row["result"] is not None, state)
                 if prior is not None:  # finish what a crash may have cut
-                    miner = json.loads(row["result"])["miner_id"] if row["result"] is not None else None
-                    movement = rules.settlement(order, result.n, state, miner)
-                    if movement is not None:
-                        movements.append(movement)
+                    movements += rules.settlement(order, result.n, state, stored_result(row["result"]))
                     out[i] = rules.recorded(prior)
                     continue
                 to, _ = rules.settle(order, result)
@@ -110,7 +107,7 @@ class CassandraResults(CassandraBase):
                     continue
                 for i, _, to in group:
                     order = orders[results[i].order_id]
-                    movements.append(rules.settle(order, results[i])[1])
+                    movements += rules.settle(order, results[i])[1]
                     out[i] = rules.settled(to, order)
         if markers:
             self._checkpoint("result:stored")
@@ -142,7 +139,7 @@ class CassandraResults(CassandraBase):
             if prior is not None:
                 self._settle_transfer(order, result.n, state, job["result"])  # finish what a crash may have cut
                 return rules.recorded(prior)
-            to, movement = rules.settle(order, result)
+            to, moves = rules.settle(order, result)
             self.ledger.mark_pending(marker)
             try:
                 applied, _ = self._cas("UPDATE jobs SET state = ?, result = ?, body = ? "
@@ -153,7 +150,7 @@ class CassandraResults(CassandraBase):
                 continue  # the next read shows whether it was stored (and by whom)
             if applied:
                 self._checkpoint("result:stored")
-                self.ledger.transfer(*movement)
+                self.ledger.transfer_many(moves)
                 self.ledger.clear_pending(marker)
                 return rules.settled(to, order)
 

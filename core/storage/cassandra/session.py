@@ -48,6 +48,11 @@ def repetition_from(row: dict[str, Any]) -> Repetition:
                       attempts=row["attempts"], created_at=dt(row["created_at"]))
 
 
+def stored_result(result: str | None) -> Result | None:
+    """A job row's `result` without its body (enough to know who is paid for it), or None."""
+    return Result.model_validate_json(result) if result is not None else None
+
+
 def result_from(row: dict[str, Any]) -> Result:
     """A result from its job row's `result`, `body` and `body_pruned_at`."""
     return Result.model_validate({**json.loads(row["result"]), "body_zlib": row["body"] or b"",
@@ -106,8 +111,7 @@ class CassandraBase:
         return sorted((r for rows in found for r in rows), key=lambda r: r["n"])
 
     def _settle_transfer(self, order: Order, n: int, state: RepetitionState, result: str | None) -> None:
-        """The coin movement a closed job implies (idempotent): the miner's reward or the customer's refund."""
-        miner = json.loads(result)["miner_id"] if state is RepetitionState.done and result is not None else None
-        movement = rules.settlement(order, n, state, miner)
-        if movement is not None:
+        """The coin movements a closed job implies (idempotent): the miner's reward or the customer's refund, and the
+        fees of the miners that checked its result."""
+        for movement in rules.settlement(order, n, state, stored_result(result)):
             self.ledger.transfer(*movement)

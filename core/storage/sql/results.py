@@ -48,10 +48,10 @@ class SqlResults(SqlLedger):
                         out.append(rules.recorded(prior))
                     else:
                         order = orders[rep[0]]
-                        state, movement = rules.settle(order, result)
+                        state, moves = rules.settle(order, result)
                         new_results.append(result.model_dump())
                         new_states.append({"k": result.job_key, "s": state.value})
-                        movements.append(movement)
+                        movements += moves
                         stored.add(result.job_key)
                         out.append(rules.settled(state, order))
                 if new_results:

@@ -12,7 +12,7 @@ from sqlalchemy import JSON, CheckConstraint, DateTime, Index, LargeBinary, Stri
 from sqlmodel import Field, SQLModel
 
 from core import ledger
-from core.schemas import OrderStatus, RepetitionState
+from core.schemas import OrderStatus, RepetitionState, Validation
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -193,6 +193,8 @@ class ResultRow(SQLModel, table=True):
     fetched_at: datetime = Field(sa_type=UTCDateTime)
     stored_at: datetime = Field(sa_type=UTCDateTime)
     body_pruned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    validation: Validation = Field(default=Validation.unchecked, sa_type=String(16))
+    checked_by: list[str] = Field(default_factory=list, sa_type=JSON)
 
 
 class DeliveredRow(SQLModel, table=True):

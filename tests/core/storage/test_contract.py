@@ -11,7 +11,7 @@ import pytest
 
 from core import ledger
 from core.errors import Conflict, IdempotencyConflict, InsufficientFunds, InvalidInput
-from core.schemas import OrderStatus
+from core.schemas import OrderStatus, Validation
 from core.storage import ApiToken, Order, Recorded, Result, ResultOutcome, Store, User, open_store
 
 
@@ -451,6 +451,29 @@ def test_a_delivered_result_is_stored_once_and_paid_once(store: Store) -> None:
     assert store.get_balance(ledger.escrow_account(order.id)) == 4
     assert store.get_transfer(ledger.reward_key(f"{order.id}:1")) is not None
     assert [r.state.value for r in store.get_repetitions(order.id, [1, 2])] == ["done", "queued"]
+
+
+def test_a_checked_result_keeps_its_validation_and_pays_each_checking_miner_once(store: Store) -> None:
+    customer, order = claimed(store, runs=2, price=2)
+    miner, checker, tie_breaker = new_user(store), new_user(store), new_user(store)
+    checked = result_for(order, 1, miner).model_copy(
+        update={"validation": Validation.validated, "checked_by": [checker.id, tie_breaker.id]})
+    assert store.record_results([checked, checked]) == [Recorded(outcome=ResultOutcome.paid, coins=2),
+                                                         Recorded(outcome=ResultOutcome.duplicate, coins=0)]
+    assert store.record_result(checked).outcome is ResultOutcome.duplicate
+    stored = store.get_result(f"{order.id}:1")
+    assert stored is not None and stored.validation is Validation.validated
+    assert stored.checked_by == [checker.id, tie_breaker.id]
+    assert [r.validation for r in store.list_results(order.id)] == [Validation.validated]
+    balances = [store.get_balance(ledger.user_account(u.id)) for u in (miner, checker, tie_breaker)]
+    assert balances == [2, 2, 2], "the customer's price to the miner, a fee from the platform to each checker"
+    assert store.get_balance(ledger.escrow_account(order.id)) == 2, "the customer paid once for repetition 1"
+    assert store.get_balance(ledger.MINT) == -(2 * 2 + 2 * 2), "the fees came from the mint: coins conserved"
+    fee = store.get_transfer(ledger.validation_key(f"{order.id}:1", checker.id))
+    assert fee is not None and fee.kind == "validation" and fee.from_account == ledger.MINT
+    assert store.record_result(result_for(order, 2, miner)) == Recorded(outcome=ResultOutcome.paid, coins=2)
+    unchecked = store.get_result(f"{order.id}:2")
+    assert unchecked is not None and unchecked.validation is Validation.unchecked and unchecked.checked_by == []
 
 
 def test_a_batch_of_results_is_recorded_in_one_step(store: Store) -> None:

@@ -42,19 +42,31 @@ def test_a_claim_stops_at_max_runs_and_takes_nothing_from_a_paused_order() -> No
 
 
 def test_a_result_pays_the_miner_or_refunds_the_customer() -> None:
-    state, movement = rules.settle(order(), result(2))
+    state, movements = rules.settle(order(), result(2))
     assert state is RepetitionState.done
-    assert movement == (ledger.reward_key("o:2"), ledger.escrow_account("o"), ledger.user_account("m"), 3, "reward",
-                        "o:2")
-    state, movement = rules.settle(order(), result(2, error="robots_disallowed"))
+    assert movements == [(ledger.reward_key("o:2"), ledger.escrow_account("o"), ledger.user_account("m"), 3, "reward",
+                          "o:2")]
+    state, movements = rules.settle(order(), result(2, error="robots_disallowed"))
     assert state is RepetitionState.refunded
-    assert movement == (ledger.refund_job_key("o:2"), ledger.escrow_account("o"), ledger.user_account("c"), 3,
-                        "refund", "o:2")
+    assert movements == [(ledger.refund_job_key("o:2"), ledger.escrow_account("o"), ledger.user_account("c"), 3,
+                          "refund", "o:2")]
     assert rules.settled(RepetitionState.done, order()).coins == 3
     assert rules.settled(RepetitionState.refunded, order()).coins == 0
     assert rules.prior_outcome(True, RepetitionState.done) is ResultOutcome.duplicate
     assert rules.prior_outcome(False, RepetitionState.failed) is ResultOutcome.closed
     assert rules.prior_outcome(False, RepetitionState.leased) is None
+
+
+def test_every_miner_that_checked_a_result_is_paid_a_fee_by_the_platform() -> None:
+    checked = result(2).model_copy(update={"checked_by": ["v1", "v2", "v1", "m"]})
+    state, movements = rules.settle(order(), checked)
+    assert state is RepetitionState.done
+    assert [(m.from_account, m.to_account, m.amount, m.kind) for m in movements] == [
+        (ledger.escrow_account("o"), ledger.user_account("m"), 3, "reward"),
+        (ledger.MINT, ledger.user_account("v1"), 3, "validation"),
+        (ledger.MINT, ledger.user_account("v2"), 3, "validation"),
+    ], "the customer pays the price once; each other checking miner gets one fee, the delivering miner none"
+    assert rules.settlement(order(), 2, RepetitionState.failed, checked) == [rules.refund(order(), 2)]
 
 
 def test_cancelling_refunds_the_unclaimed_repetitions() -> None:

@@ -8,6 +8,7 @@ only when the test releases it, so a test knows a miner is holding that job.
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from core.storage import ApiToken, Order, Store, User, open_store
 from miners.server.app import MiningServer
 from miners.server.stream import GROUP
 from tests.conftest import ThreadedServer, free_port, make_settings
+from tests.pages import article
 
 CRAWLCOIN = str(Path(sys.executable).parent / "crawlcoin")
 
@@ -82,6 +84,11 @@ class PageServer:
             await asyncio.to_thread(event.wait, 30)
         return web.Response(text=f"held {name}")
 
+    async def _article(self, request: web.Request) -> web.Response:
+        """A news article that changes a little on every fetch (tests/pages.py)."""
+        self.requests.append((request.path, time.time()))
+        return web.Response(text=article(int(request.match_info["page"]), random.Random()), content_type="text/html")
+
     async def _robots(self, request: web.Request) -> web.Response:
         return web.Response(text=self.robots)
 
@@ -93,6 +100,7 @@ class PageServer:
             app = web.Application()
             app.router.add_get("/robots.txt", self._robots)
             app.router.add_get("/hold/{name}", self._hold)
+            app.router.add_get("/article/{page}", self._article)
             app.router.add_route("*", "/page/{name}", self._page)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
@@ -191,7 +199,10 @@ class Market:
         return counts
 
 
-MINING_DEFAULTS: dict[str, object] = dict(lease_seconds=3.0, domain_rate_per_second=1000.0, max_attempts=3)
+# Checks off: these tests follow one job's path (leases, attempts, pay) and count fetches and coins; a second
+# account's checking fetch would change those counts. test_trust.py turns checks on.
+MINING_DEFAULTS: dict[str, object] = dict(lease_seconds=3.0, domain_rate_per_second=1000.0, max_attempts=3,
+                                          check_share_untrusted=0.0, check_share_trusted=0.0)
 
 
 @pytest.fixture
@@ -229,7 +240,10 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
                CRAWLCOIN_STORE_URL=settings.resolved_store_url, CRAWLCOIN_REDIS_URL=settings.resolved_redis_url,
                CRAWLCOIN_LEASE_SECONDS=str(settings.lease_seconds),
                CRAWLCOIN_DOMAIN_RATE_PER_SECOND=str(settings.domain_rate_per_second),
-               CRAWLCOIN_MAX_ATTEMPTS=str(settings.max_attempts), **extra)
+               CRAWLCOIN_MAX_ATTEMPTS=str(settings.max_attempts),
+               CRAWLCOIN_CHECK_SHARE_UNTRUSTED=str(settings.check_share_untrusted),
+               CRAWLCOIN_CHECK_SHARE_TRUSTED=str(settings.check_share_trusted),
+               CRAWLCOIN_VALIDATION_WINDOW_SECONDS=str(settings.validation_window_seconds), **extra)
     return env
 
 

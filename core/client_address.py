@@ -1,4 +1,5 @@
-"""The real client address of a request: X-Forwarded-For is believed only as far as trusted proxies wrote it."""
+"""The real client address of a request (X-Forwarded-For is believed only as far as trusted proxies wrote it), and
+the network it belongs to."""
 
 import ipaddress
 from collections.abc import Sequence
@@ -42,3 +43,14 @@ def throttle_key(address: str) -> str:
     if isinstance(parsed, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed) if parsed is not None else address
+
+
+def network_of(address: str) -> str | None:
+    """The network an address belongs to for telling miners apart — an IPv4 /24, an IPv6 /48, what one
+    operator or subscriber usually has — or None when it cannot be told: loopback, private, link-local and
+    other non-global addresses (miners on one machine or behind one private network), or no address."""
+    parsed = _address(address)
+    if parsed is None or not parsed.is_global:
+        return None
+    prefix = 24 if isinstance(parsed, ipaddress.IPv4Address) else 48
+    return str(ipaddress.ip_network((parsed, prefix), strict=False))
