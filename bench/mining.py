@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,11 @@ PAYLOAD = "x" * 2048
 # --- helper processes ---------------------------------------------------------------------------
 
 
-def serve_pages(port: int) -> None:
+def serve_pages(port: int, text: str = PAYLOAD) -> None:
     from aiohttp import web
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAYLOAD)
+        return web.Response(text=text, content_type="text/html")
 
     async def robots(request: web.Request) -> web.Response:
         return web.Response(text="User-agent: *\nAllow: /\n")
@@ -299,9 +300,20 @@ def _wait_miners(port: int, count: int, timeout: float = 900) -> int:
 
 
 
-def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miners: int) -> tuple[str, list[str]]:
-    """One order of `jobs` repetitions of the local page, all released onto the job stream, and a
-    `mine` token for each of `miners` volunteers; returns (order id, tokens)."""
+@dataclass
+class Market:
+    """What `seed_orders` made: the customer, the orders, and the volunteers with their `mine` tokens."""
+
+    customer_id: str
+    order_ids: list[str]
+    miner_ids: list[str]
+    tokens: list[str]
+
+
+def seed_orders(store_url: str, redis_url: str, url: str, runs: list[int], miners: int) -> Market:
+    """One order of the page at `url` per entry of `runs` (that many repetitions), paid for from a granted
+    balance, every repetition claimed and released onto the job stream; and a `mine` token for each of
+    `miners` volunteers."""
     from redis.asyncio import Redis
 
     from core import ledger, schedules, security
@@ -313,36 +325,50 @@ def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miner
     now = datetime.now(UTC)
     customer = User(id=str(uuid.uuid4()), username="customer", password_hash="!", created_at=now)
     store.create_user(customer)
-    store.transfer("bench-grant", ledger.MINT, ledger.user_account(customer.id), jobs, "grant")
-    order = Order(id=str(uuid.uuid4()), owner_id=customer.id, url=f"http://127.0.0.1:{page_port}/page",
-                  method="GET", schedule_kind="interval", every_seconds=1, start_at=now, max_runs=jobs,
-                  price_per_run=1, request_hash="bench", created_at=now, updated_at=now)
-    order.next_due_at = schedules.first_due(order)
-    store.create_order(order)
-    claim = store.claim_repetitions(order.id, "bench", now + timedelta(seconds=jobs + 1), now, 10**9)
-    tokens = []
+    store.transfer("bench-grant", ledger.MINT, ledger.user_account(customer.id), sum(runs), "grant")
+    queued: list[Job] = []
+    order_ids = []
+    for jobs in runs:
+        order = Order(id=str(uuid.uuid4()), owner_id=customer.id, url=url, method="GET", schedule_kind="interval",
+                      every_seconds=1, start_at=now, max_runs=jobs, price_per_run=1, request_hash="bench",
+                      created_at=now, updated_at=now)
+        order.next_due_at = schedules.first_due(order)
+        store.create_order(order)
+        claim = store.claim_repetitions(order.id, f"bench-{order.id}", now + timedelta(seconds=jobs + 1), now, 10**9)
+        queued += [Job(key=r.key, order_id=order.id, n=r.n, url=order.url, method="GET", due_at=r.due_at)
+                   for r in claim.queued]
+        order_ids.append(order.id)
+    queued.sort(key=lambda job: (job.n, job.order_id))  # the orders' repetitions interleaved, as due
+    miner_ids, tokens = [], []
     for i in range(miners):
         miner = User(id=str(uuid.uuid4()), username=f"miner{i}", password_hash="!", created_at=now)
         store.create_user(miner)
         token_id, raw, secret_hash = security.new_api_token()
         store.create_api_token(ApiToken(id=token_id, owner_id=miner.id, name="bench", secret_hash=secret_hash,
                                         scopes=["mine"], created_at=now))
+        miner_ids.append(miner.id)
         tokens.append(raw)
     store.close()
 
     async def release_all() -> None:
         redis = Redis.from_url(redis_url)
         queue = JobQueue(redis)
-        queued = [Job(key=r.key, order_id=order.id, n=r.n, url=order.url, method="GET", due_at=r.due_at)
-                  for r in claim.queued]
         for i in range(0, len(queued), 1000):
             await queue.enqueue(queued[i:i + 1000])
-        while await queue.release_due(time.time() + jobs + 60, limit=1000):
+        while await queue.release_due(time.time() + max(runs) + 60, limit=1000):
             pass
         await redis.aclose()
 
     asyncio.run(release_all())
-    return order.id, tokens
+    return Market(customer.id, order_ids, miner_ids, tokens)
+
+
+def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miners: int) -> tuple[str, list[str]]:
+    """One order of `jobs` repetitions of the local page, all released onto the job stream, and a
+    `mine` token for each of `miners` volunteers; returns (order id, tokens)."""
+    market = seed_orders(store_url, redis_url, f"http://127.0.0.1:{page_port}/page", [jobs], miners)
+    return market.order_ids[0], market.tokens
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -60,6 +60,16 @@ RESULTS_DELIVERED = Counter(
     "crawlcoin_results_delivered", "Results a result client acknowledged (written to its disk)."
 )
 RESULT_CLIENTS_CONNECTED = Gauge("crawlcoin_result_clients_connected", "Result clients connected.")
+WEBHOOK_ATTEMPTS = Counter(
+    "crawlcoin_webhook_attempts",
+    "Webhook requests sent, by outcome (delivered: answered 2xx; retry: to be sent again; failed: given up).",
+    ["outcome"],
+)
+WEBHOOK_LATENESS = Histogram(
+    "crawlcoin_webhook_delivery_seconds",
+    "From a webhook notification being stored to its endpoint answering 2xx.",
+    buckets=LATENESS_BUCKETS,
+)
 
 # --- worker (releaser) -----------------------------------------------------------------------
 JOBS_RELEASED = Counter("crawlcoin_jobs_released", "Jobs moved from the due queue onto the job stream.")

@@ -295,6 +295,22 @@ class OrderCreate(Request, RequestSpec):
     extraction: Extraction | None = Field(default=None, description="Keep and watch only part of each page.")
 
 
+class OrderChange(Request):
+    """What to change of an active or paused order; what is left out stays. It applies from the next repetition
+    not yet dispatched: those dispatched keep their URL and due time."""
+
+    url: Annotated[str, Field(min_length=1, max_length=8192), OneLine] | None = Field(
+        default=None, description="The page to fetch (http or https).")
+    schedule: Schedule | None = Field(default=None, description="The new schedule: the next undispatched repetition "
+                                                                "is due at its first slot after the last dispatched "
+                                                                "one, and not before now.")
+    max_runs: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="The new number of repetitions, at least those dispatched: the escrow is topped up "
+                                  "from your balance, or refunded to it, by the difference in cost.")
+    extraction: Extraction | None = Field(default=None, description="Keep and watch only this part of each page; "
+                                                                    "null to compare whole pages again.")
+
+
 class RepetitionCounts(BaseModel):
     """Where an order's repetitions are, in the words the API, the dashboard and the CLIs share. Every
     repetition is in exactly one of these; the first four are still to come, the last three are settled."""
@@ -416,6 +432,55 @@ class ChangeOut(BaseModel):
 class ChangePage(BaseModel):
     items: list[ChangeOut] = Field(description="Oldest first.")
     next_cursor: str | None = Field(description="Pass as `after` to get the next (newer) page.")
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+WebhookEventName = Literal["change", "result"]
+
+
+class WebhookCreate(Request):
+    url: Annotated[str, Field(min_length=1, max_length=2048, description="Where to POST each notification (http or "
+                                                                          "https; a public address)."), OneLine]
+    order_id: Annotated[str, Field(max_length=64), OneLine] | None = Field(
+        default=None, description="Tell about this one order; null: about every order of yours.")
+    event: WebhookEventName = Field(default="change", description="change: only results that changed; result: "
+                                                                  "every result.")
+
+
+class WebhookOut(BaseModel):
+    id: str = Field(description="The webhook's id.")
+    url: str = Field(description="Where notifications go.")
+    order_id: str | None = Field(description="The only order it tells about; null: all of yours.")
+    event: WebhookEventName = Field(description="change: only results that changed; result: every result.")
+    created_at: datetime = Field(description="When it was created.")
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="Signs every notification (HMAC-SHA256, header Crawlcoin-Signature). Shown only "
+                                    "this once.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="The idempotency id, sent as Crawlcoin-Delivery on every attempt.")
+    order_id: str = Field(description="The order told about.")
+    n: int = Field(description="The repetition told about.")
+    event: WebhookEventName = Field(description="change if its result changed, else result.")
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="pending: to be sent (again) at next_attempt_at; delivered: answered 2xx; failed: given up.")
+    attempts: int = Field(description="Requests made so far.")
+    created_at: datetime = Field(description="When the notification was stored.")
+    next_attempt_at: datetime | None = Field(description="When it is tried next (pending only).")
+    last_attempt_at: datetime | None = Field(description="When it was last tried.")
+    last_status: int | None = Field(description="HTTP status of the last attempt; null: no answer.")
+    last_error: str | None = Field(description="What went wrong with the last attempt.")
+    delivered_at: datetime | None = Field(description="When the endpoint answered 2xx.")
+    payload: str = Field(description="The JSON body sent.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` to get the next (older) page; null on the last page.")
 
 
 # --- service --------------------------------------------------------------------------------

@@ -206,6 +206,17 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How often each result server deletes the bodies whose retention is over.")
     miner_max_capacity: int = Field(default=64, ge=1, description="Most jobs one miner connection may hold at once.")
 
+    # Webhooks (sent by the result servers).
+    webhook_retry_seconds: float = Field(
+        default=10.0, gt=0, description=(
+            "Wait before the first retry of a webhook delivery that failed; it doubles with every further attempt."))
+    webhook_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two attempts at a webhook delivery.")
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Attempts at a webhook delivery before it is marked failed.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long one webhook request may take, connecting included.")
+
     # Trust: checking volunteers' results against each other (core/trust.py, core/agreement.py, DESIGN.md).
     check_share_untrusted: float = Field(
         default=1.0, ge=0, le=1, description=(

@@ -24,6 +24,9 @@ from core.schemas import (
     TokenOut,
     TotpEnrolment,
     WalletOut,
+    WebhookCreated,
+    WebhookDeliveryPage,
+    WebhookOut,
 )
 
 
@@ -165,6 +168,23 @@ class Api:
     def revoke_token(self, token_id: str) -> None:
         self._request("DELETE", f"/tokens/{token_id}")
 
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def webhooks(self) -> list[WebhookOut]:
+        return [WebhookOut.model_validate(w) for w in self._request("GET", "/webhooks")]
+
+    def create_webhook(self, url: str, event: str, order_id: str | None = None) -> WebhookCreated:
+        body = self._request("POST", "/webhooks", json={"url": url, "event": event, "order_id": order_id})
+        return WebhookCreated.model_validate(body)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        self._request("DELETE", f"/webhooks/{webhook_id}")
+
+    def webhook_deliveries(self, webhook_id: str, limit: int = 50) -> WebhookDeliveryPage:
+        """The newest `limit` deliveries of the webhook, newest first."""
+        body = self._request("GET", f"/webhooks/{webhook_id}/deliveries", params={"limit": limit})
+        return WebhookDeliveryPage.model_validate(body)
+
     # --- orders -----------------------------------------------------------------------------
 
     def create_order(self, order: dict[str, Any], idempotency_key: str) -> OrderOut:
@@ -197,6 +217,10 @@ class Api:
 
     def resume(self, order_id: str) -> OrderOut:
         return OrderOut.model_validate(self._request("POST", f"/orders/{order_id}/resume"))
+
+    def edit_order(self, order_id: str, changes: dict[str, Any]) -> OrderOut:
+        """Change an active or paused order (`PATCH /orders/{id}`): only the fields in `changes`."""
+        return OrderOut.model_validate(self._request("PATCH", f"/orders/{order_id}", json=changes))
 
     def cancel(self, order_id: str) -> CancelOut:
         return CancelOut.model_validate(self._request("POST", f"/orders/{order_id}/cancel"))

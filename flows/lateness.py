@@ -127,11 +127,10 @@ def recovered_notice(ep: Episode, late_after_seconds: float) -> tuple[str, str]:
 async def late_orders(store: Store, now: datetime, late_after_seconds: float) -> dict[str, tuple[Order, Lateness]]:
     """The orders late at `now`, read from the open claims (at most `BATCH`, oldest first)."""
     reps: defaultdict[str, list[Repetition]] = defaultdict(list)
-    for claim in await asyncio.to_thread(store.open_claims, now, BATCH):
-        ns = list(range(claim.first_n, claim.last_n + 1))
-        # rows of this claim only: after an unclaim, a later claim may hold the same n
-        reps[claim.order_id] += [r for r in await asyncio.to_thread(store.get_repetitions, claim.order_id, ns)
-                                 if r.flow_run_id == claim.flow_run_id]
+    claims = await asyncio.to_thread(store.open_claims, now, BATCH)
+    held = await asyncio.to_thread(store.claimed_repetitions, claims) if claims else {}
+    for claim in claims:  # one read for all the claims' repetitions, each claim's own rows only
+        reps[claim.order_id] += held[claim.flow_run_id]
     late = {}
     for order_id, order_reps in reps.items():
         found = lateness(order_reps, now, late_after_seconds)

@@ -6,7 +6,7 @@ from api.deps import CurrentUser, IdempotencyKey, SettingsDep, StoreDep
 from api.openapi import errors
 from api.services import orders
 from api.sync_wakeup import wake_workers
-from core.schemas import CancelOut, OrderCreate, OrderOut, OrderPage
+from core.schemas import CancelOut, OrderChange, OrderCreate, OrderOut, OrderPage
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -47,6 +47,24 @@ def list_orders(
 def get_order(order_id: str, user: CurrentUser, store: StoreDep, settings: SettingsDep) -> OrderOut:
     """One of your orders."""
     return orders.order_out(store, settings, orders.get_own(store, user, order_id))
+
+
+@router.patch("/{order_id}", responses=errors(401, 402, 404, 409, 413, 422))
+def edit_order(
+    order_id: str,
+    req: OrderChange,
+    user: CurrentUser,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey,
+    background: BackgroundTasks,
+    request: Request,
+) -> OrderOut:
+    """Change the URL, schedule, extraction or max_runs of an active or paused order, from its next undispatched
+    repetition on; the escrow is topped up or refunded by the difference in cost."""
+    out = orders.edit(store, settings, user, order_id, req, idempotency_key)
+    wake_workers(background, request)
+    return out
 
 
 @router.post("/{order_id}/pause", responses=errors(401, 404, 409))

@@ -5,16 +5,17 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
-from api.order_rules import check_order
+from api.order_rules import check_order, check_schedule
 from api.pagination import decode_cursor, encode_cursor
-from core import ledger, schedules
-from core.errors import Conflict, NotFound
+from core import extraction, ledger, schedules
+from core.errors import Conflict, InvalidInput, NotFound
 from core.lateness import lateness
 from core.schemas import (
     CancelOut,
     CronSchedule,
     IntervalSchedule,
     Lateness,
+    OrderChange,
     OrderCreate,
     OrderOut,
     OrderPage,
@@ -23,7 +24,7 @@ from core.schemas import (
     RepetitionState,
 )
 from core.settings import Settings
-from core.storage import Order, Store, User
+from core.storage import Order, OrderEdit, Store, User
 from core.urls import check_target_url
 
 _IDEMPOTENT_ORDER_NS = uuid.UUID("5b0e4a52-3c4e-4f7e-9a7e-6f1d2c3b4a59")
@@ -167,3 +168,36 @@ def cancel(store: Store, settings: Settings, user: User, order_id: str) -> Cance
         raise Conflict(f"the order is already {order.status.value}")
     cancelled, refunded = result
     return CancelOut(order=order_out(store, settings, cancelled), refunded=refunded)
+
+
+def edit(store: Store, settings: Settings, user: User, order_id: str, req: OrderChange,
+         idempotency_key: str | None) -> OrderOut:
+    order = get_own(store, user, order_id)
+    if not req.model_fields_set:
+        raise InvalidInput("nothing to change: give url, schedule, max_runs or extraction")
+    changes: dict[str, object] = {}
+    if req.url is not None:
+        changes["url"] = check_target_url(req.url, allow_private=settings.allow_private_targets,
+                                          max_length=settings.max_url_length)
+    if req.max_runs is not None:
+        if req.max_runs > settings.max_runs_cap:
+            raise InvalidInput(f"max_runs must be at most {settings.max_runs_cap}")
+        changes["max_runs"] = req.max_runs
+    if req.schedule is not None:
+        check_schedule(req.schedule, order.start_at, settings)
+        if isinstance(req.schedule, IntervalSchedule):
+            changes |= {"schedule_kind": "interval", "every_seconds": req.schedule.every_seconds, "cron": None,
+                        "timezone": None}
+        else:
+            changes |= {"schedule_kind": "cron", "every_seconds": None, "cron": req.schedule.cron,
+                        "timezone": req.schedule.timezone}
+    if "extraction" in req.model_fields_set:
+        if req.extraction is not None:
+            extraction.check(req.extraction)
+        changes["extraction"] = req.extraction
+    current = order.model_dump(include=set(OrderEdit.model_fields))
+    new = OrderEdit.model_validate({**current, "extraction": order.extraction, **changes})
+    changed = store.edit_order(order.id, new, idempotency_key or str(uuid.uuid4()), datetime.now(UTC))
+    if changed is None:
+        raise NotFound("order not found")
+    return order_out(store, settings, changed)

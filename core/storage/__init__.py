@@ -1,16 +1,27 @@
 """The durable store: one Protocol (`Store`), its records, and one backend per kind of database."""
 
 from core.errors import InvalidInput
-from core.storage.interface import AccountStore, LedgerStore, OrderStore, ResultStore, Store, SyncOutbox, WatchStore
+from core.storage.interface import (
+    AccountStore,
+    LedgerStore,
+    OrderStore,
+    ResultStore,
+    Store,
+    SyncOutbox,
+    WatchStore,
+    WebhookStore,
+)
 from core.storage.records import (
     ApiToken,
     Claim,
     Cursor,
+    DeliveryState,
     LedgerEntry,
     LoginSession,
     Observation,
     OpenClaim,
     Order,
+    OrderEdit,
     Pruned,
     Recorded,
     Repetition,
@@ -19,13 +30,18 @@ from core.storage.records import (
     Transfer,
     User,
     WatchCursor,
+    Webhook,
+    WebhookDelivery,
+    WebhookEvent,
+    delivery_id,
     job_key,
 )
 
 __all__ = [
-    "AccountStore", "ApiToken", "Claim", "Cursor", "LedgerEntry", "LedgerStore", "LoginSession", "Observation",
-    "OpenClaim", "Order", "OrderStore", "Pruned", "Recorded", "Repetition", "Result", "ResultOutcome", "ResultStore",
-    "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "job_key", "open_store",
+    "AccountStore", "ApiToken", "Claim", "Cursor", "DeliveryState", "LedgerEntry", "LedgerStore", "LoginSession",
+    "Observation", "OpenClaim", "Order", "OrderEdit", "OrderStore", "Pruned", "Recorded", "Repetition", "Result",
+    "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "Webhook",
+    "WebhookDelivery", "WebhookEvent", "WebhookStore", "delivery_id", "job_key", "open_store",
 ]
 
 
@@ -36,7 +52,7 @@ def open_store(url: str) -> Store:
         from core.storage.sql import SqlStore
 
         if scheme == "postgres":
-            url = "postgresql" + url[len("postgres"):]
+            url = "postgresql" + url[len("postgres") :]
         return SqlStore(url)
     if scheme == "cassandra":
         from core.storage.cassandra import CassandraStore

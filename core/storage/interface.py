@@ -8,7 +8,7 @@ backend can make them atomic in its own way (a transaction in SQL, lightweight t
 and a pending-transfer record in Cassandra).
 
 `Store` is the whole interface; it is composed of one Protocol per domain (accounts, ledger,
-orders, results, observations, sync outbox), so a piece of code that needs only one domain can say so.
+orders, results, observations, webhooks, sync outbox), so a piece of code that needs only one domain can say so.
 Records (`core.storage.records`) are plain pydantic models; backends copy them in and out.
 Datetimes are timezone-aware UTC. The rules every backend applies the same way (what a
 delivered result settles, which repetitions a claim takes, what a cancel refunds) are
@@ -28,6 +28,7 @@ from core.storage.records import (
     Observation,
     OpenClaim,
     Order,
+    OrderEdit,
     Pruned,
     Recorded,
     Repetition,
@@ -35,6 +36,8 @@ from core.storage.records import (
     Transfer,
     User,
     WatchCursor,
+    Webhook,
+    WebhookDelivery,
 )
 
 
@@ -143,6 +146,16 @@ class OrderStore(Protocol):
         Returns (order, refunded coins), or None if the order is not active or paused.
         """
 
+    def edit_order(self, order_id: str, edit: OrderEdit, key: str, now: datetime) -> Order | None:
+        """Change an active or paused order as `edit` says (`rules.plan_edit`), atomically with its escrow.
+
+        The escrow is topped up from the owner or refunded to the owner by the difference in cost
+        (ledger key `rules.edit_key(order_id, key)`: a retried request moves nothing twice), and a
+        Prefect sync is requested, in the same atomic step. Claimed repetitions are untouched. None for
+        an unknown order; raises Conflict (not active or paused), InvalidInput (max_runs below the
+        repetitions claimed) or InsufficientFunds, changing nothing.
+        """
+
     def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None: ...
 
     # repetitions ---------------------------------------------------------------------------
@@ -180,6 +193,10 @@ class OrderStore(Protocol):
         A claim is open from `claim_repetitions` (when it queued any repetition) until `close_claim`;
         the requeue pass uses them to find jobs Valkey lost or never got, across all orders.
         """
+
+    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        """The repetitions each claim holds, by its flow run id, in n order — many claims in one read where the
+        store can. A repetition in a claim's range that a later claim (after an unclaim) holds is not its."""
 
     def confirm_queued(self, flow_run_id: str) -> None:
         """Record that the claim's jobs were put in the Valkey queue (idempotent; no-op if not open)."""
@@ -264,6 +281,46 @@ class WatchStore(Protocol):
         """The order's observations with n > `after_n`, by n ascending; only the changes if `changes_only`."""
 
 
+class WebhookStore(Protocol):
+    """Customers' webhooks and the outbox of their deliveries: stored before they are sent, sent until answered."""
+
+    def create_webhook(self, webhook: Webhook) -> None: ...
+
+    def get_webhook(self, webhook_id: str) -> Webhook | None:
+        """The webhook, deleted or not; None if there never was one."""
+
+    def list_webhooks(self, owner_id: str) -> list[Webhook]:
+        """The owner's webhooks not deleted, oldest first."""
+
+    def delete_webhook(self, owner_id: str, webhook_id: str, at: datetime) -> bool:
+        """Mark the owner's webhook deleted (its pending deliveries fail unsent); False if the owner has none such."""
+
+    def add_webhook_deliveries(self, deliveries: list[WebhookDelivery]) -> None:
+        """Store new deliveries, due at their `next_attempt_at`; one whose id is stored already is left as it is."""
+
+    def claim_webhook_deliveries(self, now: datetime, until: datetime, limit: int) -> list[WebhookDelivery]:
+        """Pending deliveries due by `now`, oldest due first, at most `limit`, each leased until `until`.
+
+        Leasing moves a delivery's `next_attempt_at` to `until` atomically, so of several senders
+        claiming at once one gets it; a sender that dies holding it leaves it due again at `until`.
+        The deliveries are returned as leased (`next_attempt_at` = `until`).
+        """
+
+    def finish_webhook_attempt(self, delivery: WebhookDelivery, at: datetime, status: int | None, error: str | None,
+                               delivered: bool, retry_at: datetime | None) -> None:
+        """Log one attempt at a claimed `delivery` (as `claim_webhook_deliveries` returned it).
+
+        It becomes delivered, or pending again at `retry_at`, or failed when `retry_at` is None; the
+        attempt is counted either way. Nothing happens if the delivery is no longer pending.
+        """
+
+    def get_webhook_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+
+    def list_webhook_deliveries(self, webhook_id: str, limit: int = 50,
+                                before: Cursor | None = None) -> list[WebhookDelivery]:
+        """The webhook's deliveries, newest first, strictly older than `before` (created_at, id)."""
+
+
 class SyncOutbox(Protocol):
     """Orders whose Prefect deployment must be brought in line with them (the Prefect sync queue)."""
 
@@ -281,7 +338,7 @@ class SyncOutbox(Protocol):
         for that time instead (unless a newer one came in: that one is worked on first, and sets its own)."""
 
 
-class Store(AccountStore, LedgerStore, OrderStore, ResultStore, WatchStore, SyncOutbox, Protocol):
+class Store(AccountStore, LedgerStore, OrderStore, ResultStore, WatchStore, WebhookStore, SyncOutbox, Protocol):
     """Durable state of crawlcoin. Implementations must be safe to share between threads."""
 
     def close(self) -> None: ...

@@ -4,6 +4,7 @@ Datetimes are timezone-aware UTC; coin amounts are integers.
 """
 
 import hashlib
+import uuid
 import zlib
 from datetime import datetime
 from enum import StrEnum
@@ -71,6 +72,18 @@ class Order(BaseModel):
     @property
     def cost(self) -> int:
         return self.max_runs * self.price_per_run
+
+
+class OrderEdit(BaseModel):
+    """What a customer may change of a live order, as it is to be; it applies from the next unclaimed repetition."""
+
+    url: str
+    schedule_kind: str
+    every_seconds: int | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    extraction: Extraction | None = None
+    max_runs: int
 
 
 class Repetition(BaseModel):
@@ -225,3 +238,60 @@ class LedgerEntry(BaseModel):
     kind: str
     reference: str | None = None
     created_at: datetime
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook is told about: every observed result of its orders, or only the ones that changed."""
+
+    change = "change"
+    result = "result"
+
+
+class Webhook(BaseModel):
+    """An endpoint a customer wants told about results of one order, or of all their orders."""
+
+    id: str
+    owner_id: str
+    order_id: str | None = Field(default=None, description="None: every order of the owner.")
+    url: str
+    secret: str = Field(description="Signs every delivery (HMAC-SHA256); the customer got it once, on creation.")
+    event: WebhookEvent = WebhookEvent.change
+    created_at: datetime
+    deleted_at: datetime | None = None
+
+
+class DeliveryState(StrEnum):
+    pending = "pending"  # to be sent (again) at next_attempt_at
+    delivered = "delivered"  # the endpoint answered 2xx
+    failed = "failed"  # every attempt failed, or the webhook was deleted
+
+
+class WebhookDelivery(BaseModel):
+    """One notification to one webhook, stored before it is sent (the outbox), retried until answered 2xx.
+
+    `id` is deterministic (`delivery_id`): the same observation to the same webhook is one delivery
+    however often it is fanned out, and the receiver gets it as the idempotency id of every attempt.
+    """
+
+    id: str
+    webhook_id: str
+    order_id: str
+    n: int
+    event: WebhookEvent
+    payload: str = Field(description="The JSON body sent, the same on every attempt.")
+    created_at: datetime
+    state: DeliveryState = DeliveryState.pending
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, description="When it is due (pending only).")
+    last_attempt_at: datetime | None = None
+    last_status: int | None = Field(default=None, description="HTTP status of the last attempt; None: no answer.")
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+_DELIVERY_NAMESPACE = uuid.UUID("5b0e2c1e-9f43-4d0e-8d55-2f6f1f4f6a10")
+
+
+def delivery_id(webhook_id: str, order_id: str, n: int) -> str:
+    """The idempotency id of repetition n of an order told to a webhook."""
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{webhook_id}:{order_id}:{n}"))

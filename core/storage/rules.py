@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from core import ledger, schedules
+from core.errors import Conflict, InvalidInput
 from core.schemas import OrderStatus, RepetitionState
-from core.storage.records import Claim, Order, Recorded, Repetition, Result, ResultOutcome, job_key
+from core.storage.records import Claim, Order, OrderEdit, Recorded, Repetition, Result, ResultOutcome, job_key
 
 OPEN = (RepetitionState.queued, RepetitionState.leased)
 """States of a repetition that has not been settled yet: a result or a last failed attempt can still close it."""
@@ -90,6 +91,45 @@ def completable(order: Order, escrow: int) -> bool:
     """Whether an active order may be completed: every repetition claimed and settled — delivered (the miner
     paid), failed or refunded — which is exactly when its escrow is empty. Never with coins in escrow."""
     return order.status is OrderStatus.active and order.runs_claimed >= order.max_runs and escrow == 0
+
+
+def edit_key(order_id: str, key: str) -> str:
+    """The ledger key of the coins one edit of an order moves (`key` names the edit: one request)."""
+    return f"edit:{order_id}:{key}"
+
+
+def plan_edit(order: Order, edit: OrderEdit, key: str, last_claimed_due: datetime | None,
+              now: datetime) -> tuple[Order, Movement | None]:
+    """The order as `edit` leaves it, and the coins that move: the price of the repetitions added, from its
+    owner to its escrow, or of those taken away, back from the escrow.
+
+    Claimed repetitions keep everything they were claimed with (URL, due time); the next unclaimed one
+    is due at the first slot of the new schedule after the last claimed one's due time and not before
+    `now` (a changed schedule, or repetitions added to an order that had claimed them all). Raises
+    Conflict unless the order is active or paused, InvalidInput if max_runs would drop below what is claimed.
+    """
+    if order.status not in CANCELLABLE:
+        raise Conflict(f"a {order.status.value} order cannot be changed")
+    if edit.max_runs < max(order.runs_claimed, 1):
+        raise InvalidInput(f"max_runs must be at least {max(order.runs_claimed, 1)}: "
+                           f"{order.runs_claimed} repetition(s) are dispatched already")
+    new = order.model_copy(update={**edit.model_dump(), "extraction": edit.extraction, "updated_at": now})
+    schedule_changed = (new.schedule_kind, new.every_seconds, new.cron, new.timezone) != (
+        order.schedule_kind, order.every_seconds, order.cron, order.timezone)
+    if new.runs_claimed >= new.max_runs:
+        new.next_due_at = None
+    elif schedule_changed or order.next_due_at is None:
+        after = max(now, last_claimed_due + timedelta(microseconds=1)) if last_claimed_due else now
+        new.next_due_at = schedules.first_due_at_or_after(new, after)
+    amount = (new.max_runs - order.max_runs) * order.price_per_run
+    movement = None
+    if amount > 0:
+        movement = Movement(edit_key(order.id, key), ledger.user_account(order.owner_id),
+                            ledger.escrow_account(order.id), amount, "hold", order.id)
+    elif amount < 0:
+        movement = Movement(edit_key(order.id, key), ledger.escrow_account(order.id),
+                            ledger.user_account(order.owner_id), -amount, "refund", order.id)
+    return new, movement
 
 
 # --- results ----------------------------------------------------------------------------------

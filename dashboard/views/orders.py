@@ -211,6 +211,40 @@ def _delivery(order: OrderOut) -> None:
         delivery.metrics(order, delivery.Delivery(recent))
 
 
+def change_form(order: OrderOut) -> None:
+    """Change the URL, the interval or the number of repetitions of an active or paused order."""
+    with st.expander("Change this order", icon=":material/edit:"), st.form(f"change_{order.id}"):
+        url = st.text_input("Page URL to fetch", value=order.url, key=f"change_url_{order.id}")
+        every = None
+        if order.schedule.kind == "interval":
+            every = st.number_input("Interval (seconds)", min_value=1, value=order.schedule.every_seconds,
+                                    key=f"change_every_{order.id}")
+        runs = st.number_input("Total repetitions", min_value=max(order.runs_claimed, 1), value=order.max_runs,
+                               key=f"change_runs_{order.id}", help=f"At least the {order.runs_claimed:,} already "
+                               "handed to the job queue. Fewer refund their price to your wallet; more take it.")
+        st.caption("Changes apply from the next repetition not yet handed to the job queue.")
+        if not st.form_submit_button("Save changes", icon=":material/save:"):
+            return
+    changes: dict[str, Any] = {}
+    if url != order.url:
+        changes["url"] = url
+    if every is not None and order.schedule.kind == "interval" and every != order.schedule.every_seconds:
+        changes["schedule"] = {"kind": "interval", "every_seconds": int(every)}
+    if runs != order.max_runs:
+        changes["max_runs"] = int(runs)
+    if not changes:
+        st.info("Nothing changed.")
+        return
+    with ui.reporting("The order was not changed:"):
+        changed = ui.api().edit_order(order.id, changes)
+        moved = (changed.max_runs - order.max_runs) * order.price_per_run
+        money = (f" {fmt.coins(-moved)} refunded to your wallet." if moved < 0 else
+                 f" {fmt.coins(moved)} more held in escrow." if moved > 0 else "")
+        ui.flash("success", f"Changed {changed.url}: {fmt.schedule_text(changed.schedule)}, "
+                            f"{changed.max_runs:,} repetitions.{money}")
+        st.rerun()
+
+
 def order_card(order: OrderOut) -> None:
     tz = ui.viewer_timezone()
     with st.container(border=True, key=f"order_{order.id}"):
@@ -276,6 +310,8 @@ def order_card(order: OrderOut) -> None:
                 st.link_button("Schedule in Prefect", link, icon=":material/open_in_new:")
             elif order.status.value in ("active", "paused"):
                 st.caption("Scheduling is being set up…")
+        if order.status.value in ("active", "paused"):
+            change_form(order)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.schemas import OrderOut, ResultOut
-from dashboard import changes, delivery, ui
+from dashboard import changes, delivery, ui, webhooks
 from dashboard import format as fmt
 
 DEFAULT_OUT = "crawlcoin-results"
@@ -299,6 +299,8 @@ def main() -> None:
     st.divider()
     result_client(order)
     existing_tokens(order)
+    st.divider()
+    webhooks.section(order)
 
 
 main()

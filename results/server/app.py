@@ -7,7 +7,9 @@ keeps no state a restart could lose: the client resumes from its cursor on any s
 
 Each result server also deletes, every `result_prune_interval_seconds`, the bodies of results
 delivered longer than `result_body_retention_seconds` ago (`Store.prune_result_bodies`: safe from
-several servers at once); the rest of each result stays.
+several servers at once); the rest of each result stays. And each one runs the watcher
+(`results.watch`) and a webhook sender, which share the work with the other servers' through the
+store.
 """
 
 import asyncio
@@ -28,6 +30,7 @@ from core.storage import Store, open_store
 from core.valkey import valkey
 from results.server.namespace import ResultNamespace, Wakeups
 from results.watch.consumer import OBSERVED, Watcher
+from results.watch.webhooks import WebhookSender
 
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
@@ -54,12 +57,14 @@ class ResultServer:
     async def start(self) -> None:
         self.redis = valkey(self.settings.resolved_redis_url)
         self.store = await asyncio.to_thread(open_store, self.settings.resolved_store_url)
-        watcher = Watcher(self.store, self.redis)
+        sender = WebhookSender(self.store, self.settings)
+        watcher = Watcher(self.store, self.redis, on_observed=sender.wake)
         self.namespace = ResultNamespace(self.store, self.wakeups, observe=watcher.observe_batch)
         self.sio.register_namespace(self.namespace)
         self._tasks = [asyncio.create_task(self._listen(), name="results:notifications"),
                        asyncio.create_task(self._prune_loop(), name="results:retention"),
-                       asyncio.create_task(watcher.run(self._stopping), name="results:watch")]
+                       asyncio.create_task(watcher.run(self._stopping), name="results:watch"),
+                       asyncio.create_task(sender.run(self._stopping), name="results:webhooks")]
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -74,14 +79,19 @@ class ResultServer:
     async def _listen(self) -> None:
         assert self.redis is not None
         last = "$"
+        missed = False
         while not self._stopping.is_set():
             try:
                 reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
             except Exception as e:  # Valkey restarting: deliveries fall back to polling meanwhile
                 outage("Valkey").failed(e, "result notifications")
+                missed = True
                 await asyncio.sleep(1)
                 continue
             outage("Valkey").ok()
+            if missed:  # notices may have been lost while Valkey was away: every delivery looks again
+                missed = False
+                self.wakeups.wake_all()
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id

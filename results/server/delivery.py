@@ -17,11 +17,13 @@ A delivery is woken by the notices on the results stream (a result stored, repet
 the order ended; not the watcher's "observed", which a delivery that observes does itself). Per
 result delivered live it reads the store twice (the repetitions, the result) and writes once
 (delivered); it reads the order only when woken by something other than a result, or when its
-cursor reached the repetitions the order had claimed. It also looks again on its own every
-`SAFETY_POLL_SECONDS` (± 20 %, so many idle deliveries do not poll the store in step) in case a
-notice was lost, e.g. while Valkey restarted: a lost notice costs at most that much delay.
-Measured with bench/e2e.py at 200 orders, polling every 5 s took more CPU in the result server
-than delivering the results.
+cursor reached the repetitions the order had claimed. When the result server's
+notice reader gets back to Valkey after an outage (notices may have been lost meanwhile), it wakes
+every delivery. A delivery also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so
+many idle deliveries do not poll the store in step), in case a notice was lost otherwise: that
+costs at most that much delay. Each look is two store reads; measured with bench/e2e.py, polling
+every 5 s took more CPU in the result server than delivering the results at 200 orders, and at
+1,000 orders polling every 30 s made a quarter of its store reads.
 """
 
 import asyncio
@@ -44,7 +46,7 @@ SendBatch = Callable[[list[Result], dict[int, Observation]], Awaitable[bool]]
 """Send results (with their observations by n, if observed) to the client; True once it acknowledged them all."""
 ObserveBatch = Callable[[str, list[int], dict[int, Result]], Awaitable[dict[int, Observation]]]
 """The observations of settled repetitions (order id, their n, their results as read): `Watcher.observe_batch`."""
-SAFETY_POLL_SECONDS = 30.0
+SAFETY_POLL_SECONDS = 120.0
 FIRST_PAGE = 64
 """Repetitions read at once after being idle: the first batch goes out soon; the page doubles from there."""
 MAX_PAGE = 1024

@@ -55,6 +55,11 @@ class Wakeups:
         for event in self._events.get(order_id, ()):
             event.set()
 
+    def wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
+
 
 class ResultNamespace(socketio.AsyncNamespace):
     def __init__(self, store: Store, wakeups: Wakeups, observe: ObserveBatch | None = None) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -23,7 +24,7 @@ from redis.exceptions import ResponseError
 from core.outage import VALKEY_DOWN, outage
 from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
 from core.storage import Observation, Result, Store, WatchCursor
-from results.watch.observer import observe_order, observe_ready
+from results.watch.observer import observe_order_from, observe_ready
 
 log = logging.getLogger("crawlcoin.watch")
 
@@ -38,18 +39,21 @@ def _text(value: bytes | str) -> str:
 
 
 class Watcher:
-    def __init__(self, store: Store, redis: Redis) -> None:
+    def __init__(self, store: Store, redis: Redis, on_observed: Callable[[], None] | None = None) -> None:
         self.store = store
         self.redis = redis
+        self.on_observed = on_observed or (lambda: None)
+        """Called when an order was observed further (the webhook sender looks for new deliveries)."""
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def observe(self, order_id: str, upto: int = 0) -> WatchCursor:
-        """Observe the order as far as it is settled (at least to `upto`, if it is settled that far)."""
+    async def observe(self, order_id: str, upto: int = 0) -> tuple[WatchCursor, WatchCursor]:
+        """Observe the order as far as it is settled (at least to `upto`, if it is settled that far): the cursor
+        before and the one reached."""
         lock = self._locks.setdefault(order_id, asyncio.Lock())
         try:
             async with lock:
-                return await asyncio.to_thread(observe_order, self.store, order_id, upto)
+                return await asyncio.to_thread(observe_order_from, self.store, order_id, upto)
         finally:
             if not lock.locked() and self._locks.get(order_id) is lock:
                 del self._locks[order_id]
@@ -59,7 +63,9 @@ class Watcher:
         lock = self._locks.setdefault(order_id, asyncio.Lock())
         try:
             async with lock:
-                return await asyncio.to_thread(observe_ready, self.store, order_id, ns, results)
+                found = await asyncio.to_thread(observe_ready, self.store, order_id, ns, results)
+            self.on_observed()
+            return found
         finally:
             if not lock.locked() and self._locks.get(order_id) is lock:
                 del self._locks[order_id]
@@ -93,14 +99,14 @@ class Watcher:
         failed: set[str] = set()
         moved: list[ResultNotice] = []
         for order_id in orders:
-            before = await asyncio.to_thread(self.store.get_watch_cursor, order_id)
             try:
-                cursor = await self.observe(order_id)
+                before, cursor = await self.observe(order_id)
             except Exception as e:  # the store is down: leave this order's notices pending for a later try
                 outage("the store").failed(e, f"observing order {order_id}")
                 failed.add(order_id)
                 continue
             if cursor.last_n > before.last_n:
+                self.on_observed()
                 moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
         done = [i for i, n in entries if n is None or n.order_id not in failed]
         if done or moved:

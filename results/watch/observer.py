@@ -4,7 +4,8 @@ Repetition n is observed only once every repetition before it is settled (done, 
 refunded), the rule result delivery follows too, so the valid result it is compared with — the
 newest one before it — can no longer change. Observing is deterministic (the same results give the
 same observations), so two watchers of one order, or a watcher that crashed half-way and starts
-again, write the same thing; the store keeps the first write.
+again, write the same thing; the store keeps the first write. The webhook deliveries the
+observations make are stored just before them (`webhooks.store_deliveries`), once each.
 
 A result is valid — a page worth comparing — when it was fetched without an error and with a 2xx
 status, and its body still kept: an error page or a failed fetch is no change of the page. The first valid result of an
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 
 from core.extraction import extract, page_text
 from core.storage import Observation, Order, Result, Store, WatchCursor, job_key, rules
+from results.watch.webhooks import store_deliveries
 
 MAX_DIFF_CHARS = 65_536
 _BATCH = 64
@@ -92,12 +94,17 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
 
     Returns the cursor reached. Cheap when the cursor is at `upto` already (one read).
     """
-    cursor = store.get_watch_cursor(order_id)
+    return observe_order_from(store, order_id, upto)[1]
+
+
+def observe_order_from(store: Store, order_id: str, upto: int = 0) -> tuple[WatchCursor, WatchCursor]:
+    """`observe_order`, returning the cursor it started from too: (before, reached)."""
+    cursor = before = store.get_watch_cursor(order_id)
     if upto and cursor.last_n >= upto:
-        return cursor
+        return before, cursor
     order = store.get_order(order_id)
     if order is None:
-        return cursor
+        return before, cursor
     last_obs = None
     if cursor.last_valid_n is not None:
         found = store.list_observations(order_id, cursor.last_valid_n - 1, 1)
@@ -128,10 +135,11 @@ def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
                 previous.became(obs, result)
                 last_valid_n = n
         cursor = WatchCursor(order_id=order_id, last_n=ready[-1], last_valid_n=last_valid_n)
+        store_deliveries(store, order, observed, now)
         store.record_observations(cursor, observed)
         if len(ready) < len(ns):
             break
-    return cursor
+    return before, cursor
 
 
 
@@ -181,5 +189,6 @@ def observe_ready(store: Store, order_id: str, ns: list[int], results: dict[int,
         if obs.valid:
             previous.became(obs, result)
             last_valid_n = n
+    store_deliveries(store, order, observed, now)
     store.record_observations(WatchCursor(order_id=order_id, last_n=last, last_valid_n=last_valid_n), observed)
     return found

@@ -3,9 +3,11 @@
 Which repetitions a claim takes, and which of them are refunded, is `core.storage.rules`; this
 module makes it stick without a multi-partition transaction: the order row records the claim
 (claim_run, claim_first, claim_due, claim_missed) in one LWT, and `_finish_claim` writes the
-job rows, the refunds and the `dispatch_claims` row from it, idempotently.
+job rows, the refunds and the `dispatch_claims` row from it, idempotently. An edit of the order
+finishes such a claim first, and a claim waits for an edit's coins to move (`edit_pending`).
 """
 
+import json
 import zlib
 from collections import defaultdict
 from datetime import datetime
@@ -21,7 +23,7 @@ from core.storage.cassandra.ledger import CasUnknown
 from core.storage.cassandra.orders import CassandraOrders
 from core.storage.cassandra.schema import dt, opt_us, us
 from core.storage.cassandra.session import JOB_COLS, bucket_of, order_from, repetition_from, utcnow
-from core.storage.records import Claim, OpenClaim, Order, Repetition, job_key
+from core.storage.records import Claim, OpenClaim, Order, OrderEdit, Repetition, job_key
 
 CLAIM_BUCKETS = 8
 
@@ -65,13 +67,43 @@ class CassandraClaims(CassandraOrders):
             try:
                 applied, _ = self._cas(
                     f"UPDATE orders SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ? "
-                    "IF runs_claimed = ? AND status = 'active' AND claim_run = ?",
+                    "IF runs_claimed = ? AND status = 'active' AND claim_run = ? AND edit_pending = null",
                     (*changes.values(), order_id, order.runs_claimed, last_run))
             except CasUnknown:
                 continue  # the serial read of the next round shows whether it was applied
             if applied:
                 self._checkpoint("claim:counted")
                 return self._finish_claim({**row, **changes})
+
+    def edit_order(self, order_id: str, edit: OrderEdit, key: str, now: datetime) -> Order | None:
+        while True:
+            row = self._live_row(order_id, serial=True)
+            if row is None:
+                return None
+            last_run = row["claim_run"]
+            if last_run is not None and self._one("SELECT flow_run_id FROM dispatch_claims WHERE flow_run_id = ?",
+                                                  (last_run,)) is None:
+                self._finish_claim(row)  # a claim that stopped half-way gets its jobs under the spec it was made with
+            order = order_from(row)
+            last = self._jobs(order_id, [order.runs_claimed], "n, due_at") if order.runs_claimed else []
+            new, movement = rules.plan_edit(order, edit, key, dt(last[0]["due_at"]) if last else None, now)
+            pending = json.dumps({"movement": list(movement) if movement else None,
+                                  "spec": row["spec"], "next_due_at": row["next_due_at"]})
+            self.ledger.mark_pending(f"edit:{order_id}")
+            self.request_sync(order_id, now)
+            try:
+                applied, _ = self._cas(
+                    "UPDATE orders SET spec = ?, next_due_at = ?, updated_at = ?, edit_pending = ? WHERE id = ? "
+                    "IF spec = ? AND runs_claimed = ? AND status = ? AND claim_run = ? AND edit_pending = null",
+                    (self._spec(new), opt_us(new.next_due_at), us(now), pending, order_id,
+                     row["spec"], row["runs_claimed"], row["status"], last_run))
+            except CasUnknown:
+                continue  # the serial read of the next round finishes it if it was applied
+            if not applied:
+                continue
+            self._checkpoint("edit:flipped")
+            self._finish_edit({**row, "edit_pending": pending})
+            return order_from(self._order_row(order_id) or row)
 
     def _finish_claim(self, row: dict[str, Any]) -> Claim:
         """Write the job rows, refunds and the dispatch_claims row of the order's latest claim (idempotent)."""
@@ -195,6 +227,23 @@ class CassandraClaims(CassandraOrders):
         return [OpenClaim(flow_run_id=r["flow_run_id"], order_id=r["order_id"], first_n=r["first_n"],
                           last_n=r["last_n"], created_at=dt(r["created_at"]), queued=bool(r["queued"]))
                 for r in rows[:limit]]
+
+    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
+        wanted: defaultdict[tuple[str, int], set[int]] = defaultdict(set)  # per partition, once for all claims
+        for c in claims:
+            for n in range(c.first_n, c.last_n + 1):
+                wanted[(c.order_id, bucket_of(n))].add(n)
+        found = self._many(f"SELECT {JOB_COLS} FROM jobs WHERE order_id = ? AND bucket = ? AND n IN ?",
+                           [(order_id, bucket, sorted(ns)) for (order_id, bucket), ns in wanted.items()])
+        for rows in found:
+            for row in rows:
+                rep = repetition_from(row)
+                if rep.flow_run_id in held:
+                    held[rep.flow_run_id].append(rep)
+        for reps in held.values():
+            reps.sort(key=lambda r: r.n)
+        return held
 
     def confirm_queued(self, flow_run_id: str) -> None:
         self._cas_retry("UPDATE open_claims SET queued = true WHERE bucket = ? AND flow_run_id = ? IF EXISTS",

@@ -91,6 +91,20 @@ STEPS: list[tuple[int, list[str]]] = [
             observation text, PRIMARY KEY ((order_id, bucket), n))""",
          """CREATE TABLE IF NOT EXISTS {ks}.watch_cursors (order_id text PRIMARY KEY, last_n int,
             last_valid_n int)"""]),
+    # Webhooks (a `Webhook` as JSON) by id and by owner, and the outbox of their deliveries: one row per
+    # delivery, listed per webhook newest first, and found when due through a few partitions by due time.
+    (6, ["CREATE TABLE IF NOT EXISTS {ks}.webhooks (id text PRIMARY KEY, owner_id text, webhook text)",
+         "CREATE TABLE IF NOT EXISTS {ks}.webhooks_by_owner (owner_id text, id text, PRIMARY KEY (owner_id, id))",
+         """CREATE TABLE IF NOT EXISTS {ks}.webhook_deliveries (id text PRIMARY KEY, webhook_id text, order_id text,
+            n int, event text, payload text, created_at bigint, state text, attempts int, next_attempt_at bigint,
+            last_attempt_at bigint, last_status int, last_error text, delivered_at bigint)""",
+         """CREATE TABLE IF NOT EXISTS {ks}.webhook_deliveries_by_webhook (webhook_id text, created_at bigint, id text,
+            PRIMARY KEY (webhook_id, created_at, id)) WITH CLUSTERING ORDER BY (created_at DESC, id DESC)""",
+         """CREATE TABLE IF NOT EXISTS {ks}.webhook_due (bucket int, due_at bigint, id text,
+            PRIMARY KEY (bucket, due_at, id))"""]),
+    # Editing a live order: the coins an edit moves (and the spec it replaced) are noted in the order's row
+    # until they have moved; claims wait for it. Orders from before this step have none pending.
+    (7, ["ALTER TABLE {ks}.orders ADD IF NOT EXISTS edit_pending text"]),
 ]
 LEGACY_VERSION = 1
 LEGACY_OWNER = "recognised: made by crawlcoin before versioned steps"

@@ -1,5 +1,6 @@
 """Orders and their escrow on Cassandra: created pending, held, then live; status changes by LWT."""
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -17,14 +18,26 @@ _MUTABLE = {"runs_claimed", "next_due_at", "status", "deployment_id", "updated_a
 
 
 class CassandraOrders(CassandraOutbox):
+    @staticmethod
+    def _spec(order: Order) -> str:
+        """The order's `spec` column: every field but the ones with columns of their own."""
+        return order.model_dump_json(exclude=_MUTABLE)
+
     def _live_row(self, order_id: str, serial: bool = False) -> dict[str, Any] | None:
-        """The order's row once its escrow is held; a pending order is completed (or removed) first."""
+        """The order's row once its escrow is held; a pending order is completed (or removed) first, and an
+        edit that stopped half-way is finished (or undone)."""
         row = self._order_row(order_id, serial)
         if row is not None and row["phase"] != "live":
             try:
                 row = self._finish_order(row)
             except InsufficientFunds:
                 return None
+        if row is not None and row.get("edit_pending"):
+            try:
+                self._finish_edit(row)
+            except InsufficientFunds:
+                pass
+            row = self._order_row(order_id, serial=True)
         return row
 
     def create_order(self, order: Order) -> tuple[Order, bool]:
@@ -158,6 +171,24 @@ class CassandraOrders(CassandraOutbox):
             self.ledger.transfer(*refund)
         self.ledger.clear_pending(f"cancel:{order.id}")
         return refund.amount if refund else 0
+
+    # --- edits: the new spec and the coins it moves, noted in the row (`edit_pending`) until moved ----------
+
+    def _finish_edit(self, row: dict[str, Any]) -> None:
+        """Move the coins of the order's pending edit; undo the edit (and raise) if its owner cannot pay."""
+        pending = json.loads(row["edit_pending"])
+        try:
+            if pending["movement"] is not None:
+                self.ledger.transfer(*rules.Movement(*pending["movement"]))
+        except InsufficientFunds:
+            self._cas_retry("UPDATE orders SET spec = ?, next_due_at = ?, edit_pending = null WHERE id = ? "
+                            "IF edit_pending = ?", (pending["spec"], pending["next_due_at"], row["id"],
+                                                    row["edit_pending"]))
+            self.ledger.clear_pending(f"edit:{row['id']}")
+            raise
+        self._cas_retry("UPDATE orders SET edit_pending = null WHERE id = ? IF edit_pending = ?",
+                        (row["id"], row["edit_pending"]))
+        self.ledger.clear_pending(f"edit:{row['id']}")
 
     def set_deployment_id(self, order_id: str, deployment_id: str | None) -> None:
         self._cas_retry("UPDATE orders SET deployment_id = ? WHERE id = ? IF EXISTS", (deployment_id, order_id))

@@ -16,7 +16,7 @@ class CassandraRecovery(CassandraClaims):
             kind, _, key = marker.partition(":")
             finish = {"transfer": self.ledger.recover_transfer, "order": self._recover_order,
                       "cancel": self._recover_cancel, "settle": self._recover_settle,
-                      "claim": self._recover_claim}.get(kind)
+                      "claim": self._recover_claim, "edit": self._recover_edit}.get(kind)
             if finish is not None and finish(key):
                 found += 1
             elif created.timestamp() < stale:  # its operation never got going
@@ -40,6 +40,16 @@ class CassandraRecovery(CassandraClaims):
         if row is None or row["status"] != OrderStatus.cancelled:
             return False
         self._refund_cancelled(order_from(row))
+        return True
+
+    def _recover_edit(self, order_id: str) -> bool:
+        row = self._order_row(order_id, serial=True)
+        if row is None or not row.get("edit_pending"):
+            return False
+        try:
+            self._finish_edit(row)
+        except InsufficientFunds:
+            pass  # undone
         return True
 
     def _recover_claim(self, order_id: str) -> bool:

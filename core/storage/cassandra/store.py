@@ -6,8 +6,9 @@ from core.storage.cassandra.recovery import CassandraRecovery
 from core.storage.cassandra.results import CassandraResults
 from core.storage.cassandra.retention import CassandraRetention
 from core.storage.cassandra.watch import CassandraWatch
+from core.storage.cassandra.webhooks import CassandraWebhooks
 
 
 class CassandraStore(CassandraAccounts, CassandraLedgerMethods, CassandraRecovery, CassandraResults,
-                     CassandraRetention, CassandraWatch):
+                     CassandraRetention, CassandraWatch, CassandraWebhooks):
     """The Store protocol on an Apache Cassandra (4.1+/5.x) cluster."""

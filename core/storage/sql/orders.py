@@ -9,11 +9,14 @@ from sqlmodel import Session, col, select
 from core.errors import IdempotencyConflict, NotFound
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import rules
-from core.storage.records import Claim, Cursor, OpenClaim, Order, Repetition, job_key
+from core.storage.records import Claim, Cursor, OpenClaim, Order, OrderEdit, Repetition, job_key
 from core.storage.sql.engine import record, utcnow
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
 from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
+
+KEYS_PER_READ = 500
+"""Repetition keys read in one statement (well within SQLite's and PostgreSQL's bound parameters)."""
 
 
 class SqlOrders(SqlLedger, SqlOutbox):
@@ -84,6 +87,25 @@ class SqlOrders(SqlLedger, SqlOutbox):
                 if refund is not None:
                     self._make(s, refund)
                 return record(Order, row), refund.amount if refund else 0
+
+        return self._retrying(run)
+
+    def edit_order(self, order_id: str, edit: OrderEdit, key: str, now: datetime) -> Order | None:
+        def run() -> Order | None:
+            with self._write() as s:
+                row = self._locked_order(s, order_id)
+                if row is None:
+                    return None
+                last = s.get(RepetitionRow, job_key(order_id, row.runs_claimed)) if row.runs_claimed else None
+                new, movement = rules.plan_edit(record(Order, row), edit, key, last.due_at if last else None, now)
+                for name in (*OrderEdit.model_fields, "next_due_at", "updated_at"):
+                    setattr(row, name, getattr(new, name))
+                row.extraction = new.extraction.model_dump() if new.extraction else None
+                self._request_sync(s, order_id, now)
+                s.flush()
+                if movement is not None:
+                    self._make(s, movement)
+                return record(Order, row)
 
         return self._retrying(run)
 
@@ -185,6 +207,18 @@ class SqlOrders(SqlLedger, SqlOutbox):
             stmt = (select(OpenClaimRow).where(col(OpenClaimRow.created_at) < claimed_before)
                     .order_by(col(OpenClaimRow.created_at), col(OpenClaimRow.flow_run_id)).limit(limit))
             return [record(OpenClaim, r) for r in s.exec(stmt)]
+
+    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
+        keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
+        with self._read() as s:
+            for i in range(0, len(keys), KEYS_PER_READ):
+                for row in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(keys[i:i + KEYS_PER_READ]))):
+                    if row.flow_run_id in held:
+                        held[row.flow_run_id].append(record(Repetition, row))
+        for reps in held.values():
+            reps.sort(key=lambda r: r.n)
+        return held
 
     def confirm_queued(self, flow_run_id: str) -> None:
         with self._write() as s:

@@ -248,3 +248,37 @@ class SyncRequestRow(SQLModel, table=True):
     __tablename__ = "prefect_sync_requests"
     order_id: str = Field(primary_key=True, max_length=36)
     requested_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+# --- webhooks and their delivery outbox -------------------------------------------------------
+
+
+class WebhookRow(SQLModel, table=True):
+    __tablename__ = "webhooks"
+    id: str = Field(primary_key=True, max_length=36)
+    owner_id: str = Field(max_length=36, index=True)
+    order_id: str | None = Field(default=None, max_length=36)
+    url: str = Field(sa_type=Text)
+    secret: str = Field(max_length=128)
+    event: str = Field(max_length=16)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_webhook", "webhook_id", "created_at", "id"),)
+    id: str = Field(primary_key=True, max_length=36)
+    webhook_id: str = Field(max_length=36)
+    order_id: str = Field(max_length=36)
+    n: int
+    event: str = Field(max_length=16)
+    payload: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    state: str = Field(max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    last_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

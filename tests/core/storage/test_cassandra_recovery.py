@@ -133,3 +133,28 @@ def test_a_cancel_stopped_before_its_refund_refunds_once(store: CassandraStore, 
     assert other.cancel_order(order.id) is None
     assert other.get_balance(ledger.user_account(user.id)) == 10
     assert other.get_balance(ledger.escrow_account(order.id)) == 0
+
+
+def test_an_edit_stopped_before_its_coins_moved_is_finished_by_the_sweep_or_undone(store: CassandraStore,
+                                                                                   other: CassandraStore) -> None:
+    from core.storage import OrderEdit
+
+    user = new_user(store, coins=30)
+    order = new_order(user, runs=10, price=2)
+    order.next_due_at = order.start_at
+    store.create_order(order)
+    edit = OrderEdit.model_validate({**order.model_dump(include=set(OrderEdit.model_fields)), "max_runs": 4})
+    crash(store, "edit:flipped", lambda: store.edit_order(order.id, edit, "k", now()))
+    balances = (ledger.user_account(user.id), ledger.escrow_account(order.id))
+    assert tuple(other.get_balance(a) for a in balances) == (10, 20), "the spec changed, the coins did not move yet"
+    assert other.recover_pending() == 1
+    assert tuple(other.get_balance(a) for a in balances) == (22, 8)
+    assert other.get_order(order.id).max_runs == 4  # type: ignore[union-attr]
+    assert other.recover_pending() == 0
+
+    more = edit.model_copy(update={"max_runs": 20})  # 32 coins more: the owner has 22
+    crash(store, "edit:flipped", lambda: store.edit_order(order.id, more, "k2", now()))
+    claim = other.claim_repetitions(order.id, "run", now() + timedelta(seconds=1), now(), 600)
+    assert claim.order.max_runs == 4, "the next claim found the edit, could not pay for it and undid it"
+    assert [r.n for r in claim.queued] == [1]
+    assert tuple(other.get_balance(a) for a in balances) == (22, 8)

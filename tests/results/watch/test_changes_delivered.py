@@ -15,9 +15,9 @@ from tests.results.server.test_delivery import run_client
 from tests.results.watch.test_observer import price_page
 
 
-def order_with_pages(customer: Customer, runs: int, extraction: Extraction | None) -> str:
+def order_with_pages(customer: Customer, runs: int, extraction: Extraction | None, order_id: str | None = None) -> str:
     now = datetime.now(UTC)
-    order = Order(id=str(uuid.uuid4()), owner_id=customer.user.id, url="https://example.com/", method="GET",
+    order = Order(id=order_id or str(uuid.uuid4()), owner_id=customer.user.id, url="https://example.com/", method="GET",
                   schedule_kind="interval", every_seconds=1, start_at=now, max_runs=runs, extraction=extraction,
                   price_per_run=1, request_hash="h", created_at=now, updated_at=now)
     order.next_due_at = schedules.first_due(order)
