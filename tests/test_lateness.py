@@ -21,7 +21,7 @@ from tests.test_e2e import CRAWLCOIN, Pages, client_env
 from tests.test_metrics import scrape
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-LATE_AFTER = 3
+LATE_AFTER = 10  # generous: a loaded 2-core CI machine delivers a few seconds late while "on time"
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_a_late_order_alerts_once_and_its_recovery_clears_it(tmp_path: Path, rec
         wait_for(lambda: len(receiver.notices) >= 2, 60, "the recovery notice", poll=0.2)
         recovered = receiver.notices[1]
         assert recovered["title"] == f"crawlcoin: order {oid} is on time again" and recovered["type"] == "success"
-        assert "no repetition of it is more than 3 s overdue" in recovered["message"], recovered["message"]
+        assert f"no repetition of it is more than {LATE_AFTER} s overdue" in recovered["message"], recovered["message"]
         assert order()["late"] is None
         assert scrape(f"127.0.0.1:{ports['api']}")["crawlcoin_orders_late"] == 0
         at = order_card(api_url, customer, monkeypatch)

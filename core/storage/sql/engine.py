@@ -8,9 +8,10 @@ amount`, which row-locks and re-checks under READ COMMITTED, and the two account
 transfer are always touched in sorted order so concurrent transfers cannot deadlock.
 """
 
+import fcntl
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,22 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
     return engine
 
 
+@contextmanager
+def _opening_lock(database: Path) -> Iterator[None]:
+    """Processes opening one SQLite file take turns until its schema is migrated.
+
+    The first connection to a new file switches it to WAL, which needs the database to itself and
+    answers "database is locked" at once, busy timeout or not, while another process is migrating
+    it. A lock file next to the database (`flock`, released when the process dies) serialises that.
+    """
+    with open(database.with_name(database.name + ".open-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -63,9 +80,11 @@ class SqlBase:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        opening: Any = nullcontext()
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                opening = _opening_lock(Path(parsed.database))
             self._writer = _sqlite_engine(url, immediate=True)
             self._reader = _sqlite_engine(url, immediate=False)
             self._insert: Callable[..., Any] = sqlite.insert  # dialect insert, for ON CONFLICT
@@ -76,7 +95,8 @@ class SqlBase:
             self._insert = postgresql.insert
         else:
             raise InvalidInput(f"unsupported SQL store URL scheme {parsed.drivername!r}")
-        migrate(self._writer)
+        with opening:
+            migrate(self._writer)
 
     def close(self) -> None:
         self._writer.dispose()
