@@ -50,7 +50,8 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    # a free port, never the fixed default: test runs side by side each get their own
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), port=free_port())
     server.start(timeout=30)
     try:
         yield f"redis://127.0.0.1:{server.port}/0"
@@ -196,7 +197,8 @@ class ThreadedServer:
 
     def __init__(self, app: object) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                   timeout_graceful_shutdown=1))  # open sockets are not waited on
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -22,6 +22,7 @@ the check is decided as it stands too.
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -182,7 +183,9 @@ class Checker:
     async def refresh(self, stopping: asyncio.Event) -> None:
         """Re-read the reputations of connected miners now and then: checks decided on other servers move them."""
         while not stopping.is_set():
-            await asyncio.sleep(_REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):  # a stopping server does not wait out the pause
+                await asyncio.wait_for(stopping.wait(), _REFRESH_SECONDS)
+                return
             try:
                 conns = list(self.handout.miners.values())
                 reps = await self.trust.get_many(sorted({c.user_id for c in conns}))

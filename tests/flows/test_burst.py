@@ -3,6 +3,7 @@
 import asyncio
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,8 +13,19 @@ from redis import Redis
 
 from core.protocol.jobs import JOBS_STREAM
 from core.storage import open_store
+from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import interval_order
+from tests.prefect_server import run_prefect_server
+
+
+@pytest.fixture(scope="module")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server of this module's own: the burst's hundreds of deployments and runs would slow
+    every later test's queries on a shared one."""
+    home = tmp_path_factory.mktemp("prefect")
+    yield from run_prefect_server(home, free_port(), home / "server.log")
+
 
 ORDERS = 300
 EVERY = 10

@@ -3,6 +3,7 @@
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,8 +15,18 @@ from redis.asyncio import Redis as AsyncRedis
 
 from core.storage import open_store
 from flows import retention
+from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import interval_order
+from tests.prefect_server import run_prefect_server
+
+
+@pytest.fixture(scope="module")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server of this module's own: the bound is about this module's orders, and the
+    rows that earlier tests left on a shared server would slow its runs."""
+    home = tmp_path_factory.mktemp("prefect")
+    yield from run_prefect_server(home, free_port(), home / "server.log")
 
 
 @flow(name="retention-test-flow")
@@ -81,10 +92,10 @@ def test_prefect_holds_a_bounded_number_of_runs_per_active_order(sched_settings,
     that the pruned runs are gone and the deployments stay."""
     settings = sched_settings.model_copy(update={
         "dispatch_lead_seconds": 1, "dispatch_window_seconds": 2, "activation_window_seconds": 2,
-        "prefect_retention_seconds": 10})
+        "prefect_retention_seconds": 4})
     period = 2
     bound = int((settings.prefect_retention_seconds + 3 * retention.retention_interval(settings)) / period) + 6
-    orders, runs = 3, 300
+    orders, runs = 2, 300
     start_worker(settings)
     api = api_for(settings)
     alice = api.new_account(coins=orders * runs)
