@@ -127,8 +127,11 @@ def test_prefect_deploy_builds_the_image_and_a_docker_pool_runs_the_system_flows
             for name, run_id in runs.items():
                 [container] = _containers(engine, run_id)
                 assert image in container.image.tags, (name, container.image.tags)
-                assert container.attrs["State"]["ExitCode"] == 0, name
+                assert container.wait(timeout=120)["StatusCode"] == 0, name  # the run ends before its container
                 output = container.logs().decode(errors="replace")
+                container.reload()
+                print(f"{name}: container from {container.attrs['State']['StartedAt']} to "
+                      f"{container.attrs['State']['FinishedAt']}")
                 assert re.search(SUMMARY[name], output), (name, output[-3000:])
 
             # The reconcile run in the container wrote the order's deployment and activated the order.
