@@ -43,7 +43,7 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 SUMMARY = {"reconcile-docker": r"synced [1-9]\d* order\(s\)", "retention-docker": r"deleted \d+ finished flow run"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # set up before the session's Prefect server: no Docker, no server started for nothing
 def engine() -> Iterator[docker.DockerClient]:
     """The local Docker engine, and what making the base image needs when it is missing."""
     try:
