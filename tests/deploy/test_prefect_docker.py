@@ -82,6 +82,7 @@ class DockerWorker:
                 self.proc.wait()
 
 
+@pytest.mark.timeout(1200)  # a first build on a new machine: debootstrap, then pip installs every dependency
 def test_prefect_deploy_builds_the_image_and_a_docker_pool_runs_the_system_flows(
         engine: docker.DockerClient, prefect_api_url: str, valkey_url: str, redis: Redis, tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
