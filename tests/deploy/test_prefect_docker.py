@@ -113,7 +113,7 @@ def test_prefect_deploy_builds_the_image_and_a_docker_pool_runs_the_system_flows
             names = [arg for d in DOCKER_DEPLOYMENTS for arg in ("-n", d["name"])]
             started = time.monotonic()
             done = subprocess.run([PREFECT, "--no-prompt", "deploy", *names], cwd=ROOT, env=env, capture_output=True,
-                                  text=True, timeout=1500)
+                                  text=True, timeout=1100)
             print(f"prefect deploy (base image and image build included): {time.monotonic() - started:.1f} s")
             assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
 
@@ -141,6 +141,9 @@ def test_prefect_deploy_builds_the_image_and_a_docker_pool_runs_the_system_flows
             assert placed["status"] == "active" and placed["runs_claimed"] >= 1, placed
         finally:
             worker.stop()
+            # The session's Prefect server is shared: leave no schedule of these behind for the later tests.
+            asyncio.run(_delete_deployments(prefect_api_url, [f"dispatch/{deployment_name(order_id)}"] + [
+                f"{d['entrypoint'].rsplit(':', 1)[1]}/{d['name']}" for d in DOCKER_DEPLOYMENTS]))
             for run_id in runs.values():
                 for container in _containers(engine, run_id):
                     container.remove(force=True)
@@ -201,6 +204,15 @@ async def _deployment_exists(api_url: str, order_id: str) -> bool:
             return True
         except ObjectNotFound:
             return False
+
+
+async def _delete_deployments(api_url: str, names: list[str]) -> None:
+    async with PrefectClient(api=api_url) as client:
+        for name in names:
+            try:
+                await client.delete_deployment((await client.read_deployment_by_name(name)).id)
+            except ObjectNotFound:
+                pass
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
