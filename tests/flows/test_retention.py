@@ -95,7 +95,7 @@ def test_prefect_holds_a_bounded_number_of_runs_per_active_order(sched_settings,
         "prefect_retention_seconds": 4})
     period = 2
     bound = int((settings.prefect_retention_seconds + 3 * retention.retention_interval(settings)) / period) + 6
-    orders, runs = 2, 900  # 15 min of repetitions: no order completes during the test
+    orders, runs = 2, 500  # over 8 min of repetitions: no order completes during the test
     start_worker(settings)
     api = api_for(settings)
     alice = api.new_account(coins=orders * runs)
