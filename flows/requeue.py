@@ -38,7 +38,7 @@ from core.queue import JobQueue
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import OpenClaim, Order, Repetition, Store
 from core.storage.rules import OPEN
-from flows.prefect_sync import LOCK_SECONDS, LOCK_WAIT_SECONDS, SYNC_LOCK
+from flows.prefect_sync import LOCK_SECONDS, LOCK_WAIT_SECONDS, SYNC_LOCK, release
 
 log = logging.getLogger("crawlcoin.requeue")
 
@@ -90,7 +90,7 @@ async def requeue_lost(store: Store, queue: JobQueue, redis: Redis, now: datetim
             await redis.set(SWEPT, server, ex=SWEEP_SECONDS)
         return done
     finally:
-        await lock.release()
+        await release(lock, "requeue")
 
 
 async def _check(store: Store, queue: JobQueue, claim: OpenClaim, reps: list[Repetition], now: datetime,
