@@ -71,10 +71,15 @@ def redis(valkey_url: str) -> Iterator[Redis]:
 # --- Prefect -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def new_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server on a free port for as long as the generator runs; yields its API URL."""
     home = tmp_path_factory.mktemp("prefect")
     yield from run_prefect_server(home, free_port(), home / "server.log")
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from new_prefect_server(tmp_path_factory)
 
 
 # --- stores ---------------------------------------------------------------------------------

@@ -13,18 +13,16 @@ from redis import Redis
 
 from core.protocol.jobs import JOBS_STREAM
 from core.storage import open_store
-from tests.conftest import free_port
+from tests.conftest import new_prefect_server
 from tests.flows.conftest import wait_for
 from tests.helpers import interval_order
-from tests.prefect_server import run_prefect_server
 
 
 @pytest.fixture(scope="module")
 def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prefect server of this module's own: the burst's hundreds of deployments and runs would slow
     every later test's queries on a shared one."""
-    home = tmp_path_factory.mktemp("prefect")
-    yield from run_prefect_server(home, free_port(), home / "server.log")
+    yield from new_prefect_server(tmp_path_factory)
 
 
 ORDERS = 120  # the 1,000-order burst is bench/e2e.py's; here what matters is a worker killed in the middle of one

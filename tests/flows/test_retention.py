@@ -15,18 +15,16 @@ from redis.asyncio import Redis as AsyncRedis
 
 from core.storage import open_store
 from flows import retention
-from tests.conftest import free_port
+from tests.conftest import new_prefect_server
 from tests.flows.conftest import wait_for
 from tests.helpers import interval_order
-from tests.prefect_server import run_prefect_server
 
 
 @pytest.fixture(scope="module")
 def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Prefect server of this module's own: the bound is about this module's orders, and the
     rows that earlier tests left on a shared server would slow its runs."""
-    home = tmp_path_factory.mktemp("prefect")
-    yield from run_prefect_server(home, free_port(), home / "server.log")
+    yield from new_prefect_server(tmp_path_factory)
 
 
 @flow(name="retention-test-flow")
