@@ -1,6 +1,7 @@
 """The whole pipeline under load: `crawlcoin up`, N orders, M miners, result clients, real files.
 
-Starts the one-command stack, a local page server, N customers' orders (interval 60 s,
+Starts the one-command stack, a local page server (about 20 KB of text per page, and a line
+that changes on every fetch: see `page_body`), N customers' orders (interval 60 s,
 starts staggered over one interval), M `crawlcoin mine` processes and result clients
 (`crawlcoin results`, up to 100 orders each), runs for a fixed time and prints:
 repetitions due / enqueued / fetched / delivered to disk, scheduled time → file renamed
@@ -21,6 +22,7 @@ import bisect
 import http.server
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -120,10 +122,36 @@ class Sampler(threading.Thread):
         return {kind: (self.rss[kind], cpu[kind]) for kind, _ in self.kinds if kind in self.rss}
 
 
-def page_server() -> http.server.ThreadingHTTPServer:
+PAGE_WORDS = ("market price report update season harvest supply demand trade index volume weekly region "
+              "buyer seller offer quote delivery contract grade storage export import forecast average").split()
+
+
+def page_body(path: str, volatile: bool = False) -> bytes:
+    """The page at `path`: about 20 KB of article text fixed per path, and a line that changes on every fetch
+    (the time), as a news or price page has. `volatile`: the earlier bench page instead, about 1 KB made mostly
+    of the time, so that two fetches of it share almost no text and every check of it stays disputed."""
+    if volatile:
+        return f"<html><body>{path} {time.time()}</body></html>".encode() * 20
+    return _article(path) + f"<p>Updated {time.time():.6f}</p></body></html>".encode()
+
+
+def _article(path: str, cache: dict[str, bytes] = {}) -> bytes:  # noqa: B006 - a cache on purpose
+    if path not in cache:
+        rng = random.Random(path)
+        paragraphs = []
+        size = 0
+        while size < 20_000:
+            text = " ".join(rng.choice(PAGE_WORDS) for _ in range(60))
+            paragraphs.append(f"<p>{text}.</p>")
+            size += len(text) + 8
+        cache[path] = f"<html><head><title>{path}</title></head><body><h1>{path}</h1>{''.join(paragraphs)}".encode()
+    return cache[path]
+
+
+def page_server(volatile: bool = False) -> http.server.ThreadingHTTPServer:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            body = f"<html><body>{self.path} {time.time()}</body></html>".encode() * 20
+            body = page_body(self.path, volatile)
             self.send_response(200 if self.path != "/robots.txt" else 404)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -331,8 +359,10 @@ def main() -> None:
                    help="an order is on time if every due repetition is on disk this soon after its slot")
     p.add_argument("--with-celery", action="store_true",
                    help="then run bench/celery_baseline.py with the same load and print the ratios")
+    p.add_argument("--volatile-page", action="store_true",
+                   help="serve pages made mostly of the time instead of 20 KB of text (every check disputed)")
     args = p.parse_args()
-    args.pages = page_server()
+    args.pages = page_server(args.volatile_page)
     try:
         ours = run(args)
         print("== crawlcoin ==")
