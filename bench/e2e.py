@@ -246,6 +246,18 @@ def prefect_runs(api_url: str, data_dir: Path) -> str:
             f"p95 {pct(late, 95):.2f} s, p99 {pct(late, 99):.2f} s, max {max(late, default=float('nan')):.2f} s")
 
 
+def checks(metrics_url: str) -> str:
+    """How the mining server's checks of miners' results came out (`crawlcoin_checks_decided_total`): a page
+    whose fetches never agree has every job fetched twice and every result wait for its check."""
+    decided: dict[str, float] = {}
+    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
+        if line.startswith("crawlcoin_checks_decided_total{"):
+            label, _, value = line.partition("} ")
+            decided[label.split('validation="', 1)[1].rstrip('"')] = float(value)
+    shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(decided.items())) or "none"
+    return f"trust checks decided: {shown}"
+
+
 def account(api: httpx.Client) -> dict[str, str]:
     name, pw = f"bench-{os.urandom(4).hex()}", "bench password 123"
     secret = api.post("/auth/register", json={"username": name, "password": pw}).json()["totp"]["secret"]
@@ -322,7 +334,8 @@ def run(args: argparse.Namespace) -> dict:
             meta = json.loads(path.read_text())
             files.append((index[meta["order_id"]], meta["n"], path.stat().st_mtime))
         fig = delivery(files, first, args.orders, end, args.on_time)
-        fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api", tmp / "data")]
+        fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api", tmp / "data"),
+                        checks(f"http://127.0.0.1:{ports['mining']}/metrics")]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
                    cpu_per_rep=(sampler.cpu_total() - cpu_start) / max(fig["files"], 1), kinds=sampler.per_kind())
