@@ -41,13 +41,7 @@ from pathlib import Path
 from uuid import UUID, uuid5
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import (
-    DeploymentScheduleCreate,
-    FlowRunCreate,
-    LogCreate,
-    WorkPoolCreate,
-    WorkPoolUpdate,
-)
+from prefect.client.schemas.actions import DeploymentScheduleCreate, FlowRunCreate, LogCreate, WorkPoolCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -65,12 +59,6 @@ from core.settings import Settings
 from core.storage import Order, Store, rules
 from flows.claim import dispatch_order
 
-POOL_JOB_TEMPLATE: dict = {"job_configuration": {"labels": {}}, "variables": {"type": "object", "properties": {}}}
-"""The crawlcoin work pool's base job template: nothing to configure (its worker runs every flow run
-in-process), in the smallest form Prefect's server accepts. Prefect validates a flow run's and a
-deployment's job variables against this schema whenever it creates one; the stock template's four
-variables (command, env, labels, name) made that JSON Schema work about 6 % of its CPU under a burst
-of orders (py-spy, bench/e2e.py)."""
 log = logging.getLogger("crawlcoin.prefect_sync")
 
 DISPATCH_FLOW = "dispatch"
@@ -156,13 +144,9 @@ class PrefectSync:
         if self._pool_ready:
             return
         try:
-            await self.client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="crawlcoin",
-                                                              base_job_template=POOL_JOB_TEMPLATE))
+            await self.client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="crawlcoin"))
         except ObjectAlreadyExists:
-            pool = await self.client.read_work_pool(self.settings.work_pool)
-            if pool.type == "crawlcoin" and pool.base_job_template != POOL_JOB_TEMPLATE:  # made by an older release
-                await self.client.update_work_pool(self.settings.work_pool,
-                                                   WorkPoolUpdate(base_job_template=POOL_JOB_TEMPLATE))
+            pass
         self._pool_ready = True
 
     async def sync_order(self, order: Order, requested_at: datetime | None = None) -> datetime | None:

@@ -18,7 +18,6 @@ and queues again every few seconds the jobs the store claimed but Valkey does no
 """
 
 import asyncio
-import copy
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -44,7 +43,6 @@ from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
 from flows.dispatch import run_dispatch
 from flows.lateness import Alerts, check_lateness
-from flows.prefect_sync import POOL_JOB_TEMPLATE
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
@@ -68,10 +66,6 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
     job_configuration = BaseJobConfiguration
     job_configuration_variables = BaseVariables
     _description = "Runs crawlcoin's dispatch and reconcile flows inside the worker process."
-
-    @classmethod
-    def get_default_base_job_template(cls) -> dict[str, Any]:
-        return copy.deepcopy(POOL_JOB_TEMPLATE)  # the pool a worker creates is the one the sync path creates
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

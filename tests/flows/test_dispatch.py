@@ -82,36 +82,6 @@ def start_in(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
-def test_a_pool_from_an_older_release_gets_the_smallest_job_template_and_runs_orders(sched_settings, api_for,
-                                                                                start_worker, redis: Redis) -> None:
-    """Older releases made the pool with Prefect's stock template, whose variables Prefect validates on every
-    flow run and deployment it creates; crawlcoin's in-process worker needs none (the smallest form Prefect takes)."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.base import BaseJobConfiguration, BaseVariables
-
-    from flows.prefect_sync import POOL_JOB_TEMPLATE
-
-    stock = {"job_configuration": BaseJobConfiguration.json_template(),
-             "variables": BaseVariables.model_json_schema()}
-
-    async def pool(create: bool = False) -> dict:
-        async with PrefectClient(api=sched_settings.prefect_api_url) as client:
-            if create:
-                await client.create_work_pool(WorkPoolCreate(name=sched_settings.work_pool, type="crawlcoin",
-                                                             base_job_template=stock))
-            return (await client.read_work_pool(sched_settings.work_pool)).base_job_template
-
-    assert asyncio.run(pool(create=True))["variables"]["properties"], "the stock template has variables"
-    start_worker(sched_settings)
-    api = api_for(sched_settings)
-    alice = api.new_account(coins=10)
-    r = api.post("/orders", json=interval_order(every=2, runs=2, start_at=start_in(2)), headers=alice.headers)
-    assert r.status_code == 201, r.text
-    wait_for(lambda: len(released(redis, r.json()["id"])) >= 2, 60, "2 released jobs")
-    wait_for(lambda: deployment_exists(sched_settings, r.json()["id"]), 20, "the active order's deployment")
-    assert asyncio.run(pool()) == POOL_JOB_TEMPLATE
-
-
 def test_interval_order_runs_exactly_its_repetitions_from_its_start(sched_settings, api_for, start_worker,
                                                                      redis: Redis) -> None:
     start_worker(sched_settings)

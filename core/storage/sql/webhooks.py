@@ -47,11 +47,6 @@ class SqlWebhooks(SqlBase):
         self._retrying(run)
 
     def claim_webhook_deliveries(self, now: datetime, until: datetime, limit: int) -> list[WebhookDelivery]:
-        with self._read() as s:  # most looks find nothing due: they need not wait for (or hold) the write lock
-            if s.exec(select(WebhookDeliveryRow.id).where(col(WebhookDeliveryRow.next_attempt_at) <= now)
-                      .limit(1)).first() is None:
-                return []
-
         def run() -> list[WebhookDelivery]:
             with self._write() as s:
                 due = (select(WebhookDeliveryRow.id).where(col(WebhookDeliveryRow.next_attempt_at) <= now)
