@@ -19,6 +19,7 @@ seconds after its slot), p99 scheduled → file and CPU-seconds per repetition. 
 
 import argparse
 import bisect
+import functools
 import http.server
 import json
 import os
@@ -135,17 +136,16 @@ def page_body(path: str, volatile: bool = False) -> bytes:
     return _article(path) + f"<p>Updated {time.time():.6f}</p></body></html>".encode()
 
 
-def _article(path: str, cache: dict[str, bytes] = {}) -> bytes:  # noqa: B006 - a cache on purpose
-    if path not in cache:
-        rng = random.Random(path)
-        paragraphs = []
-        size = 0
-        while size < 20_000:
-            text = " ".join(rng.choice(PAGE_WORDS) for _ in range(60))
-            paragraphs.append(f"<p>{text}.</p>")
-            size += len(text) + 8
-        cache[path] = f"<html><head><title>{path}</title></head><body><h1>{path}</h1>{''.join(paragraphs)}".encode()
-    return cache[path]
+@functools.cache
+def _article(path: str) -> bytes:
+    rng = random.Random(path)
+    paragraphs = []
+    size = 0
+    while size < 20_000:
+        text = " ".join(rng.choice(PAGE_WORDS) for _ in range(60))
+        paragraphs.append(f"<p>{text}.</p>")
+        size += len(text) + 8
+    return f"<html><head><title>{path}</title></head><body><h1>{path}</h1>{''.join(paragraphs)}".encode()
 
 
 def page_server(volatile: bool = False) -> http.server.ThreadingHTTPServer:

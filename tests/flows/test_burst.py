@@ -90,7 +90,7 @@ def test_a_burst_of_orders_is_released_once_each_and_gets_its_deployments_with_a
         def deployments() -> int:
             return sum(1 for o in ids if store.get_order(o).deployment_id)  # type: ignore[union-attr]
 
-        # Half-way through writing the deployments (the first repetitions are claimed by now).
+        # In the middle of writing the deployments: 60 of 300 written (the first repetitions are claimed by now).
         wait_for(lambda: deployments() >= 60, 300, "the first deployments")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
