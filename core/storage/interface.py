@@ -129,6 +129,9 @@ class OrderStore(Protocol):
 
     def get_order(self, order_id: str) -> Order | None: ...
 
+    def get_orders(self, order_ids: list[str]) -> list[Order]:
+        """The orders of `order_ids` that exist, in no particular order (one round trip where the backend can)."""
+
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         """The owner's orders, newest first, strictly older than `before`."""
 
@@ -175,6 +178,9 @@ class OrderStore(Protocol):
         """
 
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
+
+    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
+        """`get_repetitions` of several orders at once (order id → its n): those that exist, in no particular order."""
 
     def unclaim(self, order_id: str, ns: list[int]) -> int:
         """Return withdrawn, never-released repetitions of a paused order to its counter.
@@ -235,6 +241,9 @@ class ResultStore(Protocol):
 
     def get_result(self, job_key: str) -> Result | None: ...
 
+    def get_results(self, job_keys: list[str]) -> list[Result]:
+        """The results of `job_keys` that exist, in no particular order."""
+
     def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
         """The order's results with n > `after_n`, by n ascending (a result client's resume point)."""
 
@@ -268,6 +277,15 @@ class WatchStore(Protocol):
     def get_watch_cursor(self, order_id: str) -> WatchCursor:
         """How far the order was observed; `WatchCursor(order_id=…)` (nothing yet) if never."""
 
+    def get_watch_cursors(self, order_ids: list[str]) -> list[WatchCursor]:
+        """`get_watch_cursor` of each of `order_ids`, in that order."""
+
+    def get_observations(self, keys: list[tuple[str, int]]) -> list[Observation]:
+        """The observations of those (order id, n) that exist, in no particular order."""
+
+    def record_observations_of(self, batches: list[tuple[WatchCursor, list[Observation]]]) -> None:
+        """`record_observations` of several orders at once (one transaction where the backend has them)."""
+
     def record_observations(self, cursor: WatchCursor, observations: list[Observation]) -> None:
         """Store the observations of `cursor`'s order and move its watch cursor forward to `cursor` (never back).
 
@@ -291,6 +309,9 @@ class WebhookStore(Protocol):
 
     def list_webhooks(self, owner_id: str) -> list[Webhook]:
         """The owner's webhooks not deleted, oldest first."""
+
+    def list_webhooks_of(self, owner_ids: list[str]) -> list[Webhook]:
+        """`list_webhooks` of several owners at once: their webhooks not deleted, oldest first."""
 
     def delete_webhook(self, owner_id: str, webhook_id: str, at: datetime) -> bool:
         """Mark the owner's webhook deleted (its pending deliveries fail unsent); False if the owner has none such."""

@@ -1,14 +1,14 @@
 """The watcher: reads the result-notice stream through a consumer group and observes the orders it names.
 
 Every result server runs one. A notice (a result stored, repetitions refunded, an order ended) is
-read by one watcher of the group, which observes that order as far as it is settled
-(`observer.observe_order`), then acknowledges the notice; a watcher that dies leaves its notices
-pending, and another takes them over after `RECLAIM_IDLE_MS`. When an order's cursor moved, the
+read by one watcher of the group, which observes that order as far as it is settled (the orders of a
+batch of notices together: `observer.observe_orders`), then acknowledges the notice; a watcher that
+dies leaves its notices pending, and another takes them over after `RECLAIM_IDLE_MS`. When an order's cursor moved, the
 watcher adds an `observed` notice, so the deliveries of that order on every result server wake up
 (those that observe do so on their own too, a batch at a time, and never wait for the watcher).
 
-Observing one order is serialised within a process (a lock per order); across processes it is
-safe to run twice (see `observer`).
+A delivery's observing of one order is serialised within a process (a lock per order); the watcher's batch
+is not, and across processes nothing is: observing twice is safe (see `observer`).
 """
 
 import asyncio
@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from core.outage import VALKEY_DOWN, outage
 from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
 from core.storage import Observation, Result, Store, WatchCursor
-from results.watch.observer import observe_order_from, observe_ready
+from results.watch.observer import observe_orders, observe_ready
 
 log = logging.getLogger("crawlcoin.watch")
 
@@ -47,16 +47,11 @@ class Watcher:
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def observe(self, order_id: str, upto: int = 0) -> tuple[WatchCursor, WatchCursor]:
-        """Observe the order as far as it is settled (at least to `upto`, if it is settled that far): the cursor
-        before and the one reached."""
-        lock = self._locks.setdefault(order_id, asyncio.Lock())
-        try:
-            async with lock:
-                return await asyncio.to_thread(observe_order_from, self.store, order_id, upto)
-        finally:
-            if not lock.locked() and self._locks.get(order_id) is lock:
-                del self._locks[order_id]
+    async def observe(self, order_ids: list[str]) -> dict[str, tuple[WatchCursor, WatchCursor]]:
+        """Observe the orders as far as they are settled, all at once (`observer.observe_orders`): per order, the
+        cursor before and the one reached. Not under the orders' locks: a delivery observing one of them meanwhile
+        writes the same observations, and the store keeps the first."""
+        return await asyncio.to_thread(observe_orders, self.store, order_ids)
 
     async def observe_batch(self, order_id: str, ns: list[int], results: dict[int, Result]) -> dict[int, Observation]:
         """A delivery's batch observed (`observer.observe_ready`): one store read when the watcher got there first."""
@@ -95,19 +90,21 @@ class Watcher:
     async def run_once(self, block_ms: int = 2000) -> int:
         """Read a batch of notices, observe the orders they name, acknowledge them; how many were read."""
         entries = await self._read(block_ms)
-        orders = {n.order_id for _, n in entries if n is not None and n.outcome != OBSERVED}
+        orders = list(dict.fromkeys(n.order_id for _, n in entries if n is not None and n.outcome != OBSERVED))
         failed: set[str] = set()
         moved: list[ResultNotice] = []
-        for order_id in orders:
+        if orders:
             try:
-                before, cursor = await self.observe(order_id)
-            except Exception as e:  # the store is down: leave this order's notices pending for a later try
-                outage("the store").failed(e, f"observing order {order_id}")
-                failed.add(order_id)
-                continue
-            if cursor.last_n > before.last_n:
+                observed = await self.observe(orders)
+            except Exception as e:  # the store is down: leave these notices pending for a later try
+                outage("the store").failed(e, f"observing {len(orders)} orders")
+                failed.update(orders)
+                observed = {}
+            for order_id, (before, cursor) in observed.items():
+                if cursor.last_n > before.last_n:
+                    moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
+            if moved:
                 self.on_observed()
-                moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
         done = [i for i, n in entries if n is None or n.order_id not in failed]
         if done or moved:
             pipe = self.redis.pipeline(transaction=False)

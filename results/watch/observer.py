@@ -14,11 +14,12 @@ order, and the first after its extraction was changed, is the baseline: nothing 
 
 import difflib
 import hashlib
+from collections import defaultdict
 from datetime import UTC, datetime
 
 from core.extraction import extract, page_text
 from core.storage import Observation, Order, Result, Store, WatchCursor, job_key, rules
-from results.watch.webhooks import store_deliveries
+from results.watch.webhooks import deliveries_for, store_deliveries
 
 MAX_DIFF_CHARS = 65_536
 _BATCH = 64
@@ -140,6 +141,74 @@ def observe_order_from(store: Store, order_id: str, upto: int = 0) -> tuple[Watc
         if len(ready) < len(ns):
             break
     return before, cursor
+
+
+def observe_orders(store: Store, order_ids: list[str]) -> dict[str, tuple[WatchCursor, WatchCursor]]:
+    """`observe_order_from` of several orders at once: (before, reached) per order.
+
+    Each order's next settled repetitions (up to a batch of them) are observed with one store call per kind of
+    read for all the orders together (cursors, orders, repetitions, the previous observations, the results with
+    the previous pages, the owners' webhooks) and one write of the webhook deliveries and one of the
+    observations. An order with more settled after its batch (a backlog) goes on alone, through `observe_order_from`.
+    """
+    ids = list(dict.fromkeys(order_ids))
+    before = {c.order_id: c for c in store.get_watch_cursors(ids)}
+    out = {i: (before[i], before[i]) for i in ids}
+    orders = {o.id: o for o in store.get_orders(ids)}
+    spans = {i: list(range(before[i].last_n + 1, min(before[i].last_n + _BATCH, o.runs_claimed) + 1))
+             for i, o in orders.items() if before[i].last_n < o.runs_claimed}
+    if not spans:
+        return out
+    reps = {(r.order_id, r.n): r for r in store.get_repetitions_of(spans)}
+    ready: dict[str, list[int]] = {}
+    for i, ns in spans.items():
+        for n in ns:
+            rep = reps.get((i, n))
+            if rep is None or rep.state in rules.OPEN:  # not settled yet: its successors wait
+                break
+            ready.setdefault(i, []).append(n)
+    if not ready:
+        return out
+    wanted = [(i, v) for i in ready if (v := before[i].last_valid_n) is not None]
+    last_obs = {(o.order_id, o.n): o for o in store.get_observations(wanted)}
+    # With the new results, the previous valid page of each order compared as a whole (its diff may need it).
+    keys = [job_key(i, n) for i, ns in ready.items() for n in ns]
+    keys += [job_key(i, v) for i, v in wanted if (i, v) in last_obs and last_obs[i, v].value is None]
+    results = {(r.order_id, r.n): r for r in store.get_results(keys)}
+    hooks = defaultdict(list)
+    for hook in store.list_webhooks_of([orders[i].owner_id for i in ready]):
+        hooks[hook.owner_id].append(hook)
+    now = datetime.now(UTC)
+    batches: list[tuple[WatchCursor, list[Observation]]] = []
+    deliveries = []
+    for i, ns in ready.items():
+        order, cursor = orders[i], before[i]
+        previous = _Previous(store, i, last_obs.get((i, cursor.last_valid_n or 0)))
+        if previous.observation is not None and (i, previous.observation.n) in results:
+            previous.became(previous.observation, results[i, previous.observation.n])
+        observed = []
+        last_valid_n = cursor.last_valid_n
+        for n in ns:
+            result = results.get((i, n))
+            if result is None:  # refunded: no result to observe
+                continue
+            obs = observe(order, result, previous, now)
+            observed.append(obs)
+            if obs.valid:
+                previous.became(obs, result)
+                last_valid_n = n
+        reached = WatchCursor(order_id=i, last_n=ns[-1], last_valid_n=last_valid_n)
+        batches.append((reached, observed))
+        deliveries += deliveries_for([h for h in hooks[order.owner_id] if h.order_id in (None, i)], order, observed,
+                                     now)
+        out[i] = (cursor, reached)
+    if deliveries:  # the outbox first: an observation stored means its deliveries are
+        store.add_webhook_deliveries(deliveries)
+    store.record_observations_of(batches)
+    for i, ns in ready.items():
+        if len(ns) == len(spans[i]) and ns[-1] < orders[i].runs_claimed:  # a backlog: the rest of it alone
+            out[i] = (before[i], observe_order_from(store, i)[1])
+    return out
 
 
 

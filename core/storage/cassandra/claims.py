@@ -32,6 +32,9 @@ class CassandraClaims(CassandraOrders):
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]:
         return [repetition_from(r) for r in self._jobs(order_id, ns)] if ns else []
 
+    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
+        return [r for order_id, ns in wanted.items() for r in self.get_repetitions(order_id, ns)]
+
     def claim_repetitions(
         self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
     ) -> Claim:

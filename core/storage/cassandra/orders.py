@@ -96,6 +96,9 @@ class CassandraOrders(CassandraOutbox):
         row = self._live_row(order_id)
         return order_from(row) if row else None
 
+    def get_orders(self, order_ids: list[str]) -> list[Order]:
+        return [o for o in map(self.get_order, dict.fromkeys(order_ids)) if o is not None]
+
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         out: list[Order] = []
         cursor = (us(before[0]), before[1]) if before else None

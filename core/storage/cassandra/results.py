@@ -205,6 +205,9 @@ class CassandraResults(CassandraBase):
                         (parsed[0], bucket_of(parsed[1]), parsed[1]))
         return result_from(row) if row and row["result"] is not None else None
 
+    def get_results(self, job_keys: list[str]) -> list[Result]:
+        return [r for r in map(self.get_result, dict.fromkeys(job_keys)) if r is not None]
+
     def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
         row = self._order_row(order_id)
         if row is None or limit <= 0:

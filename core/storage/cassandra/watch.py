@@ -19,6 +19,18 @@ class CassandraWatch(CassandraBase):
         row = self._one("SELECT last_n, last_valid_n FROM watch_cursors WHERE order_id = ?", (order_id,))
         return WatchCursor(order_id=order_id, **row) if row else WatchCursor(order_id=order_id)
 
+    def get_watch_cursors(self, order_ids: list[str]) -> list[WatchCursor]:
+        return [self.get_watch_cursor(i) for i in order_ids]
+
+    def get_observations(self, keys: list[tuple[str, int]]) -> list[Observation]:
+        found = self._many("SELECT observation FROM observations WHERE order_id = ? AND bucket = ? AND n = ?",
+                           [(order_id, bucket_of(n), n) for order_id, n in dict.fromkeys(keys)])
+        return [Observation.model_validate_json(rows[0]["observation"]) for rows in found if rows]
+
+    def record_observations_of(self, batches: list[tuple[WatchCursor, list[Observation]]]) -> None:
+        for cursor, observations in batches:
+            self.record_observations(cursor, observations)
+
     def record_observations(self, cursor: WatchCursor, observations: list[Observation]) -> None:
         insert = self._q("INSERT INTO observations (order_id, bucket, n, changed, observation) VALUES (?, ?, ?, ?, ?) "
                          "IF NOT EXISTS")

@@ -48,6 +48,10 @@ class CassandraWebhooks(CassandraBase):
                  for r in self._many("SELECT webhook FROM webhooks WHERE id = ?", [(i,) for i in ids]) if r]
         return sorted((w for w in found if w.deleted_at is None), key=lambda w: (w.created_at, w.id))
 
+    def list_webhooks_of(self, owner_ids: list[str]) -> list[Webhook]:
+        found = [w for owner_id in dict.fromkeys(owner_ids) for w in self.list_webhooks(owner_id)]
+        return sorted(found, key=lambda w: (w.created_at, w.id))
+
     def delete_webhook(self, owner_id: str, webhook_id: str, at: datetime) -> bool:
         webhook = self.get_webhook(webhook_id)
         if webhook is None or webhook.owner_id != owner_id or webhook.deleted_at is not None:

@@ -27,6 +27,16 @@ from core.storage.sql.migrate import migrate
 from core.storage.sql.tables import SchemaVersionRow
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+KEYS_PER_READ = 500
+"""Keys read in one statement (well within SQLite's and PostgreSQL's bound parameters)."""
+
+
+def chunked(items: list[T], size: int = KEYS_PER_READ) -> Iterator[list[T]]:
+    """`items` in slices of at most `size`, for IN lists of bounded length."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _sqlite_engine(url: str, immediate: bool) -> Engine:

@@ -10,13 +10,10 @@ from core.errors import IdempotencyConflict, NotFound
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import rules
 from core.storage.records import Claim, Cursor, OpenClaim, Order, OrderEdit, Repetition, job_key
-from core.storage.sql.engine import record, utcnow
+from core.storage.sql.engine import chunked, record, utcnow
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
 from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
-
-KEYS_PER_READ = 500
-"""Repetition keys read in one statement (well within SQLite's and PostgreSQL's bound parameters)."""
 
 
 class SqlOrders(SqlLedger, SqlOutbox):
@@ -45,6 +42,11 @@ class SqlOrders(SqlLedger, SqlOutbox):
         with self._read() as s:
             row = s.get(OrderRow, order_id)
             return record(Order, row) if row else None
+
+    def get_orders(self, order_ids: list[str]) -> list[Order]:
+        with self._read() as s:
+            return [record(Order, r) for ids in chunked(sorted(set(order_ids)))
+                    for r in s.exec(select(OrderRow).where(col(OrderRow.id).in_(ids)))]
 
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         with self._read() as s:
@@ -162,6 +164,12 @@ class SqlOrders(SqlLedger, SqlOutbox):
         with self._read() as s:
             return [record(Repetition, r) for r in self._repetitions(s, order_id, ns)]
 
+    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
+        keys = [job_key(order_id, n) for order_id, ns in wanted.items() for n in ns]
+        with self._read() as s:
+            return [record(Repetition, r) for some in chunked(keys)
+                    for r in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(some)))]
+
     def unclaim(self, order_id: str, ns: list[int]) -> int:
         if not ns:
             return 0
@@ -212,8 +220,8 @@ class SqlOrders(SqlLedger, SqlOutbox):
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
         with self._read() as s:
-            for i in range(0, len(keys), KEYS_PER_READ):
-                for row in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(keys[i:i + KEYS_PER_READ]))):
+            for some in chunked(keys):
+                for row in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(some))):
                     if row.flow_run_id in held:
                         held[row.flow_run_id].append(record(Repetition, row))
         for reps in held.values():

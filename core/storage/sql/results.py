@@ -10,7 +10,7 @@ from core.errors import NotFound
 from core.schemas import RepetitionState
 from core.storage import rules
 from core.storage.records import Order, Pruned, Recorded, Repetition, Result, ResultOutcome
-from core.storage.sql.engine import record
+from core.storage.sql.engine import chunked, record
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
 
@@ -94,6 +94,11 @@ class SqlResults(SqlLedger):
         with self._read() as s:
             row = s.get(ResultRow, job_key)
             return record(Result, row) if row else None
+
+    def get_results(self, job_keys: list[str]) -> list[Result]:
+        with self._read() as s:
+            return [record(Result, r) for keys in chunked(job_keys)
+                    for r in s.exec(select(ResultRow).where(col(ResultRow.job_key).in_(keys)))]
 
     def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
         with self._read() as s:

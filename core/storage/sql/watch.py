@@ -1,10 +1,10 @@
 """What the watcher made of each result (observations) and how far it got per order, on SQL."""
 
-from sqlalchemy import case
-from sqlmodel import col, select
+from sqlalchemy import case, tuple_
+from sqlmodel import Session, col, select
 
 from core.storage.records import Observation, WatchCursor
-from core.storage.sql.engine import SqlBase, record
+from core.storage.sql.engine import SqlBase, chunked, record
 from core.storage.sql.tables import ObservationRow, WatchCursorRow
 
 
@@ -14,22 +14,49 @@ class SqlWatch(SqlBase):
             row = s.get(WatchCursorRow, order_id)
             return record(WatchCursor, row) if row else WatchCursor(order_id=order_id)
 
+    def get_watch_cursors(self, order_ids: list[str]) -> list[WatchCursor]:
+        with self._read() as s:
+            found = {r.order_id: record(WatchCursor, r) for ids in chunked(sorted(set(order_ids)))
+                     for r in s.exec(select(WatchCursorRow).where(col(WatchCursorRow.order_id).in_(ids)))}
+        return [found.get(i) or WatchCursor(order_id=i) for i in order_ids]
+
+    def get_observations(self, keys: list[tuple[str, int]]) -> list[Observation]:
+        with self._read() as s:
+            return [record(Observation, r) for some in chunked(sorted(set(keys)))
+                    for r in s.exec(select(ObservationRow).where(
+                        tuple_(col(ObservationRow.order_id), col(ObservationRow.n)).in_(some)))]
+
     def record_observations(self, cursor: WatchCursor, observations: list[Observation]) -> None:
+        self.record_observations_of([(cursor, observations)])
+
+    def record_observations_of(self, batches: list[tuple[WatchCursor, list[Observation]]]) -> None:
+        # In key order, so that two watchers writing overlapping batches on PostgreSQL take their locks alike.
+        observations = [o.model_dump() for o in sorted((o for _, some in batches for o in some),
+                                                       key=lambda o: (o.order_id, o.n))]
+        # One row per order, the furthest cursor if an order comes twice (a cursor only moves forward).
+        cursors: dict[str, WatchCursor] = {}
+        for cursor, _ in batches:
+            if cursor.order_id not in cursors or cursors[cursor.order_id].last_n < cursor.last_n:
+                cursors[cursor.order_id] = cursor
+
         def run() -> None:
             with self._write() as s:
-                if observations:
-                    s.execute(self._insert(ObservationRow).values([o.model_dump() for o in observations])
+                for some in chunked(observations, 200):  # 13 columns a row: well within the bound parameters
+                    s.execute(self._insert(ObservationRow).values(some)
                               .on_conflict_do_nothing(index_elements=["order_id", "n"]))
-                ahead = col(WatchCursorRow.last_n) < cursor.last_n
-                s.execute(
-                    self._insert(WatchCursorRow).values(**cursor.model_dump())
-                    .on_conflict_do_update(index_elements=["order_id"], set_={
-                        "last_n": case((ahead, cursor.last_n), else_=WatchCursorRow.last_n),
-                        "last_valid_n": case((ahead, cursor.last_valid_n), else_=WatchCursorRow.last_valid_n),
-                    })
-                )
+                for group in chunked(sorted(cursors), 200):
+                    self._move_cursors(s, [cursors[i] for i in group])
 
-        self._retrying(run)
+        if batches:
+            self._retrying(run)
+
+    def _move_cursors(self, s: Session, cursors: list[WatchCursor]) -> None:
+        stmt = self._insert(WatchCursorRow).values([c.model_dump() for c in cursors])
+        ahead = col(WatchCursorRow.last_n) < stmt.excluded.last_n
+        s.execute(stmt.on_conflict_do_update(index_elements=["order_id"], set_={
+            "last_n": case((ahead, stmt.excluded.last_n), else_=WatchCursorRow.last_n),
+            "last_valid_n": case((ahead, stmt.excluded.last_valid_n), else_=WatchCursorRow.last_valid_n),
+        }))
 
     def list_observations(self, order_id: str, after_n: int = 0, limit: int = 100,
                           changes_only: bool = False) -> list[Observation]:

@@ -6,7 +6,7 @@ from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
 from core.storage.records import Cursor, DeliveryState, Webhook, WebhookDelivery
-from core.storage.sql.engine import SqlBase, record
+from core.storage.sql.engine import SqlBase, chunked, record
 from core.storage.sql.tables import WebhookDeliveryRow, WebhookRow
 
 
@@ -25,6 +25,13 @@ class SqlWebhooks(SqlBase):
             stmt = (select(WebhookRow).where(WebhookRow.owner_id == owner_id, col(WebhookRow.deleted_at).is_(None))
                     .order_by(col(WebhookRow.created_at), col(WebhookRow.id)))
             return [record(Webhook, r) for r in s.exec(stmt)]
+
+    def list_webhooks_of(self, owner_ids: list[str]) -> list[Webhook]:
+        with self._read() as s:
+            found = [record(Webhook, r) for ids in chunked(sorted(set(owner_ids)))
+                     for r in s.exec(select(WebhookRow).where(col(WebhookRow.owner_id).in_(ids),
+                                                              col(WebhookRow.deleted_at).is_(None)))]
+        return sorted(found, key=lambda w: (w.created_at, w.id))
 
     def delete_webhook(self, owner_id: str, webhook_id: str, at: datetime) -> bool:
         with self._write() as s:

@@ -1,5 +1,6 @@
 """Observing an order's results: extracted values, exactly one change record per change, right diffs."""
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -8,8 +9,8 @@ import pytest
 
 from core import ledger, schedules
 from core.schemas import Extraction
-from core.storage import Order, Result, Store, User, open_store
-from results.watch.observer import observe_order
+from core.storage import Order, Result, Store, User, Webhook, WebhookEvent, open_store
+from results.watch.observer import observe_order, observe_orders
 from tests.conftest import store_url as every_backend
 
 store_url = every_backend  # this module runs on every backend (the result-delivery tests beside it on SQLite)
@@ -97,3 +98,46 @@ def test_error_pages_and_failed_fetches_are_no_change(store: Store) -> None:
     assert [(o.n, o.valid, o.changed) for o in observed] == [(1, True, False), (2, False, False), (3, False, False),
                                                              (4, True, False), (5, True, False)]
     assert observed[3].previous_n == 1
+
+
+def test_a_batch_of_orders_is_observed_exactly_as_each_order_alone(store: Store) -> None:
+    """The watcher observes the orders of a batch of notices together (`observe_orders`): what it writes — the
+    observations, the cursors, the webhook deliveries — is what observing each order alone writes."""
+
+    def scenarios() -> list[Order]:
+        with_extraction = place(store, 8, Extraction(kind="css", selector="h1, .price"))
+        deliver(store, with_extraction, list(range(1, 9)), price_page)
+        whole_page = place(store, 4)
+        deliver(store, whole_page, [1, 2, 3, 4], lambda n: f"<p>a</p>\n<p>{'b' if n < 4 else 'c'}</p>".encode())
+        waiting = place(store, 5, Extraction(kind="text"))  # 2 is out: only 1 can be observed
+        deliver(store, waiting, [1, 3, 4], lambda n: f"<p>v{n}</p>".encode())
+        backlog = place(store, 70)  # more settled than one batch takes
+        deliver(store, backlog, list(range(1, 71)), lambda n: f"<p>{n // 10}</p>".encode())
+        for order in (whole_page, backlog):  # webhooks on every result, and on changes, of the owner's orders
+            for event in (WebhookEvent.result, WebhookEvent.change):
+                store.create_webhook(Webhook(id=str(uuid.uuid4()), owner_id=order.owner_id, url="https://h.example/",
+                                             secret="s", event=event, created_at=datetime.now(UTC)))
+        return [with_extraction, whole_page, waiting, backlog]
+
+    def seen(order: Order) -> list[tuple[object, ...]]:
+        return [(o.n, o.valid, o.value, o.changed, o.previous_n, o.diff)
+                for o in store.list_observations(order.id, 0, 100)]
+
+    def told(order: Order) -> list[tuple[object, ...]]:
+        return sorted((h.event.value, d.n, json.loads(d.payload)["diff"]) for h in store.list_webhooks(order.owner_id)
+                      for d in store.list_webhook_deliveries(h.id, 200))
+
+    alone, together = scenarios(), scenarios()
+    for order in alone:
+        observe_order(store, order.id)
+    reached = observe_orders(store, [o.id for o in together] + [str(uuid.uuid4())])
+    assert [reached[o.id][1].last_n for o in together] == [8, 4, 1, 70]
+    assert all(before.last_n == 0 for before, _ in reached.values())
+    for one, other in zip(alone, together, strict=True):
+        assert seen(other) == seen(one) and seen(one)
+        assert store.get_watch_cursor(other.id).last_n == store.get_watch_cursor(one.id).last_n
+        assert told(other) == told(one)
+    assert len(told(together[3])) == 70 + 7  # every result, and the changes at 10, 20, … 70
+    assert [o.n for o in store.list_observations(together[1].id, changes_only=True)] == [4]
+    store.refund_repetitions(together[2].id, [2])  # now the rest of `waiting` is settled
+    assert observe_orders(store, [together[2].id])[together[2].id][1].last_n == 4

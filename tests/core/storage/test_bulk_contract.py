@@ -1,0 +1,85 @@
+"""The store's reads and writes of several orders at once (what the watcher's batches use), on every backend.
+
+Each must give exactly what the one-order call gives for each of its orders, and skip what does not exist.
+"""
+
+import uuid
+from datetime import timedelta
+
+from core.storage import Result, Store, WatchCursor, job_key
+from tests.core.storage.test_contract import claimable, new_user, now, store  # noqa: F401 - `store` is a fixture
+from tests.core.storage.test_watch_contract import obs
+from tests.core.storage.test_webhook_contract import webhook
+
+
+def result(order_id: str, n: int) -> Result:
+    return Result.with_body(f"page {n}".encode(), 1 << 20, job_key=job_key(order_id, n), order_id=order_id, n=n,
+                            miner_id="miner", fetched_at=now(), status=200, final_url="https://example.com/",
+                            stored_at=now())
+
+
+def test_orders_repetitions_and_results_of_several_orders_at_once(store: Store) -> None:  # noqa: F811
+    user = new_user(store, coins=100)
+    t0 = now() - timedelta(seconds=60)
+    a, b = claimable(store, user, runs=4, every=1, start=t0), claimable(store, user, runs=3, every=1, start=t0)
+    for order in (a, b):
+        store.claim_repetitions(order.id, f"run-{order.id}", now() + timedelta(seconds=5), now(), 3600)
+    store.record_results([result(a.id, 1), result(a.id, 2), result(b.id, 3)])
+    missing = str(uuid.uuid4())
+
+    assert sorted(o.id for o in store.get_orders([a.id, missing, b.id, a.id])) == sorted([a.id, b.id])
+    assert {o.id: o for o in store.get_orders([a.id, b.id])} == {i: store.get_order(i) for i in (a.id, b.id)}
+    assert store.get_orders([]) == []
+
+    reps = store.get_repetitions_of({a.id: [2, 3, 9], b.id: [1, 3], missing: [1]})
+    assert sorted((r.order_id, r.n) for r in reps) == sorted([(a.id, 2), (a.id, 3), (b.id, 1), (b.id, 3)])
+    assert sorted(reps, key=lambda r: (r.order_id, r.n)) == sorted(
+        store.get_repetitions(a.id, [2, 3]) + store.get_repetitions(b.id, [1, 3]), key=lambda r: (r.order_id, r.n))
+    assert store.get_repetitions_of({}) == []
+
+    found = store.get_results([job_key(a.id, 2), job_key(b.id, 3), job_key(b.id, 1), job_key(missing, 1)])
+    assert sorted((r.order_id, r.n) for r in found) == sorted([(a.id, 2), (b.id, 3)])
+    assert {r.job_key: r for r in found} == {k: store.get_result(k) for k in (job_key(a.id, 2), job_key(b.id, 3))}
+    assert found[0].body in (b"page 2", b"page 3")
+    assert store.get_results([]) == []
+
+
+def test_watch_cursors_and_observations_of_several_orders_at_once(store: Store) -> None:  # noqa: F811
+    user = new_user(store, coins=100)
+    a, b = claimable(store, user, runs=10), claimable(store, user, runs=10)
+    never = str(uuid.uuid4())
+    of_a, of_b = [obs(a.id, n) for n in (1, 2, 3)], [obs(b.id, 1)]
+    store.record_observations_of([
+        (WatchCursor(order_id=a.id, last_n=3, last_valid_n=2), of_a),
+        (WatchCursor(order_id=b.id, last_n=1, last_valid_n=1), of_b),
+    ])
+    assert store.get_watch_cursors([b.id, never, a.id]) == [
+        WatchCursor(order_id=b.id, last_n=1, last_valid_n=1), WatchCursor(order_id=never),
+        WatchCursor(order_id=a.id, last_n=3, last_valid_n=2)]
+    assert store.get_watch_cursors([]) == []
+    got = store.get_observations([(a.id, 2), (b.id, 1), (b.id, 2), (never, 1), (a.id, 2)])
+    assert sorted(got, key=lambda o: (o.order_id, o.n)) == sorted([of_a[1], of_b[0]], key=lambda o: (o.order_id, o.n))
+    assert store.get_observations([]) == []
+
+    # Again, overlapping and behind for `a`: its first observations stay and its cursor does not go back;
+    # `b` moves on, and the same order twice in one call keeps the furthest cursor.
+    store.record_observations_of([
+        (WatchCursor(order_id=a.id, last_n=2, last_valid_n=1), [obs(a.id, 2, changed=True, diff="other")]),
+        (WatchCursor(order_id=b.id, last_n=2, last_valid_n=2), [obs(b.id, 2)]),
+        (WatchCursor(order_id=b.id, last_n=4, last_valid_n=4), [obs(b.id, 3), obs(b.id, 4)]),
+    ])
+    assert store.list_observations(a.id) == of_a
+    assert store.get_watch_cursor(a.id) == WatchCursor(order_id=a.id, last_n=3, last_valid_n=2)
+    assert [o.n for o in store.list_observations(b.id)] == [1, 2, 3, 4]
+    assert store.get_watch_cursor(b.id) == WatchCursor(order_id=b.id, last_n=4, last_valid_n=4)
+    store.record_observations_of([])
+
+
+def test_webhooks_of_several_owners_at_once(store: Store) -> None:  # noqa: F811
+    alice, bob, carol = new_user(store), new_user(store), new_user(store)
+    hooks = [webhook(alice.id), webhook(bob.id, order_id=str(uuid.uuid4())), webhook(alice.id)]
+    for hook in hooks:
+        store.create_webhook(hook)
+    store.delete_webhook(alice.id, hooks[2].id, now())
+    assert store.list_webhooks_of([bob.id, alice.id, carol.id, alice.id]) == hooks[:2]  # oldest first, none deleted
+    assert store.list_webhooks_of([carol.id]) == store.list_webhooks_of([]) == []
