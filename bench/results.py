@@ -6,7 +6,11 @@ and announced on the notification stream exactly as a mining server does, first 
 time, then 1,000 at once; the latency of each is its file's modification time minus the
 time it was stored. Then a backlog of `--backlog` results of another order is stored and a
 second client drains it: how fast it receives them, and its peak resident memory (VmHWM).
-Prints p50/p99 for both latency phases, the drain rate and both clients' peak memory.
+Then `--orders` orders live at once (a client subscribed to each 100 of them), each getting one result
+at a time for `--rounds` rounds (a marketplace's minute: many orders, one repetition each): their
+latency and the result server's CPU per delivered result (this process's CPU time less the bench's
+own thread, which stores and announces the results).
+Prints p50/p99 for the latency phases, the drain rate, the server's CPU and the clients' peak memory.
 
 Bodies are 20 KB of hex text (zlib takes them to about half, as it does typical HTML to a
 third); `--repetitive` sends 20 KB of one repeated byte instead, which compresses to nothing.
@@ -14,7 +18,8 @@ third); `--repetitive` sends 20 KB of one repeated byte instead, which compresse
 observed — extracted and compared — before it is sent; without it the orders have none, and the
 watcher observes them beside the deliveries.
 
-    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--repetitive] [--extraction]
+    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--orders 200 --rounds 5]
+                             [--repetitive] [--extraction]
 """
 
 import argparse
@@ -55,6 +60,8 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=5000, help="results a second client drains (0: none)")
     p.add_argument("--repetitive", action="store_true", help="bodies of one repeated byte (compress to nothing)")
     p.add_argument("--extraction", action="store_true", help="orders with an extraction: deliveries observe first")
+    p.add_argument("--orders", type=int, default=200, help="orders live at once, a client per 100 (0: none)")
+    p.add_argument("--rounds", type=int, default=5, help="results each of those orders gets, one at a time")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-results-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -93,9 +100,10 @@ def main() -> None:
     out = tmp / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
 
-    def start_client(order_id: str) -> subprocess.Popen:
+    def start_client(*order_ids: str) -> subprocess.Popen:
+        each = [a for i in order_ids for a in ("--order", i)]
         return subprocess.Popen([str(Path(sys.executable).parent / "crawlcoin"), "results", "--server",
-                                 f"http://127.0.0.1:{port}", "--token", raw, "--order", order_id, "--out", str(out)],
+                                 f"http://127.0.0.1:{port}", "--token", raw, *each, "--out", str(out)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def peak_mib(proc: subprocess.Popen) -> float:
@@ -104,20 +112,23 @@ def main() -> None:
 
     client = start_client(order.id)
     time.sleep(4)  # connected and subscribed
-    stored_at: dict[int, float] = {}
+    stored_at: dict[tuple[str, int], float] = {}
     filler = b"x" * 20_000 if args.repetitive else random.Random(15).randbytes(10_000).hex().encode()
     body = b"<html>" + filler + b"</html>"
 
     def store_and_announce(ns: list[int], order: Order = order) -> None:
+        store_and_announce_of([(order, n) for n in ns])
+
+    def store_and_announce_of(pairs: list[tuple[Order, int]]) -> None:
         results = [Result.with_body(body, 2 * 1024 * 1024, job_key=f"{order.id}:{n}", order_id=order.id, n=n,
                                     miner_id="m", fetched_at=datetime.now(UTC), status=200, final_url=order.url,
                                     headers={"content-type": "text/html"}, elapsed_ms=5,
-                                    stored_at=datetime.now(UTC)) for n in ns]
+                                    stored_at=datetime.now(UTC)) for order, n in pairs]
         store.record_results(results)
         t = time.time()
         pipe = redis.pipeline()
-        for n in ns:
-            stored_at[n] = t
+        for order, n in pairs:
+            stored_at[order.id, n] = t
             notice = ResultNotice(key=f"{order.id}:{n}", order_id=order.id, n=n, outcome="paid")
             pipe.xadd(NOTICES_STREAM, notice.encode())
         pipe.execute()
@@ -131,12 +142,12 @@ def main() -> None:
             time.sleep(0.05 if count < 2000 else 0.5)  # listing a big folder costs the client CPU too
         raise SystemExit(f"timed out waiting for {count} files")
 
-    def latencies(ns: range) -> list[float]:
+    def latencies(ns: range, order: Order = order) -> list[float]:
         lat = []
         for path in (out / order.id).glob("[0-9]*.meta.json"):
             n = int(path.name.split("-", 1)[0])
             if n in ns:
-                lat.append(path.stat().st_mtime - stored_at[n])
+                lat.append(path.stat().st_mtime - stored_at[order.id, n])
         return lat
 
     for n in range(1, args.singles + 1):
@@ -164,6 +175,22 @@ def main() -> None:
         client.wait(timeout=30)
         times = sorted(p.stat().st_mtime for p in (out / backlog.id).glob("[0-9]*.meta.json"))
         drained = times[-1] - times[0]
+    spread: list[float] = []
+    server_cpu = 0.0
+    if args.orders:  # many orders live, one result each at a time, as a marketplace's minute looks
+        orders = [new_order(args.rounds) for _ in range(args.orders)]
+        clients = [start_client(*(o.id for o in orders[i:i + 100])) for i in range(0, len(orders), 100)]
+        time.sleep(4 + args.orders / 100)  # connected and subscribed (a client takes up to 100 orders)
+        for n in range(1, args.rounds + 1):
+            cpu, own = time.process_time(), time.thread_time()
+            store_and_announce_of([(o, n) for o in orders])
+            for o in orders:
+                wait_files(n, order=o)
+            server_cpu += time.process_time() - cpu - (time.thread_time() - own)  # less the bench's own writes
+        spread = [x for o in orders for x in latencies(range(1, args.rounds + 1), o)]
+        for client in clients:
+            client.send_signal(signal.SIGINT)
+            client.wait(timeout=30)
     server.should_exit = True
     time.sleep(3)  # let the server stop reading Valkey before Valkey goes away
     valkey.stop()
@@ -177,6 +204,10 @@ def main() -> None:
     if drained is not None:
         print(f"a backlog of {args.backlog} results drained by a new client: first file to last in {drained:.2f} s "
               f"({args.backlog / max(drained, 1e-9):.0f} results/s)")
+    if spread:
+        print(f"{args.orders} orders live, one result each at a time, {args.rounds} times: stored → file renamed "
+              f"p50 {pct(spread, 50) * 1000:.0f} ms, p99 {pct(spread, 99) * 1000:.0f} ms; result server CPU "
+              f"{1000 * server_cpu / len(spread):.2f} ms per delivered result")
     print("result client peak RSS (VmHWM): " + ", ".join(
         f"{name} {peak:.0f} MiB" for name, peak in zip(("live client", "backlog client"), peaks, strict=False)))
 

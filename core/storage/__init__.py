@@ -12,6 +12,7 @@ from core.storage.interface import (
     WebhookStore,
 )
 from core.storage.records import (
+    Acknowledged,
     ApiToken,
     Claim,
     Cursor,
@@ -38,7 +39,8 @@ from core.storage.records import (
 )
 
 __all__ = [
-    "AccountStore", "ApiToken", "Claim", "Cursor", "DeliveryState", "LedgerEntry", "LedgerStore", "LoginSession",
+    "AccountStore", "Acknowledged", "ApiToken", "Claim", "Cursor", "DeliveryState", "LedgerEntry", "LedgerStore",
+    "LoginSession",
     "Observation", "OpenClaim", "Order", "OrderEdit", "OrderStore", "Pruned", "Recorded", "Repetition", "Result",
     "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "Webhook",
     "WebhookDelivery", "WebhookEvent", "WebhookStore", "delivery_id", "job_key", "open_store",

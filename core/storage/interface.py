@@ -20,6 +20,7 @@ from typing import Protocol
 
 from core.schemas import OrderStatus
 from core.storage.records import (
+    Acknowledged,
     ApiToken,
     Claim,
     Cursor,
@@ -260,6 +261,9 @@ class ResultStore(Protocol):
         Moves its cursor forward to `last_n` (never backwards) and notes that stretch delivered at `at`,
         which starts its bodies' retention (`prune_result_bodies`). Nothing is noted when last_n ≤ after_n.
         """
+
+    def record_deliveries(self, acknowledged: list[Acknowledged]) -> None:
+        """`record_delivery` of each, all at once (one transaction where the backend has them)."""
 
     # retention of delivered bodies ----------------------------------------------------------
     def prune_result_bodies(self, delivered_before: datetime, now: datetime, limit: int = 100) -> Pruned:

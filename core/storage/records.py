@@ -9,7 +9,7 @@ import zlib
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.schemas import Extraction, OrderStatus, RepetitionState, Validation
 
@@ -211,6 +211,18 @@ class Recorded(BaseModel):
 
     outcome: ResultOutcome
     coins: int = Field(default=0, description="Coins paid to the miner from the escrow; 0 unless the outcome is paid.")
+
+
+class Acknowledged(BaseModel):
+    """A result client acknowledged an order's results after_n < n ≤ last_n at `at` (`record_deliveries`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token_id: str
+    order_id: str
+    after_n: int
+    last_n: int
+    at: datetime
 
 
 class Pruned(BaseModel):

@@ -17,7 +17,8 @@ A delivery is woken by the notices on the results stream (a result stored, repet
 the order ended; not the watcher's "observed", which a delivery that observes does itself). Per
 result delivered live it reads the store twice (the repetitions, the result) and writes once
 (delivered); it reads the order only when woken by something other than a result, or when its
-cursor reached the repetitions the order had claimed. When the result server's
+cursor reached the repetitions the order had claimed. Its store calls are gathered with those of
+the server's other deliveries (`gather`): at a busy minute one store call serves many orders. When the result server's
 notice reader gets back to Valkey after an outage (notices may have been lost meanwhile), it wakes
 every delivery. A delivery also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so
 many idle deliveries do not poll the store in step), in case a notice was lost otherwise: that
@@ -33,11 +34,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from anyio import to_thread
-
 from core.protocol.results import ResultMessage
 from core.schemas import OrderStatus, RepetitionState
-from core.storage import Observation, Result, Store
+from core.storage import Acknowledged, Observation, Result
+from results.server.gather import StoreCalls
 
 log = logging.getLogger("crawlcoin.results")
 
@@ -98,10 +98,10 @@ class Window:
 
 
 class OrderDelivery:
-    def __init__(self, store: Store, token_id: str, order_id: str, cursor: int, send: SendBatch,
+    def __init__(self, calls: StoreCalls, token_id: str, order_id: str, cursor: int, send: SendBatch,
                  caught_up: Callable[[int, bool], Awaitable[None]], wake: asyncio.Event, window: Window,
                  observe: ObserveBatch | None = None) -> None:
-        self.store = store
+        self.calls = calls  # the server's store calls, gathered across its deliveries
         self.token_id = token_id
         self.order_id = order_id
         self.cursor = cursor  # the highest n acknowledged (with every n before it)
@@ -120,7 +120,7 @@ class OrderDelivery:
     async def _ready(self) -> list[tuple[int, Result | None]]:
         """The next repetitions after those sent that may be delivered, in n order: (n, its result or None)."""
         ns = list(range(self.sent + 1, self.sent + 1 + self._page))
-        reps = {r.n: r for r in await to_thread.run_sync(self.store.get_repetitions, self.order_id, ns)}
+        reps = {r.n: r for r in await self.calls.repetitions_of(self.order_id, ns)}
         ready = []
         for n in ns:
             rep = reps.get(n)
@@ -130,8 +130,7 @@ class OrderDelivery:
         self._more = len(ready) == len(ns)
         if not ready:
             return []
-        results = {r.n: r for r in await to_thread.run_sync(self.store.list_results, self.order_id, self.sent,
-                                                              len(ready))}
+        results = {r.n: r for r in await self.calls.results_of(self.order_id, ready)}
         if results:  # twice as many next time, up to about a window's worth of bodies
             mean = max(1, sum(len(r.body_zlib) for r in results.values()) // len(results))
             self._page = max(1, min(2 * self._page, MAX_PAGE, self.window.results, self.window.bytes // mean))
@@ -177,8 +176,8 @@ class OrderDelivery:
             if call is not None and not await call:
                 raise ConnectionError("the result client did not acknowledge")
         if last > after:
-            await to_thread.run_sync(self.store.record_delivery, self.token_id, self.order_id, after, last,
-                                     datetime.now(UTC))
+            await self.calls.record_delivery(Acknowledged(token_id=self.token_id, order_id=self.order_id, after_n=after,
+                                                          last_n=last, at=datetime.now(UTC)))
             self.cursor = last
 
     async def run(self) -> None:
@@ -207,7 +206,7 @@ class OrderDelivery:
             # nothing else changed): read it only when woken by something else (a refund, the order ended) or
             # when the cursor reached its claimed repetitions.
             if not ready or claimed is None or self.cursor >= claimed:
-                order = await to_thread.run_sync(self.store.get_order, self.order_id)
+                order = await self.calls.order(self.order_id)
                 claimed = order.runs_claimed if order is not None else 0
                 finished = order is None or (order.status in (OrderStatus.completed, OrderStatus.cancelled)
                                              and self.cursor >= order.runs_claimed)

@@ -24,6 +24,7 @@ from core.schemas import Scope
 from core.storage import ApiToken, Observation, Result, Store
 from core.tokens import authenticate_api_token
 from results.server.delivery import ObserveBatch, OrderDelivery, Window, message
+from results.server.gather import StoreCalls
 
 log = logging.getLogger("crawlcoin.results")
 MAX_WINDOW_BYTES = 64 * 1024 * 1024
@@ -67,6 +68,7 @@ class ResultNamespace(socketio.AsyncNamespace):
         self.store = store
         self.observe = observe
         self.wakeups = wakeups
+        self.calls = StoreCalls(store)
         self.tasks: dict[str, dict[str, asyncio.Task[None]]] = {}
         self.windows: dict[str, tuple[Window, bool]] = {}  # per connection: its window, whether it takes batches
 
@@ -97,10 +99,11 @@ class ResultNamespace(socketio.AsyncNamespace):
             return {"error": f"invalid subscription: {'.'.join(map(str, first['loc']))}: {first['msg']}"}
         token: ApiToken = (await self.get_session(sid))["token"]
         observing: dict[str, bool] = {}  # per order: observe before sending (an extraction, or changes asked for)
+        if token.order_id is not None and any(order_id != token.order_id for order_id in sub.orders):
+            return {"error": f"this token is limited to order {token.order_id}"}
+        orders = {o.id: o for o in await to_thread.run_sync(self.store.get_orders, list(sub.orders))}
         for order_id in sub.orders:
-            if token.order_id is not None and token.order_id != order_id:
-                return {"error": f"this token is limited to order {token.order_id}"}
-            order = await to_thread.run_sync(self.store.get_order, order_id)
+            order = orders.get(order_id)
             if order is None or order.owner_id != token.owner_id:
                 return {"error": f"order {order_id} not found"}
             observing[order_id] = sub.changes or order.extraction is not None
@@ -138,8 +141,9 @@ class ResultNamespace(socketio.AsyncNamespace):
 
         wake = self.wakeups.register(order_id)
         try:
-            await OrderDelivery(self.store, token.id, order_id, after, send_batch if batches else send_each, caught_up,
-                                wake, window, self.observe if observing else None).run()
+            await OrderDelivery(self.calls, token.id, order_id, after,
+                                send_batch if batches else send_each, caught_up, wake, window,
+                                self.observe if observing else None).run()
         except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
             log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
         finally:

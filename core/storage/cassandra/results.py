@@ -26,7 +26,7 @@ from core.storage.cassandra.session import (
     result_from,
     stored_result,
 )
-from core.storage.records import Order, Recorded, Repetition, Result, ResultOutcome
+from core.storage.records import Acknowledged, Order, Recorded, Repetition, Result, ResultOutcome
 
 
 class CassandraResults(CassandraBase):
@@ -243,3 +243,7 @@ class CassandraResults(CassandraBase):
             self._exec("INSERT INTO deliveries (minute, delivered_at, order_id, first_n, last_n) "
                        "VALUES (?, ?, ?, ?, ?)", (minute_of(at), us(at), order_id, after_n + 1, last_n))
         self.advance_delivery_cursor(token_id, order_id, last_n)
+
+    def record_deliveries(self, acknowledged: list[Acknowledged]) -> None:
+        for a in acknowledged:
+            self.record_delivery(a.token_id, a.order_id, a.after_n, a.last_n, a.at)

@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 from core.errors import NotFound
 from core.schemas import RepetitionState
 from core.storage import rules
-from core.storage.records import Order, Pruned, Recorded, Repetition, Result, ResultOutcome
+from core.storage.records import Acknowledged, Order, Pruned, Recorded, Repetition, Result, ResultOutcome
 from core.storage.sql.engine import chunked, record
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
@@ -128,10 +128,20 @@ class SqlResults(SqlLedger):
         )
 
     def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
-        with self._write() as s:
-            if last_n > after_n:
-                s.add(DeliveredRow(order_id=order_id, first_n=after_n + 1, last_n=last_n, delivered_at=at))
-            self._advance(s, token_id, order_id, last_n)
+        self.record_deliveries([Acknowledged(token_id=token_id, order_id=order_id, after_n=after_n, last_n=last_n,
+                                             at=at)])
+
+    def record_deliveries(self, acknowledged: list[Acknowledged]) -> None:
+        def run() -> None:
+            with self._write() as s:  # cursors in key order: concurrent writers on PostgreSQL lock them alike
+                for a in sorted(acknowledged, key=lambda a: (a.token_id, a.order_id, a.last_n)):
+                    if a.last_n > a.after_n:
+                        s.add(DeliveredRow(order_id=a.order_id, first_n=a.after_n + 1, last_n=a.last_n,
+                                           delivered_at=a.at))
+                    self._advance(s, a.token_id, a.order_id, a.last_n)
+
+        if acknowledged:
+            self._retrying(run)
 
     # --- retention of delivered bodies ---------------------------------------------------------
 

@@ -6,7 +6,7 @@ Each must give exactly what the one-order call gives for each of its orders, and
 import uuid
 from datetime import timedelta
 
-from core.storage import Result, Store, WatchCursor, job_key
+from core.storage import Acknowledged, Result, Store, WatchCursor, job_key
 from tests.core.storage.test_contract import claimable, new_user, now, store  # noqa: F401 - `store` is a fixture
 from tests.core.storage.test_watch_contract import obs
 from tests.core.storage.test_webhook_contract import webhook
@@ -83,3 +83,30 @@ def test_webhooks_of_several_owners_at_once(store: Store) -> None:  # noqa: F811
     store.delete_webhook(alice.id, hooks[2].id, now())
     assert store.list_webhooks_of([bob.id, alice.id, carol.id, alice.id]) == hooks[:2]  # oldest first, none deleted
     assert store.list_webhooks_of([carol.id]) == store.list_webhooks_of([]) == []
+
+
+def test_deliveries_of_several_orders_and_clients_recorded_at_once(store: Store) -> None:  # noqa: F811
+    user = new_user(store, coins=100)
+    t0 = now() - timedelta(seconds=60)
+    a, b = claimable(store, user, runs=4, every=1, start=t0), claimable(store, user, runs=4, every=1, start=t0)
+    for order in (a, b):
+        store.claim_repetitions(order.id, f"run-{order.id}", now() + timedelta(seconds=5), now(), 3600)
+        store.record_results([result(order.id, n) for n in (1, 2, 3, 4)])
+    at = now()
+    store.record_deliveries([
+        Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=2, at=at),
+        Acknowledged(token_id="t2", order_id=a.id, after_n=0, last_n=1, at=at),
+        Acknowledged(token_id="t1", order_id=b.id, after_n=0, last_n=3, at=at),
+        Acknowledged(token_id="t1", order_id=b.id, after_n=3, last_n=3, at=at),  # nothing new: no stretch
+    ])
+    store.record_deliveries([Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=1, at=at)])  # behind
+    store.record_deliveries([])
+    assert [store.get_delivery_cursor(t, o) for t, o in (("t1", a.id), ("t2", a.id), ("t1", b.id), ("t2", b.id))] == [
+        2, 1, 3, 0]
+    # What was acknowledged is what retention prunes: a 1–2 (twice), b 1–3; nothing else.
+    while store.prune_result_bodies(now() + timedelta(seconds=1), now()).deliveries:
+        pass
+    kept = {(r.order_id, r.n): r.body_pruned_at is None for r in store.get_results(
+        [job_key(o.id, n) for o in (a, b) for n in (1, 2, 3, 4)])}
+    assert kept == {(a.id, 1): False, (a.id, 2): False, (a.id, 3): True, (a.id, 4): True,
+                    (b.id, 1): False, (b.id, 2): False, (b.id, 3): False, (b.id, 4): True}

@@ -70,6 +70,29 @@ def test_live_results_arrive_while_connected(result_server, customer, tmp_path) 
     assert [m["n"] for m in sidecars(out, order.id)] == [1, 2, 3]
 
 
+def test_many_orders_live_at_once_each_get_every_result_once_in_order(result_server, customer, tmp_path) -> None:
+    """A marketplace's minute: many orders each get a result at the same moment. The server's deliveries gather
+    their store calls (`results.server.gather`); every order still gets each of its results once, in n order."""
+    orders = [customer.order(runs=3) for _ in range(60)]
+    out = tmp_path / "out"
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", customer.token(), "--out", str(out)]
+    for order in orders:
+        argv += ["--order", order.id]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        for n in (1, 2, 3):
+            for order in orders:  # each order's result announced on its own, all within moments
+                customer.deliver(order, [n])
+            wait_for(lambda n=n: all(len(sidecars(out, o.id)) == n for o in orders), 60, f"round {n} on disk")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    for order in orders:
+        assert [m["n"] for m in sidecars(out, order.id)] == [1, 2, 3]
+        assert len(list((out / order.id).iterdir())) == 6, "a page and its .meta.json per result, nothing twice"
+
+
 def test_client_killed_mid_delivery_resumes_without_gap_or_duplicate(result_server, customer, tmp_path) -> None:
     order = customer.order(runs=1000)  # several batches: the kill lands between two of them
     customer.deliver(order, list(range(1, 1001)))
