@@ -92,14 +92,14 @@ def test_deliveries_of_several_orders_and_clients_recorded_at_once(store: Store)
     for order in (a, b):
         store.claim_repetitions(order.id, f"run-{order.id}", now() + timedelta(seconds=5), now(), 3600)
         store.record_results([result(order.id, n) for n in (1, 2, 3, 4)])
-    at = now()
+    at = [now() + timedelta(microseconds=i) for i in range(5)]  # each acknowledged at its own moment
     store.record_deliveries([
-        Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=2, at=at),
-        Acknowledged(token_id="t2", order_id=a.id, after_n=0, last_n=1, at=at),
-        Acknowledged(token_id="t1", order_id=b.id, after_n=0, last_n=3, at=at),
-        Acknowledged(token_id="t1", order_id=b.id, after_n=3, last_n=3, at=at),  # nothing new: no stretch
+        Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=2, at=at[0]),
+        Acknowledged(token_id="t2", order_id=a.id, after_n=0, last_n=1, at=at[1]),
+        Acknowledged(token_id="t1", order_id=b.id, after_n=0, last_n=3, at=at[2]),
+        Acknowledged(token_id="t1", order_id=b.id, after_n=3, last_n=3, at=at[3]),  # nothing new: no stretch
     ])
-    store.record_deliveries([Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=1, at=at)])  # behind
+    store.record_deliveries([Acknowledged(token_id="t1", order_id=a.id, after_n=0, last_n=1, at=at[4])])  # behind
     store.record_deliveries([])
     assert [store.get_delivery_cursor(t, o) for t, o in (("t1", a.id), ("t2", a.id), ("t1", b.id), ("t2", b.id))] == [
         2, 1, 3, 0]
