@@ -32,6 +32,9 @@ GROUP = "watch"
 OBSERVED = "observed"
 """Outcome of the notice a watcher adds when it observed more of an order (the watchers skip those)."""
 RECLAIM_IDLE_MS = 60_000
+ORDERS_AT_ONCE = 100
+"""Orders observed in one batch: enough to make a busy minute a few store calls, few enough that the first
+notifications go out while the rest are observed."""
 
 
 def _text(value: bytes | str) -> str:
@@ -93,18 +96,18 @@ class Watcher:
         orders = list(dict.fromkeys(n.order_id for _, n in entries if n is not None and n.outcome != OBSERVED))
         failed: set[str] = set()
         moved: list[ResultNotice] = []
-        if orders:
+        for some in (orders[i:i + ORDERS_AT_ONCE] for i in range(0, len(orders), ORDERS_AT_ONCE)):
             try:
-                observed = await self.observe(orders)
+                observed = await self.observe(some)
             except Exception as e:  # the store is down: leave these notices pending for a later try
-                outage("the store").failed(e, f"observing {len(orders)} orders")
-                failed.update(orders)
-                observed = {}
+                outage("the store").failed(e, f"observing {len(some)} orders")
+                failed.update(some)
+                continue
             for order_id, (before, cursor) in observed.items():
                 if cursor.last_n > before.last_n:
                     moved.append(ResultNotice(order_id=order_id, n=cursor.last_n, outcome=OBSERVED))
             if moved:
-                self.on_observed()
+                self.on_observed()  # the webhook sender starts on these while the next orders are observed
         done = [i for i, n in entries if n is None or n.order_id not in failed]
         if done or moved:
             pipe = self.redis.pipeline(transaction=False)
