@@ -32,6 +32,7 @@ from core.storage.records import (
     User,
     WatchCursor,
     Webhook,
+    WebhookAttempt,
     WebhookDelivery,
     WebhookEvent,
     delivery_id,
@@ -40,10 +41,10 @@ from core.storage.records import (
 
 __all__ = [
     "AccountStore", "Acknowledged", "ApiToken", "Claim", "Cursor", "DeliveryState", "LedgerEntry", "LedgerStore",
-    "LoginSession",
-    "Observation", "OpenClaim", "Order", "OrderEdit", "OrderStore", "Pruned", "Recorded", "Repetition", "Result",
-    "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore", "Webhook",
-    "WebhookDelivery", "WebhookEvent", "WebhookStore", "delivery_id", "job_key", "open_store",
+    "LoginSession", "Observation", "OpenClaim", "Order", "OrderEdit", "OrderStore", "Pruned", "Recorded", "Repetition",
+    "Result", "ResultOutcome", "ResultStore", "Store", "SyncOutbox", "Transfer", "User", "WatchCursor", "WatchStore",
+    "Webhook", "WebhookAttempt", "WebhookDelivery", "WebhookEvent", "WebhookStore", "delivery_id", "job_key",
+    "open_store",
 ]
 
 

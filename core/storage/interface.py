@@ -38,6 +38,7 @@ from core.storage.records import (
     User,
     WatchCursor,
     Webhook,
+    WebhookAttempt,
     WebhookDelivery,
 )
 
@@ -311,6 +312,9 @@ class WebhookStore(Protocol):
     def get_webhook(self, webhook_id: str) -> Webhook | None:
         """The webhook, deleted or not; None if there never was one."""
 
+    def get_webhooks(self, webhook_ids: list[str]) -> list[Webhook]:
+        """`get_webhook` of each that exists, deleted or not, in no particular order."""
+
     def list_webhooks(self, owner_id: str) -> list[Webhook]:
         """The owner's webhooks not deleted, oldest first."""
 
@@ -338,6 +342,9 @@ class WebhookStore(Protocol):
         It becomes delivered, or pending again at `retry_at`, or failed when `retry_at` is None; the
         attempt is counted either way. Nothing happens if the delivery is no longer pending.
         """
+
+    def finish_webhook_attempts(self, attempts: list[WebhookAttempt]) -> None:
+        """`finish_webhook_attempt` of each, all at once (one transaction where the backend has them)."""
 
     def get_webhook_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
 

@@ -307,3 +307,30 @@ _DELIVERY_NAMESPACE = uuid.UUID("5b0e2c1e-9f43-4d0e-8d55-2f6f1f4f6a10")
 def delivery_id(webhook_id: str, order_id: str, n: int) -> str:
     """The idempotency id of repetition n of an order told to a webhook."""
     return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{webhook_id}:{order_id}:{n}"))
+
+
+class WebhookAttempt(BaseModel):
+    """One attempt at a claimed delivery, to be logged (`finish_webhook_attempts`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    delivery_id: str
+    attempts_before: int = Field(description="The delivery's attempts when it was claimed.")
+    leased_until: datetime = Field(description="Its `next_attempt_at` as claimed: the lease this attempt ran under.")
+    at: datetime
+    status: int | None = None
+    error: str | None = None
+    delivered: bool
+    retry_at: datetime | None = Field(default=None, description="When to try again; None: give up (if not delivered).")
+
+    @classmethod
+    def of(cls, delivery: "WebhookDelivery", at: datetime, status: int | None, error: str | None, delivered: bool,
+           retry_at: datetime | None) -> "WebhookAttempt":
+        assert delivery.next_attempt_at is not None, "an attempt at a delivery as claimed"
+        return cls(delivery_id=delivery.id, attempts_before=delivery.attempts, leased_until=delivery.next_attempt_at,
+                   at=at, status=status, error=error, delivered=delivered, retry_at=retry_at)
+
+    @property
+    def state(self) -> DeliveryState:
+        return DeliveryState.delivered if self.delivered else DeliveryState.pending if self.retry_at else \
+            DeliveryState.failed

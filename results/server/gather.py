@@ -3,58 +3,14 @@
 A result server runs a delivery per order and client: at a marketplace's minute, a thousand of them
 wake within seconds, one result each, and each would read the store three times and write once on
 its own. Here each kind of call (read the orders, the repetitions, the results; record what clients
-acknowledged) is one store call for every delivery that made it: the first caller's goes at once,
-alone; what others ask for while it runs goes together in the next call. An idle server calls the
-store as soon as asked; a busy one makes fewer, larger calls, the more so the busier it is. A call
-that fails fails for each of its callers alike.
+acknowledged) is one store call for all the deliveries that made it while the previous one ran
+(`core.gathered`).
 """
 
-import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
 
-from anyio import to_thread
-
+from core.gathered import Gathered
 from core.storage import Acknowledged, Order, Repetition, Result, Store, job_key
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class Gathered(Generic[K, V]):
-    """One bulk call (keys → what exists of them), shared by the coroutines that ask while it runs."""
-
-    def __init__(self, read: Callable[[list[K]], dict[K, V]]) -> None:
-        self._read = read
-        self._asked: list[tuple[list[K], asyncio.Future[dict[K, V]]]] = []
-        self._reading: asyncio.Task[None] | None = None
-
-    async def get(self, keys: list[K]) -> dict[K, V]:
-        """What exists of `keys`."""
-        answer: asyncio.Future[dict[K, V]] = asyncio.get_running_loop().create_future()
-        self._asked.append((keys, answer))
-        if self._reading is None:
-            self._reading = asyncio.create_task(self._read_asked())
-        return await answer
-
-    async def _read_asked(self) -> None:
-        try:
-            while self._asked:
-                asked, self._asked = self._asked, []
-                keys = list(dict.fromkeys(k for some, _ in asked for k in some))
-                try:
-                    found = await to_thread.run_sync(self._read, keys)
-                except Exception as e:
-                    for _, answer in asked:
-                        if not answer.done():
-                            answer.set_exception(e)
-                    continue
-                for some, answer in asked:
-                    if not answer.done():  # an asker cancelled meanwhile has none
-                        answer.set_result({k: found[k] for k in some if k in found})
-        finally:
-            self._reading = None
 
 
 class StoreCalls:

@@ -29,9 +29,19 @@ import httpx
 from core import metrics
 from core import webhooks as signing
 from core.errors import InvalidInput
+from core.gathered import Gathered
 from core.outage import outage
 from core.settings import Settings
-from core.storage import Observation, Order, Store, Webhook, WebhookDelivery, WebhookEvent, delivery_id
+from core.storage import (
+    Observation,
+    Order,
+    Store,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEvent,
+    delivery_id,
+)
 from core.urls import check_target_url, forbidden_ip_reason
 
 log = logging.getLogger("crawlcoin.webhooks")
@@ -119,6 +129,12 @@ class WebhookSender:
         self.settings = settings
         self._wake = asyncio.Event()
 
+        def log_attempts(attempts: list[WebhookAttempt]) -> dict[WebhookAttempt, bool]:
+            store.finish_webhook_attempts(attempts)
+            return dict.fromkeys(attempts, True)
+
+        self._attempts = Gathered(log_attempts)  # the attempts finishing meanwhile logged in one store call
+
     def wake(self) -> None:
         """Something was observed: look for due deliveries now rather than at the next poll."""
         self._wake.set()
@@ -147,15 +163,15 @@ class WebhookSender:
         rounds = -(-BATCH // CONCURRENCY)
         lease = now + timedelta(seconds=self.settings.webhook_timeout_seconds * rounds + 30)
         claimed = await asyncio.to_thread(self.store.claim_webhook_deliveries, now, lease, BATCH)
-        hooks: dict[str, Webhook | None] = {}
-        for d in claimed:
-            if d.webhook_id not in hooks:
-                hooks[d.webhook_id] = await asyncio.to_thread(self.store.get_webhook, d.webhook_id)
+        if not claimed:
+            return 0
+        found = await asyncio.to_thread(self.store.get_webhooks, list({d.webhook_id for d in claimed}))
+        hooks = {h.id: h for h in found}
         slots = asyncio.Semaphore(CONCURRENCY)
 
         async def one(d: WebhookDelivery) -> None:
             async with slots:
-                await self.send(client, d, hooks[d.webhook_id])
+                await self.send(client, d, hooks.get(d.webhook_id))
 
         await asyncio.gather(*(one(d) for d in claimed))
         return len(claimed)
@@ -165,8 +181,7 @@ class WebhookSender:
         status: int | None = None
         error: str | None = None
         if webhook is None or webhook.deleted_at is not None:
-            await asyncio.to_thread(self.store.finish_webhook_attempt, delivery, at, None, "the webhook was deleted",
-                                    False, None)
+            await self._attempts.get([WebhookAttempt.of(delivery, at, None, "the webhook was deleted", False, None)])
             return
         body = delivery.payload.encode()
         try:
@@ -193,4 +208,4 @@ class WebhookSender:
         if not delivered:
             log.info("webhook %s: delivery %s attempt %d failed (%s)%s", webhook.id, delivery.id, attempts, error,
                      "" if retry_at else "; giving up")
-        await asyncio.to_thread(self.store.finish_webhook_attempt, delivery, at, status, error, delivered, retry_at)
+        await self._attempts.get([WebhookAttempt.of(delivery, at, status, error, delivered, retry_at)])

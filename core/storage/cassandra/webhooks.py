@@ -13,7 +13,7 @@ from typing import Any
 
 from core.storage.cassandra.schema import dt, opt_dt, opt_us, us
 from core.storage.cassandra.session import CassandraBase
-from core.storage.records import Cursor, DeliveryState, Webhook, WebhookDelivery
+from core.storage.records import Cursor, DeliveryState, Webhook, WebhookAttempt, WebhookDelivery
 
 DUE_BUCKETS = 16
 ORPHAN_DUE_SECONDS = 60
@@ -41,6 +41,10 @@ class CassandraWebhooks(CassandraBase):
     def get_webhook(self, webhook_id: str) -> Webhook | None:
         row = self._one("SELECT webhook FROM webhooks WHERE id = ?", (webhook_id,))
         return Webhook.model_validate_json(row["webhook"]) if row else None
+
+    def get_webhooks(self, webhook_ids: list[str]) -> list[Webhook]:
+        found = self._many("SELECT webhook FROM webhooks WHERE id = ?", [(i,) for i in dict.fromkeys(webhook_ids)])
+        return [Webhook.model_validate_json(rows[0]["webhook"]) for rows in found if rows]
 
     def list_webhooks(self, owner_id: str) -> list[Webhook]:
         ids = [r["id"] for r in self._rows("SELECT id FROM webhooks_by_owner WHERE owner_id = ?", (owner_id,))]
@@ -126,21 +130,23 @@ class CassandraWebhooks(CassandraBase):
 
     def finish_webhook_attempt(self, delivery: WebhookDelivery, at: datetime, status: int | None, error: str | None,
                                delivered: bool, retry_at: datetime | None) -> None:
-        assert delivery.next_attempt_at is not None, "finish a delivery as claimed"
-        leased = us(delivery.next_attempt_at)
-        state = DeliveryState.delivered if delivered else DeliveryState.pending if retry_at else DeliveryState.failed
-        next_at = retry_at if state is DeliveryState.pending else None
-        if next_at is not None:
-            self._set_due(delivery.id, next_at)
-        applied, current = self._cas_retry(
-            "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
-            "last_status = ?, last_error = ?, delivered_at = ? WHERE id = ? IF state = ? AND next_attempt_at = ?",
-            (state.value, delivery.attempts + 1, opt_us(next_at), us(at), status, error,
-             us(at) if delivered else None, delivery.id, DeliveryState.pending.value, leased))
-        if applied:
-            self._drop_due(delivery.id, leased)
-        elif next_at is not None and current.get("next_attempt_at") != us(next_at):
-            self._drop_due(delivery.id, us(next_at))
+        self.finish_webhook_attempts([WebhookAttempt.of(delivery, at, status, error, delivered, retry_at)])
+
+    def finish_webhook_attempts(self, attempts: list[WebhookAttempt]) -> None:
+        for a in attempts:
+            leased = us(a.leased_until)
+            next_at = a.retry_at if a.state is DeliveryState.pending else None
+            if next_at is not None:
+                self._set_due(a.delivery_id, next_at)
+            applied, current = self._cas_retry(
+                "UPDATE webhook_deliveries SET state = ?, attempts = ?, next_attempt_at = ?, last_attempt_at = ?, "
+                "last_status = ?, last_error = ?, delivered_at = ? WHERE id = ? IF state = ? AND next_attempt_at = ?",
+                (a.state.value, a.attempts_before + 1, opt_us(next_at), us(a.at), a.status, a.error,
+                 us(a.at) if a.delivered else None, a.delivery_id, DeliveryState.pending.value, leased))
+            if applied:
+                self._drop_due(a.delivery_id, leased)
+            elif next_at is not None and current.get("next_attempt_at") != us(next_at):
+                self._drop_due(a.delivery_id, us(next_at))
 
     def get_webhook_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         row = self._one(f"SELECT {_COLS} FROM webhook_deliveries WHERE id = ?", (delivery_id,))

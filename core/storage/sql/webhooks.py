@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import and_, or_, update
 from sqlmodel import col, select
 
-from core.storage.records import Cursor, DeliveryState, Webhook, WebhookDelivery
+from core.storage.records import Cursor, DeliveryState, Webhook, WebhookAttempt, WebhookDelivery
 from core.storage.sql.engine import SqlBase, chunked, record
 from core.storage.sql.tables import WebhookDeliveryRow, WebhookRow
 
@@ -19,6 +19,11 @@ class SqlWebhooks(SqlBase):
         with self._read() as s:
             row = s.get(WebhookRow, webhook_id)
             return record(Webhook, row) if row else None
+
+    def get_webhooks(self, webhook_ids: list[str]) -> list[Webhook]:
+        with self._read() as s:
+            return [record(Webhook, r) for ids in chunked(sorted(set(webhook_ids)))
+                    for r in s.exec(select(WebhookRow).where(col(WebhookRow.id).in_(ids)))]
 
     def list_webhooks(self, owner_id: str) -> list[Webhook]:
         with self._read() as s:
@@ -72,15 +77,23 @@ class SqlWebhooks(SqlBase):
 
     def finish_webhook_attempt(self, delivery: WebhookDelivery, at: datetime, status: int | None, error: str | None,
                                delivered: bool, retry_at: datetime | None) -> None:
-        state = DeliveryState.delivered if delivered else DeliveryState.pending if retry_at else DeliveryState.failed
-        with self._write() as s:
-            s.execute(update(WebhookDeliveryRow)
-                      .where(col(WebhookDeliveryRow.id) == delivery.id,
-                             col(WebhookDeliveryRow.state) == DeliveryState.pending,
-                             col(WebhookDeliveryRow.next_attempt_at) == delivery.next_attempt_at)  # still our lease
-                      .values(state=state, attempts=WebhookDeliveryRow.attempts + 1, last_attempt_at=at,
-                              last_status=status, last_error=error, delivered_at=at if delivered else None,
-                              next_attempt_at=retry_at if state is DeliveryState.pending else None))
+        self.finish_webhook_attempts([WebhookAttempt.of(delivery, at, status, error, delivered, retry_at)])
+
+    def finish_webhook_attempts(self, attempts: list[WebhookAttempt]) -> None:
+        def run() -> None:
+            with self._write() as s:  # in id order: concurrent senders on PostgreSQL lock rows alike
+                for a in sorted(attempts, key=lambda a: a.delivery_id):
+                    s.execute(update(WebhookDeliveryRow)
+                              .where(col(WebhookDeliveryRow.id) == a.delivery_id,
+                                     col(WebhookDeliveryRow.state) == DeliveryState.pending,
+                                     col(WebhookDeliveryRow.next_attempt_at) == a.leased_until)  # still our lease
+                              .values(state=a.state, attempts=WebhookDeliveryRow.attempts + 1, last_attempt_at=a.at,
+                                      last_status=a.status, last_error=a.error,
+                                      delivered_at=a.at if a.delivered else None,
+                                      next_attempt_at=a.retry_at if a.state is DeliveryState.pending else None))
+
+        if attempts:
+            self._retrying(run)
 
     def get_webhook_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         with self._read() as s:

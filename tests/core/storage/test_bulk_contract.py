@@ -6,10 +6,10 @@ Each must give exactly what the one-order call gives for each of its orders, and
 import uuid
 from datetime import timedelta
 
-from core.storage import Acknowledged, Result, Store, WatchCursor, job_key
+from core.storage import Acknowledged, DeliveryState, Result, Store, WatchCursor, WebhookAttempt, delivery_id, job_key
 from tests.core.storage.test_contract import claimable, new_user, now, store  # noqa: F401 - `store` is a fixture
 from tests.core.storage.test_watch_contract import obs
-from tests.core.storage.test_webhook_contract import webhook
+from tests.core.storage.test_webhook_contract import delivery, webhook
 
 
 def result(order_id: str, n: int) -> Result:
@@ -110,3 +110,32 @@ def test_deliveries_of_several_orders_and_clients_recorded_at_once(store: Store)
         [job_key(o.id, n) for o in (a, b) for n in (1, 2, 3, 4)])}
     assert kept == {(a.id, 1): False, (a.id, 2): False, (a.id, 3): True, (a.id, 4): True,
                     (b.id, 1): False, (b.id, 2): False, (b.id, 3): False, (b.id, 4): True}
+
+
+def test_webhooks_by_id_and_attempts_logged_at_once(store: Store) -> None:  # noqa: F811
+    owner = new_user(store)
+    hooks = [webhook(owner.id), webhook(owner.id)]
+    for hook in hooks:
+        store.create_webhook(hook)
+    store.delete_webhook(owner.id, hooks[1].id, now())
+    found = {h.id: h for h in store.get_webhooks([hooks[0].id, hooks[1].id, str(uuid.uuid4()), hooks[0].id])}
+    assert found == {h.id: store.get_webhook(h.id) for h in hooks}, "deleted ones too"
+    assert store.get_webhooks([]) == []
+
+    order_id, t = str(uuid.uuid4()), now()
+    store.add_webhook_deliveries([delivery(hooks[0], order_id, n, t - timedelta(seconds=1)) for n in (1, 2, 3, 4)])
+    lease = t + timedelta(seconds=30)
+    claimed = {d.n: d for d in store.claim_webhook_deliveries(now(), lease, 10)}
+    retry = t + timedelta(seconds=1)
+    stale = claimed[4].model_copy(update={"next_attempt_at": t})  # an attempt under a lease that is not this one
+    store.finish_webhook_attempts([
+        WebhookAttempt.of(claimed[1], t, 200, None, delivered=True, retry_at=None),
+        WebhookAttempt.of(claimed[2], t, 500, "HTTP 500", delivered=False, retry_at=retry),
+        WebhookAttempt.of(claimed[3], t, None, "connection refused", delivered=False, retry_at=None),
+        WebhookAttempt.of(stale, t, 200, None, delivered=True, retry_at=None),
+    ])
+    store.finish_webhook_attempts([])
+    got = {n: store.get_webhook_delivery(delivery_id(hooks[0].id, order_id, n)) for n in (1, 2, 3, 4)}
+    assert {n: (d.state, d.attempts, d.last_status, d.next_attempt_at) for n, d in got.items() if d} == {
+        1: (DeliveryState.delivered, 1, 200, None), 2: (DeliveryState.pending, 1, 500, retry),
+        3: (DeliveryState.failed, 1, None, None), 4: (DeliveryState.pending, 0, None, lease)}

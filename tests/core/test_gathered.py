@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from results.server.gather import Gathered
+from core.gathered import Gathered
 
 
 def test_calls_made_while_one_runs_go_together_and_each_caller_gets_its_own_keys() -> None:
