@@ -3,6 +3,7 @@
 #
 #   scripts/cassandra/start.sh [--dir DIR] [--port 9042] [--storage-port 7000] [--jmx-port PORT]
 #                              [--heap 1G] [--heap-min 256M] [--timeout 180]
+#   scripts/cassandra/start.sh --jars-only     # fetch the jars if missing, print their folder, start nothing
 #
 # - jars: resolved once with Maven into $CRAWLCOIN_CASSANDRA_HOME/lib-<version>
 #         (default ~/.cache/crawlcoin/cassandra); later runs reuse them without Maven.
@@ -24,6 +25,7 @@ JMX_PORT=""
 HEAP="1G"
 HEAP_MIN="256M"
 TIMEOUT=180
+JARS_ONLY=""
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "cassandra: $*" >&2; exit 1; }
@@ -44,6 +46,7 @@ while [[ $# -gt 0 ]]; do
     --heap-min=*) HEAP_MIN="${1#*=}"; shift ;;
     --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; shift ;;
+    --jars-only) JARS_ONLY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -53,8 +56,10 @@ done
 [[ -z "$JMX_PORT" || "$JMX_PORT" =~ ^[0-9]+$ ]] || die "bad --jmx-port: $JMX_PORT"
 
 DIR="${DIR:-$CACHE/node-$PORT}"
-mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"
+if [[ -z "$JARS_ONLY" ]]; then
+  mkdir -p "$DIR"
+  DIR="$(cd "$DIR" && pwd)"
+fi
 PIDFILE="$DIR/cassandra.pid"
 LOGDIR="$DIR/logs"
 
@@ -89,7 +94,7 @@ wait_for_cql() {
 }
 
 # --- already running? ------------------------------------------------------
-if [[ -f "$PIDFILE" ]]; then
+if [[ -z "$JARS_ONLY" && -f "$PIDFILE" ]]; then
   OLDPID="$(cat "$PIDFILE" 2>/dev/null || true)"
   if alive "$OLDPID" && grep -q CassandraDaemon "/proc/$OLDPID/cmdline" 2>/dev/null; then
     echo "cassandra: already running (pid $OLDPID)" >&2
@@ -99,7 +104,7 @@ if [[ -f "$PIDFILE" ]]; then
   echo "cassandra: removing stale pid file ($PIDFILE)" >&2
   rm -f "$PIDFILE"
 fi
-if port_open "$PORT"; then
+if [[ -z "$JARS_ONLY" ]] && port_open "$PORT"; then
   die "127.0.0.1:$PORT is already in use by another process (not the node of $DIR)"
 fi
 
@@ -136,6 +141,10 @@ if [[ ! -f "$LIB/.complete" || ! -f "$LIB/cassandra-all-$VERSION.jar" ]]; then
   rm -rf "$LIB"
   mv "$TMPLIB" "$LIB"
   echo "cassandra: jars ready in $(( $(date +%s) - t0 )) s ($(du -sh "$LIB" | cut -f1))" >&2
+fi
+if [[ -n "$JARS_ONLY" ]]; then
+  echo "$LIB"
+  exit 0
 fi
 JAMM="$(ls "$LIB"/jamm-*.jar 2>/dev/null | head -n 1)"
 [[ -n "$JAMM" ]] || die "no jamm jar in $LIB"

@@ -16,6 +16,8 @@ from core.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
+# The Traefik variant for real deployments, and the HAProxy one that tests/deploy/test_ha_topology.py runs.
+COMPOSE_FILES = [COMPOSE, DEPLOY / "ha" / "compose.yaml"]
 # Read by prefect.yaml's pull step ("{{ $CRAWLCOIN_PROJECT_DIR }}"), not by Settings.
 PREFECT_PROJECT_VARS = set(re.findall(r"\$(CRAWLCOIN_[A-Z_]+)", (ROOT / "prefect.yaml").read_text()))
 SETTINGS_VARS = {f"CRAWLCOIN_{name.upper()}" for name in Settings.model_fields} | {"CRAWLCOIN_PREFECT_API_URL"}
@@ -29,9 +31,10 @@ def documents(path: Path) -> list[dict]:
 def commands() -> list[tuple[str, list[str]]]:
     """Every command line the compose services and Kubernetes containers run."""
     found = []
-    for name, service in documents(COMPOSE)[0]["services"].items():
-        if "command" in service:
-            found.append((f"compose {name}", service["command"]))
+    for path in COMPOSE_FILES:
+        for name, service in documents(path)[0]["services"].items():
+            if "command" in service:
+                found.append((f"{path.relative_to(DEPLOY)} {name}", service["command"]))
     for path in DEPLOY.glob("k8s/*.yaml"):
         for doc in documents(path):
             for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
@@ -41,17 +44,19 @@ def commands() -> list[tuple[str, list[str]]]:
 
 def env_vars() -> list[tuple[str, str]]:
     names = []
-    for name, service in documents(COMPOSE)[0]["services"].items():
-        for var in service.get("environment", {}):
-            names.append((f"compose {name}", var))
+    for path in COMPOSE_FILES:
+        for name, service in documents(path)[0]["services"].items():
+            for var in service.get("environment", {}):
+                names.append((f"{path.relative_to(DEPLOY)} {name}", var))
     for path in DEPLOY.glob("k8s/*.yaml"):
         for doc in documents(path):
             for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
                 names += [(f"{path.name} {c['name']}", e["name"]) for e in c.get("env", [])]
     for line in (DEPLOY / "Dockerfile").read_text().splitlines():
         names += [("Dockerfile", var) for var in re.findall(r"\b(CRAWLCOIN_[A-Z_]+)=", line)]
-    names += [(".env.example", line.split("=", 1)[0]) for line in (DEPLOY / ".env.example").read_text().splitlines()
-              if "=" in line and not line.startswith("#")]
+    for example in (DEPLOY / ".env.example", DEPLOY / "ha" / ".env.example"):
+        names += [(str(example.relative_to(DEPLOY)), line.split("=", 1)[0]) for line in example.read_text().splitlines()
+                  if "=" in line and not line.startswith("#")]
     return names
 
 
