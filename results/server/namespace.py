@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from core import metrics
 from core.errors import CrawlcoinError
+from core.outage import outage
 from core.protocol.results import (
     NAMESPACE,
     CaughtUp,
@@ -32,6 +33,8 @@ MAX_WINDOW_BYTES = 64 * 1024 * 1024
 LEGACY_WINDOW = 32
 """Results in flight to a client that subscribed without a window (one `result` call each, 16 at a time)."""
 ACK_SECONDS = 120
+STORE_RETRY_SECONDS = 1.0
+"""After a store call of a delivery failed, it starts again this much later, from what its client acknowledged."""
 
 
 class Wakeups:
@@ -141,11 +144,19 @@ class ResultNamespace(socketio.AsyncNamespace):
 
         wake = self.wakeups.register(order_id)
         try:
-            await OrderDelivery(self.calls, token.id, order_id, after,
-                                send_batch if batches else send_each, caught_up, wake, window,
-                                self.observe if observing else None).run()
-        except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
-            log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
+            while True:
+                delivery = OrderDelivery(self.calls, token.id, order_id, after, send_batch if batches else send_each,
+                                         caught_up, wake, window, self.observe if observing else None)
+                try:
+                    await delivery.run()
+                    return
+                except (TimeoutError, ConnectionError, socketio.exceptions.SocketIOError) as e:
+                    log.info("delivery of order %s to %s stopped: %s", order_id, sid, e)
+                    return
+                except Exception as e:  # the store failed (a gathered call fails for each of its callers)
+                    outage("the store").failed(e, "delivering results")
+                    after = delivery.cursor  # again from what the client acknowledged; it skips what it has
+                    await asyncio.sleep(STORE_RETRY_SECONDS)
         finally:
             self.wakeups.unregister(order_id, wake)
 

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -91,6 +92,34 @@ def test_many_orders_live_at_once_each_get_every_result_once_in_order(result_ser
     for order in orders:
         assert [m["n"] for m in sidecars(out, order.id)] == [1, 2, 3]
         assert len(list((out / order.id).iterdir())) == 6, "a page and its .meta.json per result, nothing twice"
+
+
+def test_a_delivery_rides_through_the_store_refusing_writes(result_server, customer, store_url, tmp_path) -> None:
+    """Another process holds the SQLite store's write lock longer than the busy timeout: recording what the client
+    acknowledged fails (for every delivery waiting on that gathered call). The delivery starts again from what
+    the client acknowledged, and once the store takes writes again every result is on disk once and recorded."""
+    order = customer.order(runs=6)
+    customer.deliver(order, [1, 2, 3])
+    out, token = tmp_path / "out", customer.token()
+    blocker = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # readers go on (WAL); writers wait 30 s, then fail
+    argv = [CRAWLCOIN, "results", "--server", result_server, "--token", token, "--out", str(out), "--order", order.id]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(sidecars(out, order.id)) == 3, 30, "the first results, while writes wait")
+        time.sleep(35)  # past the busy timeout: the delivery's write failed
+        blocker.execute("ROLLBACK")
+        customer.deliver(order, [4, 5, 6])
+        wait_for(lambda: len(sidecars(out, order.id)) == 6, 60, "the results stored after the store came back")
+    finally:
+        blocker.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert [m["n"] for m in sidecars(out, order.id)] == [1, 2, 3, 4, 5, 6]
+    assert len(list((out / order.id).iterdir())) == 12, "nothing written twice"
+    fresh = run_client(result_server, token, [order.id], tmp_path / "fresh")  # no local cursor: the server's
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert not list((tmp_path / "fresh").glob("*/*.meta.json")), "the server recorded all six as delivered"
 
 
 def test_client_killed_mid_delivery_resumes_without_gap_or_duplicate(result_server, customer, tmp_path) -> None:
