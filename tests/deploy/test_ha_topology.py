@@ -11,6 +11,7 @@ kill: how long until a page was fetched again, and the lateness (fetched - due) 
 """
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -22,6 +23,12 @@ import pytest
 from tests.deploy.ha_topology import Topology, build_images, docker_compose
 from tests.helpers import ApiClient, interrupt
 from tests.test_e2e import Pages, ns_on_disk, start_clients
+
+# The topology is 21 containers on this machine and the test takes about 15 minutes with its image builds; run
+# beside the rest of the suite on two cores it slows timing-bound tests past their limits, and after it the
+# suite would pass CI's 45 minutes. So it runs when asked for.
+pytestmark = pytest.mark.skipif(os.environ.get("CRAWLCOIN_TEST_HA") != "1",
+                                reason="the HA chaos test runs when asked for: CRAWLCOIN_TEST_HA=1 (about 15 min)")
 
 ORDERS, RUNS, EVERY = 10, 100, 3  # 1,000 repetitions over 300 s (3.3/s: what 2 shared cores keep up with)
 KILLS = ["mining-1", "valkey-primary", "cassandra-2", "prefect-api-1", "api-1", "results-1"]
