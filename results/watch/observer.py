@@ -90,6 +90,23 @@ def observe(order: Order, result: Result, previous: _Previous, now: datetime) ->
     return obs
 
 
+def _observe_each(order: Order, ns: list[int], results: dict[int, Result], previous: _Previous, now: datetime,
+                  last_valid_n: int | None) -> tuple[list[Observation], int | None]:
+    """The observations of settled repetitions `ns` in n order (a refunded one has no result, nor an observation),
+    and the newest valid one after them."""
+    observed = []
+    for n in ns:
+        result = results.get(n)
+        if result is None:
+            continue
+        obs = observe(order, result, previous, now)
+        observed.append(obs)
+        if obs.valid:
+            previous.became(obs, result)
+            last_valid_n = n
+    return observed, last_valid_n
+
+
 def observe_order(store: Store, order_id: str, upto: int = 0) -> WatchCursor:
     """Observe the order's settled results after its watch cursor, as far as they are settled.
 
@@ -124,17 +141,7 @@ def observe_order_from(store: Store, order_id: str, upto: int = 0) -> tuple[Watc
             break
         results = {r.n: r for r in store.list_results(order_id, cursor.last_n, len(ns))}
         now = datetime.now(UTC)
-        observed = []
-        last_valid_n = cursor.last_valid_n
-        for n in ready:
-            result = results.get(n)
-            if result is None:
-                continue
-            obs = observe(order, result, previous, now)
-            observed.append(obs)
-            if obs.valid:
-                previous.became(obs, result)
-                last_valid_n = n
+        observed, last_valid_n = _observe_each(order, ready, results, previous, now, cursor.last_valid_n)
         cursor = WatchCursor(order_id=order_id, last_n=ready[-1], last_valid_n=last_valid_n)
         store_deliveries(store, order, observed, now)
         store.record_observations(cursor, observed)
@@ -186,17 +193,8 @@ def observe_orders(store: Store, order_ids: list[str]) -> dict[str, tuple[WatchC
         previous = _Previous(store, i, last_obs.get((i, cursor.last_valid_n or 0)))
         if previous.observation is not None and (i, previous.observation.n) in results:
             previous.became(previous.observation, results[i, previous.observation.n])
-        observed = []
-        last_valid_n = cursor.last_valid_n
-        for n in ns:
-            result = results.get((i, n))
-            if result is None:  # refunded: no result to observe
-                continue
-            obs = observe(order, result, previous, now)
-            observed.append(obs)
-            if obs.valid:
-                previous.became(obs, result)
-                last_valid_n = n
+        mine = {n: results[i, n] for n in ns if (i, n) in results}
+        observed, last_valid_n = _observe_each(order, ns, mine, previous, now, cursor.last_valid_n)
         reached = WatchCursor(order_id=i, last_n=ns[-1], last_valid_n=last_valid_n)
         batches.append((reached, observed))
         deliveries += deliveries_for([h for h in hooks[order.owner_id] if h.order_id in (None, i)], order, observed,

@@ -6,7 +6,17 @@ Each must give exactly what the one-order call gives for each of its orders, and
 import uuid
 from datetime import timedelta
 
-from core.storage import Acknowledged, DeliveryState, Result, Store, WatchCursor, WebhookAttempt, delivery_id, job_key
+from core.storage import (
+    Acknowledged,
+    DeliveryState,
+    Order,
+    Result,
+    Store,
+    WatchCursor,
+    WebhookAttempt,
+    delivery_id,
+    job_key,
+)
 from tests.core.storage.test_contract import claimable, new_user, now, store  # noqa: F401 - `store` is a fixture
 from tests.core.storage.test_watch_contract import obs
 from tests.core.storage.test_webhook_contract import delivery, webhook
@@ -18,12 +28,18 @@ def result(order_id: str, n: int) -> Result:
                             stored_at=now())
 
 
-def test_orders_repetitions_and_results_of_several_orders_at_once(store: Store) -> None:  # noqa: F811
+def claimed(store: Store, *runs: int) -> list[Order]:  # noqa: F811
+    """Orders of one customer, started a minute ago every second, with every repetition claimed."""
     user = new_user(store, coins=100)
     t0 = now() - timedelta(seconds=60)
-    a, b = claimable(store, user, runs=4, every=1, start=t0), claimable(store, user, runs=3, every=1, start=t0)
-    for order in (a, b):
+    orders = [claimable(store, user, runs=r, every=1, start=t0) for r in runs]
+    for order in orders:
         store.claim_repetitions(order.id, f"run-{order.id}", now() + timedelta(seconds=5), now(), 3600)
+    return orders
+
+
+def test_orders_repetitions_and_results_of_several_orders_at_once(store: Store) -> None:  # noqa: F811
+    a, b = claimed(store, 4, 3)
     store.record_results([result(a.id, 1), result(a.id, 2), result(b.id, 3)])
     missing = str(uuid.uuid4())
 
@@ -86,11 +102,8 @@ def test_webhooks_of_several_owners_at_once(store: Store) -> None:  # noqa: F811
 
 
 def test_deliveries_of_several_orders_and_clients_recorded_at_once(store: Store) -> None:  # noqa: F811
-    user = new_user(store, coins=100)
-    t0 = now() - timedelta(seconds=60)
-    a, b = claimable(store, user, runs=4, every=1, start=t0), claimable(store, user, runs=4, every=1, start=t0)
+    a, b = claimed(store, 4, 4)
     for order in (a, b):
-        store.claim_repetitions(order.id, f"run-{order.id}", now() + timedelta(seconds=5), now(), 3600)
         store.record_results([result(order.id, n) for n in (1, 2, 3, 4)])
     at = [now() + timedelta(microseconds=i) for i in range(5)]  # each acknowledged at its own moment
     store.record_deliveries([
