@@ -26,5 +26,6 @@ def new_keyspace_url(cassandra_url: str) -> Iterator[str]:
     keyspace = f"crawlcoin_mig_{uuid.uuid4().hex[:10]}"
     yield f"cassandra://{contact}/{keyspace}"
     host, _, port = contact.rpartition(":")
-    with Cluster([host], port=int(port), protocol_version=4) as cluster:
+    with Cluster([host], port=int(port), protocol_version=4, connect_timeout=30,
+                 control_connection_timeout=30) as cluster:  # a node busy after schema changes answers late
         cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)

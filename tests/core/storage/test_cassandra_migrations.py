@@ -14,7 +14,8 @@ from core.storage.migration_errors import SchemaTooNew
 def cql(url: str, query: str) -> list[tuple[Any, ...]]:
     contact, keyspace = url.removeprefix("cassandra://").split("/")
     host, _, port = contact.rpartition(":")
-    with Cluster([host], port=int(port), protocol_version=4) as cluster:
+    with Cluster([host], port=int(port), protocol_version=4, connect_timeout=30,
+                 control_connection_timeout=30) as cluster:  # a node busy after schema changes answers late
         return sorted(tuple(row) for row in cluster.connect(keyspace).execute(query))
 
 
