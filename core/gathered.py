@@ -19,8 +19,8 @@ V = TypeVar("V")
 class Gathered(Generic[K, V]):
     """One bulk call (keys → what exists of them), shared by the coroutines that ask while it runs."""
 
-    def __init__(self, read: Callable[[list[K]], dict[K, V]]) -> None:
-        self._read = read
+    def __init__(self, call: Callable[[list[K]], dict[K, V]]) -> None:
+        self._call = call
         self._asked: list[tuple[list[K], asyncio.Future[dict[K, V]]]] = []
         self._reading: asyncio.Task[None] | None = None
 
@@ -29,16 +29,16 @@ class Gathered(Generic[K, V]):
         answer: asyncio.Future[dict[K, V]] = asyncio.get_running_loop().create_future()
         self._asked.append((keys, answer))
         if self._reading is None:
-            self._reading = asyncio.create_task(self._read_asked())
+            self._reading = asyncio.create_task(self._call_asked())
         return await answer
 
-    async def _read_asked(self) -> None:
+    async def _call_asked(self) -> None:
         try:
             while self._asked:
                 asked, self._asked = self._asked, []
                 keys = list(dict.fromkeys(k for some, _ in asked for k in some))
                 try:
-                    found = await to_thread.run_sync(self._read, keys)
+                    found = await to_thread.run_sync(self._call, keys)
                 except Exception as e:
                     for _, answer in asked:
                         if not answer.done():

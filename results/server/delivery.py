@@ -18,9 +18,9 @@ the order ended; not the watcher's "observed", which a delivery that observes do
 result delivered live it reads the store twice (the repetitions, the result) and writes once
 (delivered); it reads the order only when woken by something other than a result, or when its
 cursor reached the repetitions the order had claimed. Its store calls are gathered with those of
-the server's other deliveries (`gather`): at a busy minute one store call serves many orders. When the result server's
-notice reader gets back to Valkey after an outage (notices may have been lost meanwhile), it wakes
-every delivery. A delivery also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so
+the server's other deliveries (`gather`): at a busy minute one store call serves many orders.
+When the result server's notice reader gets back to Valkey after an outage (notices may have been
+lost meanwhile), it wakes every delivery. A delivery also looks again on its own every `SAFETY_POLL_SECONDS` (± 20 %, so
 many idle deliveries do not poll the store in step), in case a notice was lost otherwise: that
 costs at most that much delay. Each look is two store reads; measured with bench/e2e.py, polling
 every 5 s took more CPU in the result server than delivering the results at 200 orders, and at

@@ -26,14 +26,13 @@ class StoreCalls:
         def results(keys: list[tuple[str, int]]) -> dict[tuple[str, int], Result]:
             return {(r.order_id, r.n): r for r in store.get_results([job_key(o, n) for o, n in keys])}
 
-        self.orders: Gathered[str, Order] = Gathered(lambda ids: {o.id: o for o in store.get_orders(ids)})
-        self.repetitions: Gathered[tuple[str, int], Repetition] = Gathered(repetitions)
-        self.results: Gathered[tuple[str, int], Result] = Gathered(results)
-
         def record(acknowledged: list[Acknowledged]) -> dict[Acknowledged, bool]:
             store.record_deliveries(acknowledged)
             return dict.fromkeys(acknowledged, True)
 
+        self.orders: Gathered[str, Order] = Gathered(lambda ids: {o.id: o for o in store.get_orders(ids)})
+        self.repetitions: Gathered[tuple[str, int], Repetition] = Gathered(repetitions)
+        self.results: Gathered[tuple[str, int], Result] = Gathered(results)
         self.deliveries: Gathered[Acknowledged, bool] = Gathered(record)
 
     async def order(self, order_id: str) -> Order | None:

@@ -3,12 +3,13 @@
 Every result server runs one. A notice (a result stored, repetitions refunded, an order ended) is
 read by one watcher of the group, which observes that order as far as it is settled (the orders of a
 batch of notices together: `observer.observe_orders`), then acknowledges the notice; a watcher that
-dies leaves its notices pending, and another takes them over after `RECLAIM_IDLE_MS`. When an order's cursor moved, the
-watcher adds an `observed` notice, so the deliveries of that order on every result server wake up
-(those that observe do so on their own too, a batch at a time, and never wait for the watcher).
+dies leaves its notices pending, and another takes them over after `RECLAIM_IDLE_MS`. When an
+order's cursor moved, the watcher adds an `observed` notice, so the deliveries of that order on
+every result server wake up (those that observe do so on their own too, a batch at a time, and
+never wait for the watcher).
 
-A delivery's observing of one order is serialised within a process (a lock per order); the watcher's batch
-is not, and across processes nothing is: observing twice is safe (see `observer`).
+A delivery's observing of one order is serialised within a process (a lock per order); the
+watcher's batch is not, and across processes nothing is: observing twice is safe (see `observer`).
 """
 
 import asyncio
