@@ -14,6 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient, interrupt
@@ -21,6 +23,9 @@ from tests.test_cli_up import ConsoleLines, children_of, start_up, stop, wait_fo
 from tests.test_e2e import Pages, ns_on_disk, start_clients
 
 ORDERS, RUNS, EVERY = 4, 6, 3
+
+# Its waits are bounded in seconds: never beside the HA topology's 21 containers (tests/deploy/test_ha_topology.py).
+pytestmark = pytest.mark.xdist_group("machine-wide-chaos")
 
 
 def test_orders_survive_valkey_being_killed_during_dispatch(tmp_path: Path) -> None:

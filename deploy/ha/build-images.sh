@@ -9,15 +9,18 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
 base="$(scripts/docker/prepare-build.sh)"
-docker build -q -f deploy/docker/Dockerfile --build-arg "BASE_IMAGE=$base" -t crawlcoin:latest . >/dev/null
-
 jars="$(scripts/cassandra/start.sh --jars-only)"
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
+
+# The two builds at once: one mostly waits on pip's downloads, the other on apt's.
+docker build -q -f deploy/docker/Dockerfile --build-arg "BASE_IMAGE=$base" -t crawlcoin:latest . >/dev/null &
+crawlcoin_build=$!
 cp -r "$jars" "$context/lib"
 rm -f "$context/lib/.complete"
 mkdir "$context/conf"
 cp deploy/ha/cassandra.yaml.in scripts/cassandra/jvm17.args scripts/cassandra/logback.xml "$context/conf/"
 cp deploy/ha/cassandra-node.sh deploy/ha/postgres-node.sh "$context/"
 docker build -q -f deploy/ha/Dockerfile --build-arg "BASE_IMAGE=$base" -t crawlcoin-infra:bookworm "$context" >/dev/null
+wait "$crawlcoin_build"
 echo "crawlcoin:latest crawlcoin-infra:bookworm"

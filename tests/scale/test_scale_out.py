@@ -32,6 +32,9 @@ from tests.test_cli_up import CRAWLCOIN, start_up, stop, wait_for_table
 
 ORDERS, RUNS = 20, 25
 
+# Timing-bound (default test timeout) and CPU-bound: never beside the HA topology's 21 containers.
+pytestmark = pytest.mark.xdist_group("machine-wide-chaos")
+
 
 def client_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))} | {"COLUMNS": "120"}
