@@ -216,7 +216,11 @@ def _start_prefect(stack: Stack, settings: Settings, ports: HaPorts, api_ports: 
                                    infrastructure=True))
     stack.start("prefect services", [prefect, "server", "services", "start"], "scheduler and the other services, "
                 "once", "", "prefect-services.log", infrastructure=True,
-                extra_env=dict(server_env, PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false"))
+                extra_env=dict(server_env, PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false",
+                               # The scheduler and the other loops run whatever is enabled, but the command
+                               # refuses to start when none of its event services is (the lean settings turn
+                               # them off): the task run recorder is the cheapest one (crawlcoin runs no tasks).
+                               PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED="true"))
     wait_all(servers, 240)
 
 
