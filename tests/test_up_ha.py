@@ -95,11 +95,16 @@ def test_up_ha_rides_through_losing_one_of_each(tmp_path: Path, ha_programs: Non
 
         sentinel_port = json.loads((data / "ha-ports.json").read_text())["sentinels"][0]
 
-        def promoted() -> bool:
-            with redis.Redis(port=sentinel_port, password=password, decode_responses=True) as s:
-                return int(s.sentinel_get_master_addr_by_name("crawlcoin")[1]) != ports["valkey"]
+        def primary_answers() -> bool:  # the restarted old primary, or the replica the Sentinels promoted
+            try:
+                with redis.Redis(port=sentinel_port, password=password, decode_responses=True) as s:
+                    port = int(s.sentinel_get_master_addr_by_name("crawlcoin")[1])
+                with redis.Redis(port=port, password=password) as p:
+                    return bool(p.ping())
+            except redis.RedisError:
+                return False
 
-        wait_for(promoted, 60, "the Sentinels to promote the replica", poll=0.5)
+        wait_for(primary_answers, 60, "a Valkey primary again", poll=0.5)
         wait_for(lambda: delivered() >= granted, 240, f"all {granted} results on disk", poll=1)
         assert proc.poll() is None, "crawlcoin up --ha carried on"
         for oid, ns in ns_on_disk(out, order_ids).items():
