@@ -21,19 +21,22 @@ _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 class Pool:
     """One public port and the servers behind it."""
 
-    name: str  # "mining" or "results"
+    name: str  # "mining", "results", "api" or "prefect"
     host: str
     port: int
     backends: tuple[int, ...]
+    health: str = "/health"
+    sticky: bool = True  # the SERVERID cookie, for Socket.IO servers
+    forwardfor: bool = False  # X-Forwarded-For, for an API that finds the real client behind a trusted proxy
 
 
-def find_haproxy() -> str:
+def find_haproxy(needed_by: str = "more than one mining or result server needs HAProxy in front of them",
+                 instead: str = " or run one server of each kind (--mining-servers 1 --result-servers 1)") -> str:
     path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN])
     found = shutil.which("haproxy", path=path)
     if found is None:
-        raise CrawlcoinError("more than one mining or result server needs HAProxy in front of them, and "
-                             "`haproxy` is not installed: install it (Debian/Ubuntu: apt-get install haproxy) "
-                             "or run one server of each kind (--mining-servers 1 --result-servers 1)")
+        raise CrawlcoinError(f"{needed_by}, and `haproxy` is not installed: install it "
+                             f"(Debian/Ubuntu: apt-get install haproxy){instead}")
     return found
 
 
@@ -72,12 +75,14 @@ def render(pools: list[Pool], stats_port: int) -> str:
             "",
             f"backend {pool.name}_servers",
             "    balance roundrobin",
-            "    cookie SERVERID insert indirect nocache   # affinity for any long-polling fallback",
-            "    option httpchk GET /health",
+            *(["    cookie SERVERID insert indirect nocache   # affinity for any long-polling fallback"]
+              if pool.sticky else []),
+            *(["    option forwardfor"] if pool.forwardfor else []),
+            f"    option httpchk GET {pool.health}",
             "    http-check expect status 200",
             "    default-server check inter 1s fall 2 rise 2 on-marked-down shutdown-sessions",
         ]
-        lines += [f"    server {pool.name}-{i} {pool.host}:{port} cookie {pool.name}-{i}"
+        lines += [f"    server {pool.name}-{i} {pool.host}:{port}" + (f" cookie {pool.name}-{i}" if pool.sticky else "")
                   for i, port in enumerate(pool.backends, 1)]
         lines.append("")
     return "\n".join(lines)

@@ -58,9 +58,21 @@ def up(
                                        help="Result servers to run; more than one sit behind HAProxy on "
                                             "CRAWLCOIN_RESULTS_PORT (needs the `haproxy` package)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64, help="crawlcoin Prefect workers to run."),
+    ha: bool = typer.Option(False, "--ha", help="No single point of failure but the machine: three Cassandra "
+                                                "nodes, Valkey with Sentinel, two Prefect API servers, two of "
+                                                "each crawlcoin server behind HAProxy (needs Java 17, `haproxy` "
+                                                "and `pip install 'crawlcoin[ha]'`)."),
 ) -> None:
     """Start every crawlcoin service on embedded defaults (SQLite, Valkey, Prefect) and print the URLs."""
     from cli.up import run_stack
+
+    if ha:
+        from cli.ha import run_ha
+
+        if miner or demo or max(mining_servers, result_servers, workers) > 1:
+            raise CrawlcoinError("--ha runs two of each server and worker, without a local miner or demo: leave "
+                                 "out --miner, --demo, --mining-servers, --result-servers and --workers")
+        raise typer.Exit(run_ha(_settings()))
 
     raise typer.Exit(run_stack(_settings(), miner=miner, demo=demo, mining_servers=mining_servers,
                                result_servers=result_servers, workers=workers))

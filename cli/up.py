@@ -2,112 +2,42 @@
 together."""
 
 import os
-import signal
-import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-from redis.exceptions import RedisError
-from rich.console import Console
-from rich.table import Table
 
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
 from cli.embedded import embedded_secrets, prefect_env, private_data_dir, start_postgres, valkey_argv, valkey_config
 from cli.haproxy import Pool, find_haproxy, write_config
 from cli.local_miner import local_miner_token
+from cli.stack import (
+    Stack,
+    Stop,
+    consecutive_free_ports,
+    console,
+    free_port,
+    hide_password,
+    print_table,
+    require_port,
+    valkey_answers,
+)
 from cli.status import METRICS_TARGETS, write_targets
-from cli.supervise import Child, PostgresChild, Supervisor, stop_all
+from cli.supervise import PostgresChild
 from core.errors import CrawlcoinError
 from core.settings import Settings
-from core.valkey import valkey_sync
 from dashboard.launch import health_url as dashboard_health_url
 from dashboard.launch import streamlit_argv
 from dashboard.launch import url as dashboard_url
 
-console = Console()
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _require_port(host: str, port: int, setting: str, what: str) -> None:
-    if not _port_free(host, port):
-        raise CrawlcoinError(f"port {port} on {host} is taken, so the {what} cannot start; "
-                             f"set {setting} to a free port")
-
-
-def _consecutive_free_ports(host: str, above: int, count: int, reserved: set[int]) -> list[int]:
-    """`count` consecutive free ports just above `above`, none of them in `reserved` (which grows)."""
-    start = above + 1
-    while start + count <= 65536:
-        block = list(range(start, start + count))
-        busy = [p for p in block if p in reserved or not _port_free(host, p)]
-        if not busy:
-            reserved.update(block)
-            return block
-        start = busy[-1] + 1
-    raise CrawlcoinError(f"no {count} consecutive free ports above {above} on {host}")
-
-
-class _Stop(Exception):
-    pass
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop
+__all__ = ["print_table", "run_stack"]
 
 
 def run_stack(settings: Settings, miner: bool = False, demo: bool = False, mining_servers: int = 1,
               result_servers: int = 1, workers: int = 1) -> int:
     data_dir = settings.data_dir.expanduser().resolve()
-    logs = data_dir / "logs"
     os.umask(0o077)  # everything crawlcoin and its children write here is the owner's only
     private_data_dir(data_dir)
-    env = dict(os.environ, CRAWLCOIN_DATA_DIR=str(data_dir))
-    rows: list[tuple[str, str, str]] = []
-    children: list[Child] = []
-    supervisor = Supervisor(console)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    host = settings.host
-
-    def start(name: str, argv: list[str], url: str, health: str, log: str, shown: str | None = None,
-              extra_env: dict[str, str] | None = None, timeout: float = 90, wait: bool = True,
-              ready: Callable[[], bool] | None = None, one_shot: bool = False, infrastructure: bool = False) -> Child:
-        child = Child(name, argv, url, health, logs / log, ready=ready, one_shot=one_shot,
-                      infrastructure=infrastructure)
-        children.append(child)
-        child.start(dict(env, **(extra_env or {})))
-        if wait:
-            child.wait_healthy(timeout=timeout)
-        rows.append((name, shown or url, str(child.log)))
-        supervisor.watch(child)
-        return child
-
-    def start_replicas(kind: str, argv: list[str], port_setting: str, ports: list[int], log: str) -> None:
-        """N servers of one kind, started together, then waited for (start-up is CPU-bound)."""
-        many = len(ports) > 1
-        group = [start(f"{kind} {i}" if many else kind, argv, f"http://{host}:{port}",
-                       f"http://{host}:{port}/health", f"{log}-{i}.log" if many else f"{log}.log",
-                       shown=f"http://{host}:{port}" + ("" if many else " (Socket.IO)"),
-                       extra_env={port_setting: str(port)}, wait=False)
-                 for i, port in enumerate(ports, 1)]
-        for child in group:
-            child.wait_healthy(timeout=120)
+    stack = Stack(data_dir, settings.host)
+    env, rows, start, host = stack.env, stack.rows, stack.start, settings.host
 
     if demo:
         refuse_in_production(settings)
@@ -123,25 +53,25 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         if not settings.prefect_api_url:
             ports.append((settings.prefect_port, "CRAWLCOIN_PREFECT_PORT", "Prefect server"))
         for port, setting, what in ports:
-            _require_port(host, port, setting, what)
+            require_port(host, port, setting, what)
         haproxy = find_haproxy() if max(mining_servers, result_servers) > 1 else None
         # Behind HAProxy the servers listen on consecutive free ports above the public one.
         reserved = {port for port, _, _ in ports}
         mining_ports = ([settings.mining_port] if mining_servers == 1 else
-                        _consecutive_free_ports(host, settings.mining_port, mining_servers, reserved))
+                        consecutive_free_ports(host, settings.mining_port, mining_servers, reserved))
         results_ports = ([settings.results_port] if result_servers == 1 else
-                         _consecutive_free_ports(host, settings.results_port, result_servers, reserved))
+                         consecutive_free_ports(host, settings.results_port, result_servers, reserved))
 
         secrets = embedded_secrets(data_dir)
         if settings.redis_url:
-            rows.append(("valkey (external)", _hide_password(settings.redis_url), "-"))
+            rows.append(("valkey (external)", hide_password(settings.redis_url), "-"))
         else:
             shown_url = f"redis://{host}:{settings.valkey_port}/0"
             env["CRAWLCOIN_REDIS_URL"] = f"redis://:{secrets.valkey_password}@{host}:{settings.valkey_port}/0"
             config = valkey_config(data_dir / "valkey", host, settings.valkey_port, secrets.valkey_password)
             start("valkey", valkey_argv(config), shown_url, "", "valkey.log", timeout=60,
                   shown=f"{shown_url} (password in {data_dir / 'secrets.json'})",
-                  ready=lambda: _valkey_answers(env["CRAWLCOIN_REDIS_URL"]), infrastructure=True)
+                  ready=lambda: valkey_answers(env["CRAWLCOIN_REDIS_URL"]), infrastructure=True)
 
         if settings.prefect_api_url:
             rows.append(("prefect (external)", settings.prefect_api_url, "-"))
@@ -158,10 +88,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 except Exception as e:
                     raise CrawlcoinError(f"the embedded PostgreSQL for Prefect did not start ({e}); see "
                                          f"{pgdata / 'log'}, or set CRAWLCOIN_PREFECT_DATABASE=sqlite") from None
-                pg_child = PostgresChild("prefect database", pgdata, postgres)
-                children.append(pg_child)
-                supervisor.watch(pg_child)
-                rows.append(("prefect database", "PostgreSQL (embedded, Unix socket)", str(pgdata / "log")))
+                stack.adopt(PostgresChild("prefect database", pgdata, postgres), "PostgreSQL (embedded, Unix socket)")
             start("prefect server", [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", host,
                                      "--port", str(settings.prefect_port)],
                   prefect_url, f"{prefect_url}/api/health", "prefect.log", timeout=180,
@@ -173,16 +100,16 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
         base = f"http://{host}:{settings.api_port}"
         start("api", crawlcoin + ["serve", "api"], f"{base}/docs", f"{base}/health", "api.log")
         worker_ports = ([settings.worker_metrics_port + i for i in range(workers)] if settings.worker_metrics_port
-                        else _consecutive_free_ports(host, max(p for p, _, _ in ports), workers, reserved))
+                        else consecutive_free_ports(host, max(p for p, _, _ in ports), workers, reserved))
         for i, metrics_port in enumerate(worker_ports, 1):
-            _require_port(host, metrics_port, "CRAWLCOIN_WORKER_METRICS_PORT", "worker's metrics endpoint")
+            require_port(host, metrics_port, "CRAWLCOIN_WORKER_METRICS_PORT", "worker's metrics endpoint")
             start(f"worker {i}" if workers > 1 else "worker", crawlcoin + ["worker"],
                   f"Prefect work pool {settings.work_pool}; http://{host}:{metrics_port}/metrics", "",
                   f"worker-{i}.log" if workers > 1 else "worker.log",
                   extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "CRAWLCOIN_WORKER_METRICS_PORT": str(metrics_port)})
-        start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
+        stack.start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
                        "mining")
-        start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
+        stack.start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
                        "results")
         mining_url = f"http://{host}:{settings.mining_port}"
         results_url = f"http://{host}:{settings.results_port}"
@@ -190,7 +117,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                  (("mining", settings.mining_port, mining_ports), ("results", settings.results_port, results_ports))
                  if len(backends) > 1]
         if haproxy is not None:
-            [stats_port] = _consecutive_free_ports(host, pools[0].backends[-1], 1, reserved)
+            [stats_port] = consecutive_free_ports(host, pools[0].backends[-1], 1, reserved)
             config = write_config(data_dir / "haproxy.cfg", pools, stats_port, haproxy)
             start("haproxy", [haproxy, "-db", "-f", str(config)], f"http://{host}:{stats_port}/ (stats)",
                   f"http://{host}:{pools[0].port}/health", "haproxy.log")
@@ -213,7 +140,7 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                   extra_env={"CRAWLCOIN_MINER_TOKEN": token})
         demo_note = None
         if demo:
-            page_port = _free_port(host)
+            page_port = free_port(host)
             site = prepare_site(data_dir)
             page_url = f"http://{host}:{page_port}/index.html"
             start("demo page", [sys.executable, "-m", "http.server", str(page_port), "--bind", host, "--directory",
@@ -237,49 +164,14 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
                 f"[bold]{demo_note['password']}[/] and TOTP secret {demo_note['secret']} "
                 f"(or compute a code: python -c \"import pyotp; print(pyotp.TOTP('{demo_note['secret']}').now())\").",
                 soft_wrap=True)  # one line each, never cut: a command broken in two does not paste
-        while True:
-            supervisor.check()
-            time.sleep(0.5)
-    except (KeyboardInterrupt, _Stop):
+        stack.keep_running()
+    except (KeyboardInterrupt, Stop):
         console.print("stopping…")
         return 0
     finally:
-        stop_all(children)
-
-
-def print_table(out: Console, rows: list[tuple[str, str, str]]) -> None:
-    """The services, their URLs and logs, never cut: folded on a narrow terminal, one line each in a log."""
-    table = Table(title="crawlcoin is up (Ctrl-C stops everything)")
-    for col in ("service", "URL", "log"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    if out.is_terminal:
-        out.print(table)
-        return
-    width = out.width  # a pipe or a file has no width: do not wrap at Rich's default of 80 columns
-    out.width = max(width, 4 + sum(3 + max(len(r[i]) for r in rows) for i in range(3)))
-    try:
-        out.print(table)
-    finally:
-        out.width = width
+        stack.stop()
+    return 0
 
 
 def _display_store(settings: Settings) -> str:
-    return _hide_password(settings.resolved_store_url)
-
-
-def _hide_password(url: str) -> str:
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://…@{rest.split('@', 1)[1]}"
-    return url
-
-
-def _valkey_answers(url: str) -> bool:
-    """Valkey is up and has loaded its AOF: an authenticated PING answers."""
-    try:
-        with valkey_sync(url, socket_timeout=2, socket_connect_timeout=2) as client:
-            return bool(client.ping())
-    except RedisError:
-        return False
+    return hide_password(settings.resolved_store_url)

@@ -3,6 +3,8 @@
 #
 #   scripts/cassandra/start.sh [--dir DIR] [--port 9042] [--storage-port 7000] [--jmx-port PORT]
 #                              [--heap 1G] [--heap-min 256M] [--timeout 180]
+#                              [--listen-address 127.0.0.1] [--seeds ADDR:PORT,…] [--initial-token 0]
+#                              [--cluster-name crawlcoin-test] [--foreground]
 #   scripts/cassandra/start.sh --jars-only     # fetch the jars if missing, print their folder, start nothing
 #
 # - jars: resolved once with Maven into $CRAWLCOIN_CASSANDRA_HOME/lib-<version>
@@ -12,6 +14,11 @@
 # - Idempotent: if the node of DIR is already running, it only waits for CQL and prints the contact point.
 # - --jmx-port enables local JMX (nodetool); off by default.
 # - CRAWLCOIN_CASSANDRA_JVM_OPTS: extra JVM options, whitespace-separated.
+# - A node of a cluster: its own --listen-address (Linux routes all of 127.0.0.0/8 to loopback, so three nodes
+#   use 127.0.0.1-3 with the same ports), the --seeds (hinted handoff is on when they are given), one fixed
+#   --initial-token each and one --cluster-name.
+# - --foreground: exec the JVM in place of this script (its log on stdout, no waiting for CQL), for a
+#   supervisor that restarts it (`crawlcoin up --ha`); the pid file is written as well.
 # On success the only line on stdout is the contact point, 127.0.0.1:<port>; progress goes to stderr.
 set -euo pipefail
 
@@ -26,6 +33,11 @@ HEAP="1G"
 HEAP_MIN="256M"
 TIMEOUT=180
 JARS_ONLY=""
+ADDRESS="127.0.0.1"
+SEEDS=""
+TOKEN=0
+CLUSTER="crawlcoin-test"
+FOREGROUND=""
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "cassandra: $*" >&2; exit 1; }
@@ -47,6 +59,15 @@ while [[ $# -gt 0 ]]; do
     --timeout) TIMEOUT="${2:?}"; shift 2 ;;
     --timeout=*) TIMEOUT="${1#*=}"; shift ;;
     --jars-only) JARS_ONLY=1; shift ;;
+    --listen-address) ADDRESS="${2:?}"; shift 2 ;;
+    --listen-address=*) ADDRESS="${1#*=}"; shift ;;
+    --seeds) SEEDS="${2:?}"; shift 2 ;;
+    --seeds=*) SEEDS="${1#*=}"; shift ;;
+    --initial-token) TOKEN="${2:?}"; shift 2 ;;
+    --initial-token=*) TOKEN="${1#*=}"; shift ;;
+    --cluster-name) CLUSTER="${2:?}"; shift 2 ;;
+    --cluster-name=*) CLUSTER="${1#*=}"; shift ;;
+    --foreground) FOREGROUND=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -54,6 +75,12 @@ done
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "bad --port: $PORT"
 [[ "$STORAGE_PORT" =~ ^[0-9]+$ ]] || die "bad --storage-port: $STORAGE_PORT"
 [[ -z "$JMX_PORT" || "$JMX_PORT" =~ ^[0-9]+$ ]] || die "bad --jmx-port: $JMX_PORT"
+[[ "$ADDRESS" =~ ^[0-9.]+$ ]] || die "bad --listen-address: $ADDRESS"
+[[ "$TOKEN" =~ ^-?[0-9]+$ ]] || die "bad --initial-token: $TOKEN"
+[[ "$CLUSTER" =~ ^[A-Za-z0-9_-]+$ ]] || die "bad --cluster-name: $CLUSTER"
+HINTS=true
+if [[ -z "$SEEDS" ]]; then SEEDS="$ADDRESS:$STORAGE_PORT"; HINTS=false; fi
+[[ "$SEEDS" =~ ^[0-9.:,]+$ ]] || die "bad --seeds: $SEEDS"
 
 DIR="${DIR:-$CACHE/node-$PORT}"
 if [[ -z "$JARS_ONLY" ]]; then
@@ -63,7 +90,7 @@ fi
 PIDFILE="$DIR/cassandra.pid"
 LOGDIR="$DIR/logs"
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$ADDRESS/$1") 2>/dev/null; }
 alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 
 # Wait until CQL accepts connections; on failure show the log and exit non-zero.
@@ -72,8 +99,8 @@ wait_for_cql() {
   while :; do
     if port_open "$PORT"; then
       now=$(date +%s)
-      echo "cassandra: CQL ready on 127.0.0.1:$PORT after $((now - started)) s (pid $pid, dir $DIR)" >&2
-      echo "127.0.0.1:$PORT"
+      echo "cassandra: CQL ready on $ADDRESS:$PORT after $((now - started)) s (pid $pid, dir $DIR)" >&2
+      echo "$ADDRESS:$PORT"
       return 0
     fi
     if ! alive "$pid"; then
@@ -84,7 +111,7 @@ wait_for_cql() {
     fi
     now=$(date +%s)
     if (( now - started >= TIMEOUT )); then
-      echo "cassandra: CQL not ready on 127.0.0.1:$PORT after ${TIMEOUT} s (pid $pid still running). Log tail:" >&2
+      echo "cassandra: CQL not ready on $ADDRESS:$PORT after ${TIMEOUT} s (pid $pid still running). Log tail:" >&2
       tail -n 60 "$LOGDIR/system.log" "$LOGDIR/stdout.log" >&2 2>/dev/null || true
       echo "cassandra: stop it with: $HERE/stop.sh --dir $DIR" >&2
       exit 1
@@ -97,6 +124,7 @@ wait_for_cql() {
 if [[ -z "$JARS_ONLY" && -f "$PIDFILE" ]]; then
   OLDPID="$(cat "$PIDFILE" 2>/dev/null || true)"
   if alive "$OLDPID" && grep -q CassandraDaemon "/proc/$OLDPID/cmdline" 2>/dev/null; then
+    [[ -z "$FOREGROUND" ]] || die "the node of $DIR is already running (pid $OLDPID)"
     echo "cassandra: already running (pid $OLDPID)" >&2
     wait_for_cql "$OLDPID" "$(date +%s)"
     exit 0
@@ -105,7 +133,7 @@ if [[ -z "$JARS_ONLY" && -f "$PIDFILE" ]]; then
   rm -f "$PIDFILE"
 fi
 if [[ -z "$JARS_ONLY" ]] && port_open "$PORT"; then
-  die "127.0.0.1:$PORT is already in use by another process (not the node of $DIR)"
+  die "$ADDRESS:$PORT is already in use by another process (not the node of $DIR)"
 fi
 
 # --- Java 17 -----------------------------------------------------------------
@@ -155,6 +183,11 @@ sed -e "s#@DATA_DIR@#$DIR/data#g" \
     -e "s#@NATIVE_PORT@#$PORT#g" \
     -e "s#@STORAGE_PORT@#$STORAGE_PORT#g" \
     -e "s#@SSL_STORAGE_PORT@#$((STORAGE_PORT + 1))#g" \
+    -e "s#@LISTEN_ADDRESS@#$ADDRESS#g" \
+    -e "s#@SEEDS@#$SEEDS#g" \
+    -e "s#@INITIAL_TOKEN@#$TOKEN#g" \
+    -e "s#@CLUSTER_NAME@#$CLUSTER#g" \
+    -e "s#@HINTED_HANDOFF@#$HINTS#g" \
     "$HERE/cassandra.yaml.in" > "$DIR/conf/cassandra.yaml"
 cp "$HERE/logback.xml" "$DIR/conf/logback.xml"
 cp "$HERE/jvm17.args" "$DIR/conf/jvm17.args"
@@ -184,7 +217,11 @@ fi
 ARGS+=(-cp "$DIR/conf:$LIB/*" org.apache.cassandra.service.CassandraDaemon)
 
 # --- launch ------------------------------------------------------------------
-echo "cassandra: starting $VERSION (heap $HEAP, CQL 127.0.0.1:$PORT, storage $STORAGE_PORT, dir $DIR)" >&2
+echo "cassandra: starting $VERSION (heap $HEAP, CQL $ADDRESS:$PORT, storage $STORAGE_PORT, dir $DIR)" >&2
+if [[ -n "$FOREGROUND" ]]; then
+  echo $$ >"$PIDFILE"
+  exec "$JAVA" "${ARGS[@]}"
+fi
 STARTED=$(date +%s)
 {
   echo "=== $(date -u +%FT%TZ) start: $JAVA ${ARGS[*]}"
