@@ -3,9 +3,11 @@
 Three Cassandra nodes (RF 3), Valkey with a replica and three Sentinels, two Prefect API servers, two of each
 crawlcoin server behind HAProxy — all started by one `crawlcoin up --ha`. A customer orders a local page
 2 × 15 times (every 2 s); a real `crawlcoin mine` and `crawlcoin results` work the orders through the public
-ports. While they run, the Valkey primary, one Cassandra node, one Prefect API server and one API replica are
-SIGKILLed. In the end every repetition is a file on disk exactly once, the miner was paid once per result,
-coins are conserved and both orders completed.
+ports. While they run, one Cassandra node, one Prefect API server and one API replica are SIGKILLed and the
+Valkey primary hangs (SIGSTOP: a process the supervisor would restart within a second, as a machine that comes
+back, so a hang is what makes the Sentinels fail over) until the Sentinels have promoted the replica. In the end
+every repetition is a file on disk exactly once, the miner was paid once per result, coins are conserved and
+both orders completed.
 """
 
 import json
@@ -77,7 +79,7 @@ def test_up_ha_rides_through_losing_one_of_each(tmp_path: Path, ha_programs: Non
 
         wait_for(lambda: delivered() >= 4, 180, "4 results on disk", poll=0.3)
 
-        # Mid-run: the Valkey primary, a Cassandra node, a Prefect API server and an API replica are SIGKILLed.
+        # Mid-run: a Cassandra node, a Prefect API server and an API replica are SIGKILLed, the Valkey primary hangs.
         with redis.Redis(port=ports["valkey"], password=password) as primary:
             valkey_pid = int(primary.info("server")["process_id"])
         cassandra_pid = int((data / "cassandra" / "node-2" / "cassandra.pid").read_text())
@@ -89,22 +91,33 @@ def test_up_ha_rides_through_losing_one_of_each(tmp_path: Path, ha_programs: Non
         api_pid = next(pid for pid, argv, env in up_children
                        if "serve api" in argv and env.get("CRAWLCOIN_API_PORT") == api_port)
         before = delivered()
-        for pid in (valkey_pid, cassandra_pid, prefect_pid, api_pid):
-            os.kill(pid, signal.SIGKILL)
-        assert before < granted, "the kills happened mid-run"
+        nodes = json.loads((data / "ha-ports.json").read_text())
+        os.kill(valkey_pid, signal.SIGSTOP)
+        try:
+            for pid in (cassandra_pid, prefect_pid, api_pid):
+                os.kill(pid, signal.SIGKILL)
+            assert before < granted, "the kills happened mid-run"
 
-        sentinel_port = json.loads((data / "ha-ports.json").read_text())["sentinels"][0]
+            def primary_port() -> int | None:
+                try:
+                    with redis.Redis(port=nodes["sentinels"][0], password=password, decode_responses=True) as s:
+                        return int(s.sentinel_get_master_addr_by_name("crawlcoin")[1])
+                except redis.RedisError:
+                    return None
 
-        def primary_answers() -> bool:  # the restarted old primary, or the replica the Sentinels promoted
+            wait_for(lambda: primary_port() == nodes["valkey_replica"], 60, "the Sentinels promote the replica",
+                     poll=0.5)
+        finally:
+            os.kill(valkey_pid, signal.SIGCONT)  # back as a replica of the new primary
+
+        def replica_again() -> bool:  # the old primary, demoted by the Sentinels
             try:
-                with redis.Redis(port=sentinel_port, password=password, decode_responses=True) as s:
-                    port = int(s.sentinel_get_master_addr_by_name("crawlcoin")[1])
-                with redis.Redis(port=port, password=password) as p:
-                    return bool(p.ping())
+                with redis.Redis(port=ports["valkey"], password=password, decode_responses=True) as old:
+                    return old.info("replication")["role"] == "slave"
             except redis.RedisError:
                 return False
 
-        wait_for(primary_answers, 60, "a Valkey primary again", poll=0.5)
+        wait_for(replica_again, 60, "the old primary turned into a replica", poll=0.5)
         wait_for(lambda: delivered() >= granted, 240, f"all {granted} results on disk", poll=1)
         assert proc.poll() is None, "crawlcoin up --ha carried on"
         for oid, ns in ns_on_disk(out, order_ids).items():
