@@ -31,6 +31,9 @@ from tests.test_e2e import Pages, ns_on_disk, start_clients
 
 ORDERS, RUNS, EVERY = 2, 15, 2
 
+# Three JVMs and ~20 processes: never beside the HA topology's containers or the other chaos tests.
+pytestmark = pytest.mark.xdist_group("machine-wide-chaos")
+
 
 @pytest.fixture
 def ha_programs() -> None:

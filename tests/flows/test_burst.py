@@ -91,7 +91,8 @@ def test_a_burst_of_orders_is_released_once_each_and_gets_its_deployments_with_a
             return sum(1 for o in ids if store.get_order(o).deployment_id)  # type: ignore[union-attr]
 
         # In the middle of writing the deployments: 60 of 300 written (the first repetitions are claimed by now).
-        wait_for(lambda: deployments() >= 60, 300, "the first deployments")
+        # (a liveness bound: beside the HA topology's containers on two cores, the first 60 took over 300 s)
+        wait_for(lambda: deployments() >= 60, 600, "the first deployments")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
         assert deployments() < ORDERS, "the worker was killed half-way"
