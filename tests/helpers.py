@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -94,6 +95,21 @@ class ApiClient(httpx.Client):
 
 def interval_order(url: str = "https://example.com/page", every: int = 60, runs: int = 5, **extra: object) -> dict:
     return {"url": url, "schedule": {"kind": "interval", "every_seconds": every}, "max_runs": runs, **extra}
+
+
+def place_page_orders(api: "ApiClient", customer: Any, page_port: int, count: int, runs: int, every: int,
+                      start: datetime, spacing: float = 1.0) -> dict[str, datetime]:
+    """`count` interval orders of the local page server's /page/o<i>, the i-th starting i × `spacing` s after
+    `start`: their ids (in order) → start times."""
+    starts: dict[str, datetime] = {}
+    for i in range(count):
+        start_at = start + timedelta(seconds=i * spacing)
+        r = api.post("/orders", headers=customer.headers, json={
+            "url": f"http://127.0.0.1:{page_port}/page/o{i}", "max_runs": runs,
+            "schedule": {"kind": "interval", "every_seconds": every}, "start_at": start_at.isoformat()})
+        assert r.status_code == 201, r.text
+        starts[r.json()["id"]] = start_at
+    return starts
 
 
 def interrupt(processes: Iterable[subprocess.Popen[bytes] | None], timeout: float = 30) -> None:

@@ -20,7 +20,7 @@ from redis import Redis
 
 from tests.conftest import free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient, interrupt
+from tests.helpers import ApiClient, interrupt, place_page_orders
 from tests.test_cli_up import ConsoleLines, start_up, stop, wait_for_table
 from tests.test_e2e import Pages, ns_on_disk, start_clients
 from tests.valkey_sentinel import SentinelTopology
@@ -50,14 +50,7 @@ def test_orders_ride_through_a_sentinel_failover_that_loses_writes(tmp_path: Pat
         customer = api.new_account(coins=ORDERS * RUNS)
         volunteer = api.new_account()
         start = datetime.now(UTC) + timedelta(seconds=12)
-        order_ids = []
-        for i in range(ORDERS):
-            r = api.post("/orders", headers=customer.headers, json={
-                "url": f"http://127.0.0.1:{pages.server_port}/page/o{i}", "max_runs": RUNS,
-                "schedule": {"kind": "interval", "every_seconds": EVERY},
-                "start_at": (start + timedelta(seconds=i)).isoformat()})
-            assert r.status_code == 201, r.text
-            order_ids.append(r.json()["id"])
+        order_ids = list(place_page_orders(api, customer, pages.server_port, ORDERS, RUNS, EVERY, start))
 
         def orders() -> list[dict]:
             return [api.get(f"/orders/{oid}", headers=customer.headers).json() for oid in order_ids]

@@ -24,7 +24,7 @@ import redis
 
 from tests.conftest import backend_unavailable, free_port
 from tests.flows.conftest import wait_for
-from tests.helpers import ApiClient, interrupt
+from tests.helpers import ApiClient, interrupt, place_page_orders
 from tests.scale.test_scale_out import children_of
 from tests.test_cli_up import start_up, stop, wait_for_table
 from tests.test_e2e import Pages, ns_on_disk, start_clients
@@ -65,14 +65,7 @@ def test_up_ha_rides_through_losing_one_of_each(tmp_path: Path, ha_programs: Non
         customer = api.new_account(coins=ORDERS * RUNS)
         volunteer = api.new_account()
         start = datetime.now(UTC) + timedelta(seconds=10)
-        order_ids = []
-        for i in range(ORDERS):
-            r = api.post("/orders", headers=customer.headers, json={
-                "url": f"http://127.0.0.1:{pages.server_port}/page/o{i}", "max_runs": RUNS,
-                "schedule": {"kind": "interval", "every_seconds": EVERY},
-                "start_at": (start + timedelta(seconds=i)).isoformat()})
-            assert r.status_code == 201, r.text
-            order_ids.append(r.json()["id"])
+        order_ids = list(place_page_orders(api, customer, pages.server_port, ORDERS, RUNS, EVERY, start))
         granted = ORDERS * RUNS
         miner, results, out = start_clients(api, ports, volunteer, customer, order_ids, tmp_path)
         clients += [miner, results]

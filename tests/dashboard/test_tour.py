@@ -32,7 +32,9 @@ BIN = Path(sys.executable).parent
 WAIT_MS = 30_000
 AFTER_DEMO = 60  # how long after the demo order ended the stack is checked to be still up
 
-pytestmark = pytest.mark.timeout(600)
+# Its browser waits are bounded in seconds (WAIT_MS): never beside the HA topology's containers (the dashboard's
+# first page once took over 30 s there).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("machine-wide-chaos")]
 
 
 def tour_text() -> str:

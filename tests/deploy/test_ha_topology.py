@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.ha_topology import Topology, build_images, docker_compose
-from tests.helpers import ApiClient, interrupt
+from tests.helpers import ApiClient, interrupt, place_page_orders
 from tests.test_e2e import Pages, ns_on_disk, start_clients
 
 # The topology is 21 containers on this machine's two cores: the tests that kill and wait on processes of their
@@ -67,15 +67,8 @@ def test_every_repetition_once_while_one_node_of_each_kind_is_killed(tmp_path: P
         customer = api.new_account(coins=ORDERS * RUNS)
         volunteer = api.new_account()
         start = datetime.now(UTC) + timedelta(seconds=20)
-        order_ids, starts = [], {}
-        for i in range(ORDERS):
-            start_at = start + timedelta(seconds=i * EVERY / ORDERS)
-            r = api.post("/orders", headers=customer.headers, json={
-                "url": f"http://127.0.0.1:{pages.server_port}/page/o{i}", "max_runs": RUNS,
-                "schedule": {"kind": "interval", "every_seconds": EVERY}, "start_at": start_at.isoformat()})
-            assert r.status_code == 201, r.text
-            order_ids.append(r.json()["id"])
-            starts[order_ids[-1]] = start_at.timestamp()
+        placed = place_page_orders(api, customer, pages.server_port, ORDERS, RUNS, EVERY, start, EVERY / ORDERS)
+        order_ids, starts = list(placed), {oid: at.timestamp() for oid, at in placed.items()}
         granted = ORDERS * RUNS
         ports = {"mining": topology.ports["mining"], "results": topology.ports["results"]}
         miner, results, out = start_clients(api, ports, volunteer, customer, order_ids, tmp_path)
