@@ -9,7 +9,8 @@ second client drains it: how fast it receives them, and its peak resident memory
 Then `--orders` orders live at once (a client subscribed to each 100 of them), each getting one result
 at a time for `--rounds` rounds (a marketplace's minute: many orders, one repetition each): their
 latency and the result server's CPU per delivered result (this process's CPU time less the bench's
-own thread, which stores and announces the results).
+own thread, which stores and announces the results). With `--rate R` each round's results come one
+order at a time, R a second, as a live marketplace stores them, instead of all at once.
 Prints p50/p99 for the latency phases, the drain rate, the server's CPU and the clients' peak memory.
 
 Bodies are 20 KB of hex text (zlib takes them to about half, as it does typical HTML to a
@@ -18,7 +19,7 @@ third); `--repetitive` sends 20 KB of one repeated byte instead, which compresse
 observed — extracted and compared — before it is sent; without it the orders have none, and the
 watcher observes them beside the deliveries.
 
-    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--orders 200 --rounds 5]
+    python bench/results.py [--burst 1000] [--singles 30] [--backlog 5000] [--orders 200 --rounds 5 [--rate R]]
                              [--repetitive] [--extraction]
 """
 
@@ -62,6 +63,8 @@ def main() -> None:
     p.add_argument("--extraction", action="store_true", help="orders with an extraction: deliveries observe first")
     p.add_argument("--orders", type=int, default=200, help="orders live at once, a client per 100 (0: none)")
     p.add_argument("--rounds", type=int, default=5, help="results each of those orders gets, one at a time")
+    p.add_argument("--rate", type=float, default=0,
+                   help="results/s in the orders phase, one order's at a time (0: a round's all at once)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crawlcoin-bench-results-"))
     valkey = ValkeyServer(data_dir=tmp / "valkey")
@@ -183,7 +186,13 @@ def main() -> None:
         time.sleep(4 + args.orders / 100)  # connected and subscribed (a client takes up to 100 orders)
         for n in range(1, args.rounds + 1):
             cpu, own = time.process_time(), time.thread_time()
-            store_and_announce_of([(o, n) for o in orders])
+            if args.rate:  # a trickle, as a live marketplace stores them: one order's result at a time
+                start = time.monotonic()
+                for k, o in enumerate(orders):
+                    time.sleep(max(0.0, start + k / args.rate - time.monotonic()))
+                    store_and_announce_of([(o, n)])
+            else:
+                store_and_announce_of([(o, n) for o in orders])
             for o in orders:
                 wait_files(n, order=o)
             server_cpu += time.process_time() - cpu - (time.thread_time() - own)  # less the bench's own writes
@@ -205,7 +214,8 @@ def main() -> None:
         print(f"a backlog of {args.backlog} results drained by a new client: first file to last in {drained:.2f} s "
               f"({args.backlog / max(drained, 1e-9):.0f} results/s)")
     if spread:
-        print(f"{args.orders} orders live, one result each at a time, {args.rounds} times: stored → file renamed "
+        print(f"{args.orders} orders live, one result each at a time, {args.rounds} times"
+              f"{f' ({args.rate:g} results/s)' if args.rate else ''}: stored → file renamed "
               f"p50 {pct(spread, 50) * 1000:.0f} ms, p99 {pct(spread, 99) * 1000:.0f} ms; result server CPU "
               f"{1000 * server_cpu / len(spread):.2f} ms per delivered result")
     print("result client peak RSS (VmHWM): " + ", ".join(

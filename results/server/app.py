@@ -35,6 +35,9 @@ from results.watch.webhooks import WebhookSender
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
 PRUNE_BATCH = 100
+WAKE_SPACING_SECONDS = 0.2
+"""Deliveries are woken at most this often (the first notice after a quiet spell at once): results trickle in
+from many orders, one each, and the deliveries woken together share each of their store calls (`gather`)."""
 """Delivered stretches a pruning pass handles per store call."""
 
 
@@ -80,9 +83,16 @@ class ResultServer:
         assert self.redis is not None
         last = "$"
         missed = False
+        loop = asyncio.get_running_loop()
+        woke = float("-inf")
         while not self._stopping.is_set():
             try:
                 reply = await self.redis.xread({NOTICES_STREAM: last}, block=2000, count=1000)
+                if reply and (wait := woke + WAKE_SPACING_SECONDS - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # the notices of the spacing wake their deliveries together
+                    last = reply[0][1][-1][0]
+                    reply += await self.redis.xread({NOTICES_STREAM: last}, count=1000) or []
+                woke = loop.time()
             except Exception as e:  # Valkey restarting: deliveries fall back to polling meanwhile
                 outage("Valkey").failed(e, "result notifications")
                 missed = True

@@ -36,6 +36,11 @@ RECLAIM_IDLE_MS = 60_000
 ORDERS_AT_ONCE = 100
 """Orders observed in one batch: enough to make a busy minute a few store calls, few enough that the first
 notifications go out while the rest are observed."""
+PASS_SPACING_SECONDS = 0.5
+"""A pass starts at most this long after the previous one started. Results trickle in from many orders, one
+each; observed at once, each would cost a pass of seven store calls. Spaced, the notices of this long are one
+pass (the first notice after a quiet spell is observed at once). What waits is the watcher's observations
+(webhooks, and deliveries that observe do so themselves meanwhile), never a result's delivery."""
 
 
 def _text(value: bytes | str) -> str:
@@ -50,6 +55,7 @@ class Watcher:
         """Called when an order was observed further (the webhook sender looks for new deliveries)."""
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: dict[str, asyncio.Lock] = {}
+        self._last_pass = float("-inf")  # when the last pass started (event loop time)
 
     async def observe(self, order_ids: list[str]) -> dict[str, tuple[WatchCursor, WatchCursor]]:
         """Observe the orders as far as they are settled, all at once (`observer.observe_orders`): per order, the
@@ -77,7 +83,9 @@ class Watcher:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    async def _read(self, block_ms: int) -> list[tuple[str, ResultNotice | None]]:
+    async def _read(self, block_ms: int | None) -> list[tuple[str, ResultNotice | None]]:
+        """Notices new to the group and those another watcher left pending too long; `block_ms` None: what is
+        there now."""
         try:
             reply = await self.redis.xreadgroup(GROUP, self.consumer, {NOTICES_STREAM: ">"}, count=500,
                                                 block=block_ms)
@@ -94,6 +102,11 @@ class Watcher:
     async def run_once(self, block_ms: int = 2000) -> int:
         """Read a batch of notices, observe the orders they name, acknowledge them; how many were read."""
         entries = await self._read(block_ms)
+        loop = asyncio.get_running_loop()
+        if entries and (wait := self._last_pass + PASS_SPACING_SECONDS - loop.time()) > 0:
+            await asyncio.sleep(wait)  # gather the notices of the spacing into this pass
+            entries += await self._read(None)
+        self._last_pass = loop.time()
         orders = list(dict.fromkeys(n.order_id for _, n in entries if n is not None and n.outcome != OBSERVED))
         failed: set[str] = set()
         moved: list[ResultNotice] = []

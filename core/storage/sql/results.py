@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, func, update
+from sqlalchemy import bindparam, case, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -115,30 +115,35 @@ class SqlResults(SqlLedger):
 
     def advance_delivery_cursor(self, token_id: str, order_id: str, n: int) -> None:
         with self._write() as s:
-            self._advance(s, token_id, order_id, n)
+            self._advance(s, {(token_id, order_id): n})
 
-    def _advance(self, s: Session, token_id: str, order_id: str, n: int) -> None:
-        s.execute(
-            self._insert(DeliveryCursorRow)
-            .values(token_id=token_id, order_id=order_id, last_n=n)
-            .on_conflict_do_update(
-                index_elements=["token_id", "order_id"],
-                set_={"last_n": case((col(DeliveryCursorRow.last_n) < n, n), else_=DeliveryCursorRow.last_n)},
-            )
-        )
+    def _advance(self, s: Session, cursors: dict[tuple[str, str], int]) -> None:
+        """Move each (token, order) cursor forward to its n, in key order (concurrent writers on PostgreSQL
+        lock them alike); one statement per chunk of cursors."""
+        for some in chunked(sorted(cursors), 200):
+            stmt = self._insert(DeliveryCursorRow).values(
+                [{"token_id": t, "order_id": o, "last_n": cursors[t, o]} for t, o in some])
+            s.execute(stmt.on_conflict_do_update(index_elements=["token_id", "order_id"], set_={
+                "last_n": case((col(DeliveryCursorRow.last_n) < stmt.excluded.last_n, stmt.excluded.last_n),
+                               else_=DeliveryCursorRow.last_n)}))
 
     def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
         self.record_deliveries([Acknowledged(token_id=token_id, order_id=order_id, after_n=after_n, last_n=last_n,
                                              at=at)])
 
     def record_deliveries(self, acknowledged: list[Acknowledged]) -> None:
+        """One statement for the stretches delivered and one for the cursors (per chunk), whatever the batch."""
+        stretches = [{"order_id": a.order_id, "first_n": a.after_n + 1, "last_n": a.last_n, "delivered_at": a.at}
+                     for a in acknowledged if a.last_n > a.after_n]
+        cursors: dict[tuple[str, str], int] = {}
+        for a in acknowledged:  # the furthest, if one comes twice
+            cursors[a.token_id, a.order_id] = max(a.last_n, cursors.get((a.token_id, a.order_id), a.last_n))
+
         def run() -> None:
-            with self._write() as s:  # cursors in key order: concurrent writers on PostgreSQL lock them alike
-                for a in sorted(acknowledged, key=lambda a: (a.token_id, a.order_id, a.last_n)):
-                    if a.last_n > a.after_n:
-                        s.add(DeliveredRow(order_id=a.order_id, first_n=a.after_n + 1, last_n=a.last_n,
-                                           delivered_at=a.at))
-                    self._advance(s, a.token_id, a.order_id, a.last_n)
+            with self._write() as s:
+                if stretches:
+                    s.execute(insert(DeliveredRow.__table__), stretches)  # type: ignore[attr-defined]
+                self._advance(s, cursors)
 
         if acknowledged:
             self._retrying(run)
