@@ -199,7 +199,7 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
                              "CELERY_BASELINE_FIRST": repr(first.timestamp())})
         sampler.roots.append(beat.pid)
         time.sleep(3)  # let the sampler see every process once, then count from here
-        cpu_start = sampler.cpu_total()
+        cpu_start = sampler.cpu_total(mark=True)
         end = first + timedelta(minutes=minutes)
         print(f"Celery baseline: {orders} beat entries, first due at {first:%H:%M:%S} UTC, window ends "
               f"{end:%H:%M:%S}; logs in {tmp}", flush=True)

@@ -6,7 +6,9 @@ starts staggered over one interval), M `crawlcoin mine` processes and result cli
 (`crawlcoin results`, up to 100 orders each), runs for a fixed time and prints:
 repetitions due / enqueued / fetched / delivered to disk, scheduled time → file renamed
 p50/p95/p99, jobs/s at the peak (best 10 s), CPU-seconds per repetition and peak RSS per
-process kind.
+process kind. CPU counts from the moment the clients run until the window's end (+30 s), every
+process (the stack, its PostgreSQL, miners and result clients), not the bench's own reading of the
+orders after it.
 
     python bench/e2e.py [--orders 1000] [--miners 4] [--minutes 5] [--with-celery]
 
@@ -87,6 +89,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.roots, self.kinds, self.stop = roots, kinds, threading.Event()
         self.cpu: dict[int, tuple[str, float]] = {}
+        self.since: dict[int, float] = {}  # CPU seconds per process when `cpu_total(mark=True)` was last called
         self.rss: dict[str, int] = defaultdict(int)
 
     def run(self) -> None:
@@ -112,14 +115,17 @@ class Sampler(threading.Thread):
             for kind, rss in per_kind.items():
                 self.rss[kind] = max(self.rss[kind], rss)
 
-    def cpu_total(self) -> float:
+    def cpu_total(self, mark: bool = False) -> float:
+        """CPU seconds of every process seen so far; `mark`: `per_kind` counts from here on."""
+        if mark:
+            self.since = {pid: c for pid, (_, c) in self.cpu.items()}
         return sum(c for _, c in self.cpu.values())
 
     def per_kind(self) -> dict[str, tuple[int, float]]:
-        """kind → (peak RSS bytes, CPU seconds), in the order of `kinds`."""
+        """kind → (peak RSS bytes, CPU seconds since the mark), in the order of `kinds`."""
         cpu: dict[str, float] = defaultdict(float)
-        for kind, c in self.cpu.values():
-            cpu[kind] += c
+        for pid, (kind, c) in self.cpu.items():
+            cpu[kind] += c - self.since.get(pid, 0.0)
         return {kind: (self.rss[kind], cpu[kind]) for kind, _ in self.kinds if kind in self.rss}
 
 
@@ -320,11 +326,12 @@ def run(args: argparse.Namespace) -> dict:
                  "--allow-private-targets", "--concurrency", "16"], env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         sampler.roots += [c.pid for c in clients]
-        cpu_start = sampler.cpu_total()
+        cpu_start = sampler.cpu_total(mark=True)
         end = first + timedelta(minutes=args.minutes)
         while datetime.now(UTC) < end + timedelta(seconds=30):
             time.sleep(5)
         now = datetime.now(UTC)
+        cpu_end, kinds = sampler.cpu_total(), sampler.per_kind()  # the window's work, not the reading below
         orders = [api.get(f"/orders/{oid}", headers=customer).json() for oid in order_ids]
         enqueued = sum(o["runs_claimed"] for o in orders)
         fetched = sum(o["runs_claimed"] - o["escrow_balance"] for o in orders)
@@ -338,7 +345,7 @@ def run(args: argparse.Namespace) -> dict:
                         checks(f"http://127.0.0.1:{ports['mining']}/metrics")]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
-                   cpu_per_rep=(sampler.cpu_total() - cpu_start) / max(fig["files"], 1), kinds=sampler.per_kind())
+                   cpu_per_rep=(cpu_end - cpu_start) / max(fig["files"], 1), kinds=kinds)
         return fig
     finally:
         sampler.stop.set()

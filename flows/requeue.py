@@ -23,11 +23,13 @@ flush) or names another server (`run_id`: a restart, or a failover to a replica)
 every `SWEEP_SECONDS` whatever happens. Measured with bench/e2e.py at 1,000 orders, looking at
 every open claim every 5 s (a read of the order and of its repetitions each) was the worker's
 largest cost; now a pass without a full sweep reads only the open claims, and a full one reads
-the repetitions of all the claims it looks at in one go (`Store.claimed_repetitions`).
+the repetitions of all the claims it looks at in one go (`Store.claimed_repetitions`), their orders in
+one store call and what Valkey holds of them in one pipeline.
 """
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -82,10 +84,18 @@ async def requeue_lost(store: Store, queue: JobQueue, redis: Redis, now: datetim
         full = swept is None or (swept.decode() if isinstance(swept, bytes) else str(swept)) != server
         # A confirmed claim is skipped unless Valkey may have lost something since the last full sweep.
         claims = [c for c in await asyncio.to_thread(store.open_claims, now - GRACE, BATCH) if full or not c.queued]
-        held = await asyncio.to_thread(store.claimed_repetitions, claims) if claims else {}
-        for claim in claims:
-            await _check(store, queue, claim, held[claim.flow_run_id], now, done)
-            await lock.extend(LOCK_SECONDS, replace_ttl=True)
+        if claims:
+            # Read at once for all the claims: their repetitions, their orders, and which queued jobs Valkey holds.
+            reps = await asyncio.to_thread(store.claimed_repetitions, claims)
+            orders = {o.id: o for o in await asyncio.to_thread(store.get_orders, [c.order_id for c in claims])}
+            waiting = [r.key for c in claims for r in reps[c.flow_run_id] if r.state is RepetitionState.queued]
+            held = dict(zip(waiting, await queue.held(waiting), strict=True))
+            extended = time.monotonic()
+            for claim in claims:
+                await _check(store, queue, claim, orders.get(claim.order_id), reps[claim.flow_run_id], held, now, done)
+                if time.monotonic() - extended > LOCK_SECONDS / 3:
+                    await lock.extend(LOCK_SECONDS, replace_ttl=True)
+                    extended = time.monotonic()
         if full:  # the server it started on: one that changed meanwhile makes the next pass sweep again
             await redis.set(SWEPT, server, ex=SWEEP_SECONDS)
         return done
@@ -93,10 +103,10 @@ async def requeue_lost(store: Store, queue: JobQueue, redis: Redis, now: datetim
         await release(lock, "requeue")
 
 
-async def _check(store: Store, queue: JobQueue, claim: OpenClaim, reps: list[Repetition], now: datetime,
-                 done: Requeued) -> None:
-    """`reps`: the repetitions the claim holds (`Store.claimed_repetitions`)."""
-    order = await asyncio.to_thread(store.get_order, claim.order_id)
+async def _check(store: Store, queue: JobQueue, claim: OpenClaim, order: Order | None, reps: list[Repetition],
+                 held: dict[str, bool], now: datetime, done: Requeued) -> None:
+    """`order`: the claim's order as read (None: gone); `reps`: the repetitions the claim holds
+    (`Store.claimed_repetitions`); `held`: whether Valkey holds each queued one (`JobQueue.held`)."""
     if order is None or not any(r.state in OPEN for r in reps):
         await asyncio.to_thread(store.close_claim, claim.flow_run_id)
         done.closed += 1
@@ -104,7 +114,6 @@ async def _check(store: Store, queue: JobQueue, claim: OpenClaim, reps: list[Rep
     waiting = [r for r in reps if r.state is RepetitionState.queued]
     if order.status is OrderStatus.paused:
         return
-    held = dict(zip([r.key for r in waiting], await queue.held([r.key for r in waiting]), strict=True))
     if order.status is not OrderStatus.active:  # cancelled: what Valkey does not hold will never run
         lost = [r.n for r in waiting if not held[r.key]]
         coins = await asyncio.to_thread(store.refund_repetitions, order.id, lost) if lost else 0

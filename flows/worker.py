@@ -27,6 +27,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import anyio.abc
+from prefect import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
@@ -43,6 +44,7 @@ from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
 from flows.dispatch import run_dispatch
 from flows.lateness import Alerts, check_lateness
+from flows.prefect_sync import ensure_pool
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
@@ -61,11 +63,32 @@ class CrawlcoinWorkerResult(BaseWorkerResult):
     """Outcome of one in-process flow run."""
 
 
+class _Configuration(BaseJobConfiguration):
+    """Prefect's base job configuration; a pool without a template (crawlcoin's) gets the stock one's values."""
+
+    @classmethod
+    async def from_template_and_values(cls, base_job_template: dict[str, Any], values: dict[str, Any],
+                                       client: Any = None) -> "_Configuration":
+        return await super().from_template_and_values(base_job_template or CrawlcoinWorker.stock_template(),
+                                                      values, client=client)
+
+
 class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinWorkerResult]):
     type = "crawlcoin"
-    job_configuration = BaseJobConfiguration
+    job_configuration = _Configuration
     job_configuration_variables = BaseVariables
     _description = "Runs crawlcoin's dispatch and reconcile flows inside the worker process."
+
+    @classmethod
+    def get_default_base_job_template(cls) -> dict[str, Any]:
+        """None: the pool keeps an empty template (`prefect_sync.ensure_pool`), which Prefect's worker would
+        otherwise fill in with the stock one, and its server then validates every flow run against."""
+        return {}
+
+    @classmethod
+    def stock_template(cls) -> dict[str, Any]:
+        """The template Prefect's worker machinery makes for this worker type."""
+        return super().get_default_base_job_template()
 
     def __init__(self, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,6 +111,8 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
             except OSError as e:
                 raise CrawlcoinError(f"the worker cannot serve metrics on {self.settings.host}:{port} ({e}); "
                                      "set CRAWLCOIN_WORKER_METRICS_PORT to a free port, or 0 for none") from None
+        async with get_client() as client:  # before Prefect's worker would create it with the stock template
+            await ensure_pool(client, self._work_pool_name, self.stock_template())
         await super().setup()
         self._ctx = await self._resources.enter_async_context(open_flow_context(self.settings, self.client))
         self._background = [

@@ -219,11 +219,12 @@ class SqlOrders(SqlLedger, SqlOutbox):
     def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
-        with self._read() as s:
+        table = RepetitionRow.__table__  # type: ignore[attr-defined]
+        with self._read() as s:  # plain rows, not ORM objects: a full sweep reads thousands
             for some in chunked(keys):
-                for row in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(some))):
-                    if row.flow_run_id in held:
-                        held[row.flow_run_id].append(record(Repetition, row))
+                for row in s.execute(select(table).where(table.c.key.in_(some))).mappings():
+                    if row["flow_run_id"] in held:
+                        held[row["flow_run_id"]].append(Repetition.model_validate(row))
         for reps in held.values():
             reps.sort(key=lambda r: r.n)
         return held
