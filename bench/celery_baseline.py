@@ -199,14 +199,15 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
                              "CELERY_BASELINE_FIRST": repr(first.timestamp())})
         sampler.roots.append(beat.pid)
         time.sleep(3)  # let the sampler see every process once, then count from here
-        cpu_start = sampler.cpu_total(mark=True)
+        sampler.mark()
         end = first + timedelta(minutes=minutes)
         print(f"Celery baseline: {orders} beat entries, first due at {first:%H:%M:%S} UTC, window ends "
               f"{end:%H:%M:%S}; logs in {tmp}", flush=True)
         while datetime.now(UTC) < end + timedelta(seconds=30):
             time.sleep(5)
         now = datetime.now(UTC)
-        cpu_per_kind, cpu_end = sampler.per_kind(), sampler.cpu_total()
+        sampler.sample()
+        cpu_per_kind, cpu = sampler.per_kind(), sampler.window()
         files = []
         for path in out.glob("o*/[0-9]*.html"):
             files.append((int(path.parent.name[1:]), int(path.name.split("-", 1)[0]), path.stat().st_mtime))
@@ -219,7 +220,7 @@ def run(orders: int, minutes: float, on_time_s: float = 2.0, lead: float = 20, p
         span = [t - first.timestamp() for t in first_sends.values()] or [float("nan")]
         fig.update(orders=orders, minutes=minutes, at=now, setup="Celery beat + 1 worker (prefork ×2)",
                    enqueued=len(sends), fetched=len(files), kinds=cpu_per_kind,
-                   cpu_per_rep=(cpu_end - cpu_start) / max(len(files), 1),
+                   cpu_per_rep=cpu / max(len(files), 1),
                    notes=[f"beat send − slot: p50 {pct(late, 50):.3f} s, p99 {pct(late, 99):.3f} s, "
                           f"max {max(late, default=float('nan')):.3f} s; each entry's first send "
                           f"{min(span):.1f} … {max(span):.1f} s after the first slot ({len(first_sends)} entries)"])

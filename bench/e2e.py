@@ -89,11 +89,16 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.roots, self.kinds, self.stop = roots, kinds, threading.Event()
         self.cpu: dict[int, tuple[str, float]] = {}
-        self.since: dict[int, float] = {}  # CPU seconds per process when `cpu_total(mark=True)` was last called
+        self.since: dict[int, float] = {}  # CPU seconds per process when it was last marked (`mark`, `started`)
         self.rss: dict[str, int] = defaultdict(int)
+        self._sampling = threading.Lock()
 
     def run(self) -> None:
         while not self.stop.wait(1):
+            self.sample()
+
+    def sample(self) -> None:
+        with self._sampling:
             procs = []
             for pid in self.roots:
                 try:
@@ -115,11 +120,22 @@ class Sampler(threading.Thread):
             for kind, rss in per_kind.items():
                 self.rss[kind] = max(self.rss[kind], rss)
 
-    def cpu_total(self, mark: bool = False) -> float:
-        """CPU seconds of every process seen so far; `mark`: `per_kind` counts from here on."""
-        if mark:
-            self.since = {pid: c for pid, (_, c) in self.cpu.items()}
+    def cpu_total(self) -> float:
         return sum(c for _, c in self.cpu.values())
+
+    def mark(self) -> None:
+        """Count every process from now on (`per_kind`, `window`)."""
+        self.sample()
+        self.since = {pid: c for pid, (_, c) in self.cpu.items()}
+
+    def started(self, pids: list[int]) -> None:
+        """Count these processes from now on: they have started (imports, connecting) and wait for work."""
+        self.sample()
+        self.since.update({pid: self.cpu[pid][1] for pid in pids if pid in self.cpu})
+
+    def window(self) -> float:
+        """CPU seconds of every process since it was marked (from its start if it came later)."""
+        return sum(c - self.since.get(pid, 0.0) for pid, (_, c) in self.cpu.items())
 
     def per_kind(self) -> dict[str, tuple[int, float]]:
         """kind → (peak RSS bytes, CPU seconds since the mark), in the order of `kinds`."""
@@ -326,12 +342,17 @@ def run(args: argparse.Namespace) -> dict:
                  "--allow-private-targets", "--concurrency", "16"], env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         sampler.roots += [c.pid for c in clients]
-        cpu_start = sampler.cpu_total(mark=True)
+        sampler.mark()
+        # The miners' and result clients' start-up (imports, connecting) is not the work measured, as Celery's
+        # worker start-up is not: once they wait for work, count them from there. Nothing is due for a while yet.
+        time.sleep(5)
+        sampler.started([c.pid for c in clients])
         end = first + timedelta(minutes=args.minutes)
         while datetime.now(UTC) < end + timedelta(seconds=30):
             time.sleep(5)
         now = datetime.now(UTC)
-        cpu_end, kinds = sampler.cpu_total(), sampler.per_kind()  # the window's work, not the reading below
+        sampler.sample()
+        cpu, kinds = sampler.window(), sampler.per_kind()  # the window's work, not the reading below
         orders = [api.get(f"/orders/{oid}", headers=customer).json() for oid in order_ids]
         enqueued = sum(o["runs_claimed"] for o in orders)
         fetched = sum(o["runs_claimed"] - o["escrow_balance"] for o in orders)
@@ -345,7 +366,7 @@ def run(args: argparse.Namespace) -> dict:
                         checks(f"http://127.0.0.1:{ports['mining']}/metrics")]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
-                   cpu_per_rep=(cpu_end - cpu_start) / max(fig["files"], 1), kinds=kinds)
+                   cpu_per_rep=cpu / max(fig["files"], 1), kinds=kinds)
         return fig
     finally:
         sampler.stop.set()

@@ -181,11 +181,12 @@ class PrefectSync:
             # dispatch run makes after claiming, and the watchdog, come later: those need no deployment write.
             change = requested_at is None or order.deployment_id is None or requested_at <= order.updated_at
             deployment_id = await self._write_deployment(order) if change else UUID(order.deployment_id or "")
-            if order.id in self._activated:
-                await self._record_activation(order, deployment_id, *self._activated.pop(order.id))
+            activated = self._activated.pop(order.id, None)
             if order.next_due_at is not None:
-                run_at = await self._next_run(order, deployment_id, now, watchdog=not change)
+                run_at = await self._next_run(order, deployment_id, now, watchdog=not change, activated=activated)
                 return run_at + timedelta(seconds=WATCHDOG_SECONDS)
+            if activated is not None:  # no run to come that could say it
+                await self._record_activation(order, deployment_id, *activated)
             # Every repetition claimed: the deployment stays (with no run to come) until the order is settled.
             waiting, last_due = await self.queue.queued_for(order.id)
             escrow = 0 if waiting else await asyncio.to_thread(self.store.get_balance, escrow_account(order.id))
@@ -262,9 +263,14 @@ class PrefectSync:
             logs, self._logs = self._logs, []
             await self.client.create_logs(logs)
 
-    async def _next_run(self, order: Order, deployment_id: UUID, now: datetime, watchdog: bool) -> datetime:
+    async def _next_run(self, order: Order, deployment_id: UUID, now: datetime, watchdog: bool,
+                        activated: tuple[str, str] | None = None) -> datetime:
         """The dispatch run for the order's next due repetition, scheduled `lead` seconds before it
         (now if that is past); returns its scheduled time.
+
+        After the order's activation (`activated`: the activate run's id, what it queued) the run's
+        scheduled state and a log line on it say what the activation queued, so the deployment's
+        history starts with the first repetitions without a run of its own for them.
 
         Its idempotency key is the order's claim state, so the pass after a dispatch run, a retried
         pass and the watchdog all find the same run. The watchdog (a timer `WATCHDOG_SECONDS` after
@@ -273,8 +279,14 @@ class PrefectSync:
         assert order.next_due_at is not None
         run_at = max(first_run_at(self.settings, order.next_due_at), now)
         key = f"dispatch:{order.id}:{order.next_due_at.isoformat()}:{order.updated_at.isoformat()}"
+        message = f"activation {activated[1]} (activate run {activated[0]})" if activated else None
         run = await self.client.create_flow_run_from_deployment(
-            deployment_id, state=Scheduled(scheduled_time=run_at), idempotency_key=key)
+            deployment_id, state=Scheduled(scheduled_time=run_at, message=message), idempotency_key=key)
+        if activated is not None:
+            self._logs.append(LogCreate(
+                name="crawlcoin", level=logging.INFO, timestamp=datetime.now(UTC), flow_run_id=run.id,
+                message=f"before this run, the order's activation {activated[1]}: claimed by the `activate` flow "
+                        f"run {activated[0]}"))
         due = run.expected_start_time or run_at
         if watchdog and run.state is not None and not run.state.is_scheduled() and \
                 due + timedelta(seconds=WATCHDOG_SECONDS) <= now:
