@@ -29,7 +29,17 @@ from cli.ha_nodes import (
     valkey_data_config,
 )
 from cli.haproxy import Pool, find_haproxy, write_config
-from cli.stack import Stack, Stop, console, print_table, quiet_free_port, require_port, valkey_answers, wait_all
+from cli.stack import (
+    Stack,
+    Stop,
+    console,
+    print_table,
+    quiet_free_port,
+    require_port,
+    valkey_answers,
+    wait_all,
+    worker_query_seconds,
+)
 from cli.status import METRICS_TARGETS, write_targets
 from cli.supervise import Child, PostgresChild
 from core.errors import CrawlcoinError
@@ -111,7 +121,8 @@ def run_ha(settings: Settings) -> int:
         started += [stack.start(f"worker {i}", crawlcoin + ["worker"],
                                 f"Prefect work pool {settings.work_pool}; http://{host}:{port}/metrics", "",
                                 f"worker-{i}.log", wait=False,
-                                extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2",
+                                extra_env={"PREFECT_WORKER_QUERY_SECONDS":
+                                           worker_query_seconds(settings.dispatch_lead_seconds),
                                            "CRAWLCOIN_WORKER_METRICS_PORT": str(port)})
                     for i, port in enumerate(worker_ports, 1)]
         started += stack.start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT",

@@ -20,6 +20,14 @@ from core.valkey import valkey_sync
 console = Console()
 
 
+def worker_query_seconds(dispatch_lead_seconds: float) -> str:
+    """How often a crawlcoin worker asks Prefect for runs (`PREFECT_WORKER_QUERY_SECONDS`): a third of the lead
+    with which dispatch runs are scheduled, between 1 and 10 s (Prefect's default), so a run is claimed with two
+    thirds of its lead to spare. Every poll also rewrites every deployment of the pool's queues (Prefect marks
+    them ready), so with 1,000 orders a poll every 2 s was a sizeable share of the Prefect server's CPU."""
+    return f"{max(1.0, min(10.0, dispatch_lead_seconds / 3)):g}"
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

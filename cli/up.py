@@ -19,6 +19,7 @@ from cli.stack import (
     print_table,
     require_port,
     valkey_answers,
+    worker_query_seconds,
 )
 from cli.status import METRICS_TARGETS, write_targets
 from cli.supervise import PostgresChild
@@ -106,7 +107,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             start(f"worker {i}" if workers > 1 else "worker", crawlcoin + ["worker"],
                   f"Prefect work pool {settings.work_pool}; http://{host}:{metrics_port}/metrics", "",
                   f"worker-{i}.log" if workers > 1 else "worker.log",
-                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "CRAWLCOIN_WORKER_METRICS_PORT": str(metrics_port)})
+                  extra_env={"PREFECT_WORKER_QUERY_SECONDS": worker_query_seconds(settings.dispatch_lead_seconds),
+                             "CRAWLCOIN_WORKER_METRICS_PORT": str(metrics_port)})
         stack.start_replicas("mining server", crawlcoin + ["serve", "mining"], "CRAWLCOIN_MINING_PORT", mining_ports,
                        "mining")
         stack.start_replicas("result server", crawlcoin + ["serve", "results"], "CRAWLCOIN_RESULTS_PORT", results_ports,
