@@ -23,13 +23,6 @@ from miners.server.stream import JobStream
 log = logging.getLogger(__name__)
 
 _BATCH = 200
-TRICKLE_PER_SECOND = 50.0
-"""Below this many finished jobs a second, a batch waits for the others of `TRICKLE_SPACING_SECONDS`."""
-TRICKLE_SPACING_SECONDS = 0.1
-"""At a trickle (results of many orders, one each, as a marketplace's minute brings them) each result would pay
-a store transaction of its own: there a batch starts at most this long after the previous one (the first after
-a quiet spell at once), and a miner's answer waits that much longer at most. Faster, batches fill by themselves
-while the previous one is written, and none waits: a miner running few jobs at once waits on its answers."""
 _OPEN = (RepetitionState.queued, RepetitionState.leased)
 
 
@@ -71,22 +64,14 @@ class ResultWriter:
         return done
 
     async def run(self, stopping: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        started, rate = float("-inf"), 0.0  # when the last batch started; finished jobs a second (moving average)
         while not (stopping.is_set() and self._queue.empty()):
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
             except TimeoutError:
                 continue
-            if rate < TRICKLE_PER_SECOND and not stopping.is_set() and \
-                    (wait := started + TRICKLE_SPACING_SECONDS - loop.time()) > 0:
-                await asyncio.sleep(wait)
             batch = [first]
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            now = loop.time()
-            rate = 0.8 * rate + 0.2 * len(batch) / max(now - started, 1e-3)
-            started = now
             try:
                 await self._write(batch)
                 outage("the store").ok()
