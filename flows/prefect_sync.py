@@ -109,7 +109,7 @@ async def ensure_pool(client: PrefectClient, name: str, stock_template: dict | N
 
     crawlcoin's worker runs flows in its own process and uses no job variables, and with a template
     Prefect's server validates every flow run and deployment it creates against the template's
-    variables schema (a fifth of the server's CPU per dispatch run, measured with bench/e2e.py). A
+    variables schema (py-spy on the server during bench/e2e.py: 40 % of its time creating a flow run). A
     pool created earlier with Prefect's stock template for this worker (`stock_template`, what a
     worker registers when it creates the pool) is emptied; one an operator customised is left as is.
     """
