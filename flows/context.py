@@ -17,7 +17,8 @@ from core.queue import JobQueue
 from core.settings import Settings
 from core.storage import Store, open_store
 from core.valkey import valkey
-from flows.prefect_sync import PrefectSync, prefect_client
+from flows.prefect_objects import prefect_client
+from flows.prefect_sync import PrefectSync
 
 
 @dataclass

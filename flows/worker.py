@@ -44,7 +44,7 @@ from core.settings import Settings
 from flows.context import FlowContext, open_flow_context
 from flows.dispatch import run_dispatch
 from flows.lateness import Alerts, check_lateness
-from flows.prefect_sync import ensure_pool
+from flows.prefect_objects import ensure_pool
 from flows.reconcile import run_reconcile
 from flows.requeue import INTERVAL_SECONDS as REQUEUE_INTERVAL_SECONDS
 from flows.requeue import requeue_lost
@@ -81,7 +81,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
-        """None: the pool keeps an empty template (`prefect_sync.ensure_pool`), which Prefect's worker would
+        """None: the pool keeps an empty template (`prefect_objects.ensure_pool`), which Prefect's worker would
         otherwise fill in with the stock one, and its server then validates every flow run against."""
         return {}
 

@@ -28,7 +28,7 @@ from prefect.exceptions import ObjectNotFound
 from redis import Redis
 
 from api.app import create_app
-from flows.prefect_sync import deployment_name
+from flows.prefect_objects import deployment_name
 from tests.conftest import ThreadedServer, backend_unavailable, make_settings
 from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient, interval_order

@@ -12,7 +12,7 @@ from redis import Redis
 
 from core.settings import Settings
 from core.storage import Store
-from flows.prefect_sync import deployment_name
+from flows.prefect_objects import deployment_name
 from tests.flows.conftest import released, wait_for
 from tests.helpers import interval_order
 

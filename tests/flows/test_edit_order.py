@@ -11,7 +11,7 @@ from redis import Redis
 
 from core.settings import Settings
 from core.storage import open_store
-from flows.prefect_sync import deployment_name
+from flows.prefect_objects import deployment_name
 from tests.flows.conftest import released, wait_for
 from tests.flows.test_dispatch import start_in
 from tests.helpers import interval_order
