@@ -35,10 +35,10 @@ from results.watch.webhooks import WebhookSender
 log = logging.getLogger("crawlcoin.results")
 _FRAME_OVERHEAD = 64 * 1024
 PRUNE_BATCH = 100
+"""Delivered stretches a pruning pass handles per store call."""
 WAKE_SPACING_SECONDS = 0.2
 """Deliveries are woken at most this often (the first notice after a quiet spell at once): results trickle in
 from many orders, one each, and the deliveries woken together share each of their store calls (`gather`)."""
-"""Delivered stretches a pruning pass handles per store call."""
 
 
 class ResultServer:
