@@ -120,9 +120,6 @@ class Sampler(threading.Thread):
             for kind, rss in per_kind.items():
                 self.rss[kind] = max(self.rss[kind], rss)
 
-    def cpu_total(self) -> float:
-        return sum(c for _, c in self.cpu.values())
-
     def mark(self) -> None:
         """Count every process from now on (`per_kind`, `window`)."""
         self.sample()

@@ -41,11 +41,7 @@ from pathlib import Path
 from uuid import UUID, uuid5
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import (
-    DeploymentScheduleCreate,
-    FlowRunCreate,
-    LogCreate,
-)
+from prefect.client.schemas.actions import DeploymentScheduleCreate, FlowRunCreate, LogCreate
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Crashed, Running, Scheduled, to_state_create
