@@ -265,6 +265,50 @@ def prefect_runs(api_url: str, data_dir: Path) -> str:
             f"p95 {pct(late, 95):.2f} s, p99 {pct(late, 99):.2f} s, max {max(late, default=float('nan')):.2f} s")
 
 
+def prefect_rows(data_dir: Path) -> dict[str, int] | None:
+    """Rows per table of Prefect's embedded PostgreSQL (exact counts of every table that has any), or None when
+    Prefect runs on SQLite."""
+    pid_file = data_dir / "prefect-postgres" / "postmaster.pid"
+    if not pid_file.exists():
+        return None
+    import psycopg
+
+    lines = pid_file.read_text().splitlines()  # pid, data dir, start time, port, socket directory, ...
+    with psycopg.connect(host=lines[4], port=int(lines[3]), user="postgres", dbname="prefect",
+                         connect_timeout=10) as conn:
+        tables = [t for (t,) in conn.execute("SELECT relname FROM pg_stat_user_tables ORDER BY relname")]
+        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # type: ignore[index]
+    return {t: n for t, n in counts.items() if n}
+
+
+class RowWatch(threading.Thread):
+    """Prefect's database rows every minute: the largest total seen, and the counts at the end."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.data_dir, self.stop, self.peak, self.last = data_dir, threading.Event(), 0, {}
+
+    def run(self) -> None:
+        while not self.stop.wait(60):
+            self.read()
+
+    def read(self) -> None:
+        try:
+            rows = prefect_rows(self.data_dir) or {}
+        except Exception as e:  # noqa: BLE001 — a bench reading; the run goes on
+            print(f"could not count Prefect's rows: {e}")
+            return
+        self.last = rows
+        self.peak = max(self.peak, sum(rows.values()))
+
+    def note(self, orders: int, retention: float) -> str:
+        top = ", ".join(f"{t} {n}" for t, n in sorted(self.last.items(), key=lambda kv: -kv[1])[:8])
+        runs_bound = orders * (int((retention + 3 * min(300.0, retention / 2)) / 600) + 6)  # README, at defaults
+        return (f"Prefect database rows: peak total {self.peak} (read every 60 s), at the end {sum(self.last.values())}"
+                f" ({top}); flow runs {self.last.get('flow_run', 0)} against the README's bound {runs_bound} "
+                f"({orders} active orders, retention {retention:g} s)")
+
+
 def checks(metrics_url: str) -> str:
     """How the mining server's checks of miners' results came out (`crawlcoin_checks_decided_total`): a page
     whose fetches never agree has every job fetched twice and every result wait for its check."""
@@ -292,7 +336,8 @@ def run(args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRAWLCOIN_", "PREFECT_"))}
     env.update({f"CRAWLCOIN_{k.upper()}_PORT": str(v) for k, v in ports.items()},
                CRAWLCOIN_DATA_DIR=str(tmp / "data"), CRAWLCOIN_ALLOW_PRIVATE_TARGETS="true",
-               CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000", CRAWLCOIN_MAX_RUNS_CAP="100000")
+               CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000", CRAWLCOIN_MAX_RUNS_CAP="100000",
+               CRAWLCOIN_PREFECT_RETENTION_SECONDS=str(args.prefect_retention))
     pages = getattr(args, "pages", None) or page_server()
     up = subprocess.Popen([str(BIN / "crawlcoin"), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, cwd=ROOT)
@@ -307,6 +352,8 @@ def run(args: argparse.Namespace) -> dict:
     pg_pids = [int(postmaster.read_text().split()[0])] if postmaster.exists() else []
     sampler.roots += pg_pids  # the embedded PostgreSQL runs detached from `crawlcoin up`
     sampler.start()
+    rows = RowWatch(tmp / "data")
+    rows.start()
     runs = int(args.minutes) + 2
     try:
         api = httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=60)
@@ -350,6 +397,8 @@ def run(args: argparse.Namespace) -> dict:
         now = datetime.now(UTC)
         sampler.sample()
         cpu, kinds = sampler.window(), sampler.per_kind()  # the window's work, not the reading below
+        rows.stop.set()
+        rows.read()
         orders = [api.get(f"/orders/{oid}", headers=customer).json() for oid in order_ids]
         enqueued = sum(o["runs_claimed"] for o in orders)
         fetched = sum(o["runs_claimed"] - o["escrow_balance"] for o in orders)
@@ -360,7 +409,8 @@ def run(args: argparse.Namespace) -> dict:
             files.append((index[meta["order_id"]], meta["n"], path.stat().st_mtime))
         fig = delivery(files, first, args.orders, end, args.on_time)
         fig["notes"] = [prefect_runs(f"http://127.0.0.1:{ports['prefect']}/api", tmp / "data"),
-                        checks(f"http://127.0.0.1:{ports['mining']}/metrics")]
+                        checks(f"http://127.0.0.1:{ports['mining']}/metrics"),
+                        rows.note(args.orders, args.prefect_retention)]
         fig.update(orders=args.orders, minutes=args.minutes, at=now, setup=f"{args.miners} miners",
                    enqueued=enqueued, fetched=fetched, cpu_note=", incl. clients",
                    cpu_per_rep=cpu / max(fig["files"], 1), kinds=kinds)
@@ -395,6 +445,8 @@ def main() -> None:
     p.add_argument("--lead", type=float, default=90, help="seconds before the first order starts")
     p.add_argument("--on-time", type=float, default=2.0, metavar="SECONDS",
                    help="an order is on time if every due repetition is on disk this soon after its slot")
+    p.add_argument("--prefect-retention", type=float, default=3600, metavar="SECONDS",
+                   help="CRAWLCOIN_PREFECT_RETENTION_SECONDS: how long Prefect keeps crawlcoin's finished runs")
     p.add_argument("--with-celery", action="store_true",
                    help="then run bench/celery_baseline.py with the same load and print the ratios")
     p.add_argument("--volatile-page", action="store_true",
