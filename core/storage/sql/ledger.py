@@ -1,8 +1,10 @@
 """The coin ledger on SQL: one balance row per account, a transfer row and two entries per transfer."""
 
 from datetime import timedelta
+from functools import cached_property
+from typing import Any
 
-from sqlalchemy import bindparam, tuple_, update
+from sqlalchemy import bindparam, insert, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -13,8 +15,27 @@ from core.storage.rules import Movement
 from core.storage.sql.engine import SqlBase, record, utcnow
 from core.storage.sql.tables import AccountRow, LedgerEntryRow, TransferRow
 
+_TRANSFERS = TransferRow.__table__  # type: ignore[attr-defined]
+_ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
+_ENTRIES = LedgerEntryRow.__table__  # type: ignore[attr-defined]
+# `_post`'s statements, built once: building one (coercing its columns and operators) costs about three times
+# what executing it does on SQLite, and a result is written with a dozen of them.
+_KNOWN_TRANSFERS = (select(_TRANSFERS.c.key, _TRANSFERS.c.from_account, _TRANSFERS.c.to_account, _TRANSFERS.c.amount)
+                    .where(_TRANSFERS.c.key.in_(bindparam("keys", expanding=True))))
+_INSERT_TRANSFERS = insert(_TRANSFERS)
+_BALANCES = (select(_ACCOUNTS.c.account, _ACCOUNTS.c.balance)
+             .where(_ACCOUNTS.c.account.in_(bindparam("accounts", expanding=True))))
+_INSERT_ENTRIES = insert(_ENTRIES)
+_SET_BALANCES = update(_ACCOUNTS).where(_ACCOUNTS.c.account == bindparam("a")).values(balance=bindparam("b"))
+
 
 class SqlLedger(SqlBase):
+    @cached_property
+    def _lock_accounts_stmt(self) -> Any:
+        """Create-or-touch account rows (the dialect's upsert), built once per store."""
+        return self._insert(_ACCOUNTS).on_conflict_do_update(index_elements=["account"],
+                                                             set_={"balance": _ACCOUNTS.c.balance})
+
     def _move(self, s: Session, account: str, delta: int) -> int | None:
         """Apply `delta` to one balance; None if that would take a non-mint account below 0."""
         if delta > 0 or account == ledger.MINT:
@@ -89,16 +110,13 @@ class SqlLedger(SqlBase):
             if m.from_account == m.to_account:
                 raise InvalidInput("a transfer needs two different accounts")
         start = utcnow()
-        table = TransferRow.__table__  # type: ignore[attr-defined]
         rows = [{"key": m.key, "from_account": m.from_account, "to_account": m.to_account, "amount": m.amount,
                  "kind": m.kind, "reference": m.reference, "created_at": start + timedelta(microseconds=i)}
                 for i, m in enumerate(movements)]
-        # Statements of a fixed shape (IN lists expand, executemany): compiled once, cached by SQLAlchemy.
-        stmt = select(TransferRow).where(col(TransferRow.key).in_([m.key for m in movements]))
-        old = {t.key: t for t in s.exec(stmt)}
+        old = {key: (src, dst, amount) for key, src, dst, amount
+               in s.execute(_KNOWN_TRANSFERS, {"keys": [m.key for m in movements]})}
         for m in movements:
-            if m.key in old and (old[m.key].from_account, old[m.key].to_account,
-                                 old[m.key].amount) != (m.from_account, m.to_account, m.amount):
+            if m.key in old and old[m.key] != (m.from_account, m.to_account, m.amount):
                 raise IdempotencyConflict(f"idempotency key {m.key!r} was already used for a different transfer")
         seen = set(old)
         fresh: list[tuple[Movement, dict]] = []  # new keys only, the first of a key the batch holds twice
@@ -108,11 +126,10 @@ class SqlLedger(SqlBase):
                 fresh.append((m, r))
         if not fresh:
             return
-        s.execute(self._insert(table), [r for _, r in fresh])
+        s.execute(_INSERT_TRANSFERS, [r for _, r in fresh])
         accounts = {m.from_account for m, _ in fresh} | {m.to_account for m, _ in fresh}
         self._lock_accounts(s, accounts)
-        balances = dict(s.execute(select(AccountRow.account, AccountRow.balance)
-                                  .where(col(AccountRow.account).in_(accounts))).all())
+        balances: dict[str, int] = dict(s.execute(_BALANCES, {"accounts": sorted(accounts)}).all())
         entries = []
         for m, r in fresh:
             for account, delta in ((m.from_account, -m.amount), (m.to_account, m.amount)):
@@ -123,11 +140,8 @@ class SqlLedger(SqlBase):
                 entries.append({"account": account, "txn_key": m.key, "delta": delta,
                                 "balance_after": balances[account], "kind": m.kind, "reference": m.reference,
                                 "created_at": r["created_at"]})
-        s.execute(self._insert(LedgerEntryRow.__table__), entries)  # type: ignore[attr-defined]
-        accounts_table = AccountRow.__table__  # type: ignore[attr-defined]
-        s.execute(update(accounts_table).where(accounts_table.c.account == bindparam("a"))
-                  .values(balance=bindparam("b")),
-                  [{"a": a, "b": b} for a, b in sorted(balances.items())])
+        s.execute(_INSERT_ENTRIES, entries)
+        s.execute(_SET_BALANCES, [{"a": a, "b": b} for a, b in sorted(balances.items())])
 
     def _balance(self, s: Session, account: str) -> int:
         row = s.get(AccountRow, account)
@@ -141,9 +155,7 @@ class SqlLedger(SqlBase):
         """
         if not accounts:
             return
-        stmt = self._insert(AccountRow).on_conflict_do_update(index_elements=["account"],
-                                                              set_={"balance": AccountRow.balance})
-        s.execute(stmt, [{"account": a, "balance": 0} for a in sorted(accounts)])
+        s.execute(self._lock_accounts_stmt, [{"account": a, "balance": 0} for a in sorted(accounts)])
 
     def transfer(
         self, key: str, from_account: str, to_account: str, amount: int, kind: str, reference: str | None = None

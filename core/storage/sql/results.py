@@ -14,6 +14,17 @@ from core.storage.sql.engine import chunked, record
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
 
+_REPS = RepetitionRow.__table__  # type: ignore[attr-defined]
+_RESULTS = ResultRow.__table__  # type: ignore[attr-defined]
+_ORDERS = OrderRow.__table__  # type: ignore[attr-defined]
+# `record_results`' statements, built once (see `core.storage.sql.ledger`): the mining servers' hottest path.
+_LOCK_REPS = (select(_REPS.c.key, _REPS.c.order_id, _REPS.c.n, _REPS.c.state)
+              .where(_REPS.c.key.in_(bindparam("keys", expanding=True))).order_by(_REPS.c.key).with_for_update())
+_STORED = select(_RESULTS.c.job_key).where(_RESULTS.c.job_key.in_(bindparam("keys", expanding=True)))
+_ORDERS_BY_ID = select(_ORDERS).where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_RESULTS = insert(_RESULTS)
+_SET_STATES = update(_REPS).where(_REPS.c.key == bindparam("k")).values(state=bindparam("s"))
+
 
 class SqlResults(SqlLedger):
     # --- results -----------------------------------------------------------------------
@@ -25,17 +36,15 @@ class SqlResults(SqlLedger):
         if not results:
             return []
         keys = sorted({r.job_key for r in results})
-        reps_table = RepetitionRow.__table__  # type: ignore[attr-defined]
 
         def run() -> list[Recorded]:
             with self._write() as s:
-                stmt = (select(RepetitionRow.key, RepetitionRow.order_id, RepetitionRow.n, RepetitionRow.state)
-                        .where(col(RepetitionRow.key).in_(keys)).order_by(col(RepetitionRow.key)).with_for_update())
-                reps = {key: (order_id, n, RepetitionState(state)) for key, order_id, n, state in s.execute(stmt)}
-                stored = set(s.exec(select(ResultRow.job_key).where(col(ResultRow.job_key).in_(keys))))
+                reps = {key: (order_id, n, RepetitionState(state))
+                        for key, order_id, n, state in s.execute(_LOCK_REPS, {"keys": keys})}
+                stored = set(s.execute(_STORED, {"keys": keys}).scalars())
                 order_ids = sorted({order_id for order_id, _, _ in reps.values()})
-                rows = s.exec(select(OrderRow).where(col(OrderRow.id).in_(order_ids)))
-                orders = {o.id: record(Order, o) for o in rows}
+                orders = {o["id"]: Order.model_validate(o)
+                          for o in s.execute(_ORDERS_BY_ID, {"ids": order_ids}).mappings()}
                 out: list[Recorded] = []
                 new_results: list[dict] = []
                 new_states: list[dict] = []
@@ -55,9 +64,8 @@ class SqlResults(SqlLedger):
                         stored.add(result.job_key)
                         out.append(rules.settled(state, order))
                 if new_results:
-                    s.execute(self._insert(ResultRow.__table__), new_results)  # type: ignore[attr-defined]
-                    s.execute(update(reps_table).where(reps_table.c.key == bindparam("k"))
-                              .values(state=bindparam("s")), new_states)
+                    s.execute(_INSERT_RESULTS, new_results)
+                    s.execute(_SET_STATES, new_states)
                     self._post(s, movements)
                 return out
 
