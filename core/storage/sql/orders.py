@@ -10,10 +10,13 @@ from core.errors import IdempotencyConflict, NotFound
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import rules
 from core.storage.records import Claim, Cursor, OpenClaim, Order, OrderEdit, Repetition, job_key
-from core.storage.sql.engine import chunked, record, utcnow
+from core.storage.sql.engine import by_keys, chunked, record, records_by_keys, utcnow
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
 from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
+
+_ORDERS_BY_ID = by_keys(OrderRow.__table__, "id")  # type: ignore[attr-defined]
+_REPETITIONS_BY_KEY = by_keys(RepetitionRow.__table__, "key")  # type: ignore[attr-defined]
 
 
 class SqlOrders(SqlLedger, SqlOutbox):
@@ -45,8 +48,7 @@ class SqlOrders(SqlLedger, SqlOutbox):
 
     def get_orders(self, order_ids: list[str]) -> list[Order]:
         with self._read() as s:
-            return [record(Order, r) for ids in chunked(sorted(set(order_ids)))
-                    for r in s.exec(select(OrderRow).where(col(OrderRow.id).in_(ids)))]
+            return records_by_keys(s, _ORDERS_BY_ID, sorted(set(order_ids)), Order)
 
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         with self._read() as s:
@@ -167,8 +169,7 @@ class SqlOrders(SqlLedger, SqlOutbox):
     def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
         keys = [job_key(order_id, n) for order_id, ns in wanted.items() for n in ns]
         with self._read() as s:
-            return [record(Repetition, r) for some in chunked(keys)
-                    for r in s.exec(select(RepetitionRow).where(col(RepetitionRow.key).in_(some)))]
+            return records_by_keys(s, _REPETITIONS_BY_KEY, keys, Repetition)
 
     def unclaim(self, order_id: str, ns: list[int]) -> int:
         if not ns:

@@ -1,6 +1,8 @@
 """Delivered results, the pay they settle, result clients' delivery cursors and the retention of bodies, on SQL."""
 
 from datetime import datetime
+from functools import cached_property
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, insert, update
 from sqlalchemy.exc import IntegrityError
@@ -10,7 +12,7 @@ from core.errors import NotFound
 from core.schemas import RepetitionState
 from core.storage import rules
 from core.storage.records import Acknowledged, Order, Pruned, Recorded, Repetition, Result, ResultOutcome
-from core.storage.sql.engine import chunked, record
+from core.storage.sql.engine import by_keys, record, records_by_keys
 from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
 
@@ -21,8 +23,11 @@ _ORDERS = OrderRow.__table__  # type: ignore[attr-defined]
 _LOCK_REPS = (select(_REPS.c.key, _REPS.c.order_id, _REPS.c.n, _REPS.c.state)
               .where(_REPS.c.key.in_(bindparam("keys", expanding=True))).order_by(_REPS.c.key).with_for_update())
 _STORED = select(_RESULTS.c.job_key).where(_RESULTS.c.job_key.in_(bindparam("keys", expanding=True)))
-_ORDERS_BY_ID = select(_ORDERS).where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
+_ORDERS_BY_ID = by_keys(_ORDERS, "id")
+_RESULTS_BY_KEY = by_keys(_RESULTS, "job_key")
 _INSERT_RESULTS = insert(_RESULTS)
+_CURSORS = DeliveryCursorRow.__table__  # type: ignore[attr-defined]
+_INSERT_DELIVERED = insert(DeliveredRow.__table__)  # type: ignore[attr-defined]
 _SET_STATES = update(_REPS).where(_REPS.c.key == bindparam("k")).values(state=bindparam("s"))
 
 
@@ -44,7 +49,7 @@ class SqlResults(SqlLedger):
                 stored = set(s.execute(_STORED, {"keys": keys}).scalars())
                 order_ids = sorted({order_id for order_id, _, _ in reps.values()})
                 orders = {o["id"]: Order.model_validate(o)
-                          for o in s.execute(_ORDERS_BY_ID, {"ids": order_ids}).mappings()}
+                          for o in s.execute(_ORDERS_BY_ID, {"keys": order_ids}).mappings()}
                 out: list[Recorded] = []
                 new_results: list[dict] = []
                 new_states: list[dict] = []
@@ -105,8 +110,7 @@ class SqlResults(SqlLedger):
 
     def get_results(self, job_keys: list[str]) -> list[Result]:
         with self._read() as s:
-            return [record(Result, r) for keys in chunked(job_keys)
-                    for r in s.exec(select(ResultRow).where(col(ResultRow.job_key).in_(keys)))]
+            return records_by_keys(s, _RESULTS_BY_KEY, job_keys, Result)
 
     def list_results(self, order_id: str, after_n: int = 0, limit: int = 100) -> list[Result]:
         with self._read() as s:
@@ -125,15 +129,19 @@ class SqlResults(SqlLedger):
         with self._write() as s:
             self._advance(s, {(token_id, order_id): n})
 
+    @cached_property
+    def _advance_stmt(self) -> Any:
+        """Move a (token, order) cursor forward, never back (the dialect's upsert), built once per store."""
+        stmt = self._insert(_CURSORS)
+        return stmt.on_conflict_do_update(index_elements=["token_id", "order_id"], set_={
+            "last_n": case((_CURSORS.c.last_n < stmt.excluded.last_n, stmt.excluded.last_n),
+                           else_=_CURSORS.c.last_n)})
+
     def _advance(self, s: Session, cursors: dict[tuple[str, str], int]) -> None:
         """Move each (token, order) cursor forward to its n, in key order (concurrent writers on PostgreSQL
-        lock them alike); one statement per chunk of cursors."""
-        for some in chunked(sorted(cursors), 200):
-            stmt = self._insert(DeliveryCursorRow).values(
-                [{"token_id": t, "order_id": o, "last_n": cursors[t, o]} for t, o in some])
-            s.execute(stmt.on_conflict_do_update(index_elements=["token_id", "order_id"], set_={
-                "last_n": case((col(DeliveryCursorRow.last_n) < stmt.excluded.last_n, stmt.excluded.last_n),
-                               else_=DeliveryCursorRow.last_n)}))
+        lock them alike)."""
+        s.execute(self._advance_stmt,
+                  [{"token_id": t, "order_id": o, "last_n": cursors[t, o]} for t, o in sorted(cursors)])
 
     def record_delivery(self, token_id: str, order_id: str, after_n: int, last_n: int, at: datetime) -> None:
         self.record_deliveries([Acknowledged(token_id=token_id, order_id=order_id, after_n=after_n, last_n=last_n,
@@ -150,7 +158,7 @@ class SqlResults(SqlLedger):
         def run() -> None:
             with self._write() as s:
                 if stretches:
-                    s.execute(insert(DeliveredRow.__table__), stretches)  # type: ignore[attr-defined]
+                    s.execute(_INSERT_DELIVERED, stretches)
                 self._advance(s, cursors)
 
         if acknowledged:
