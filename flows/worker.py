@@ -73,6 +73,10 @@ class _Configuration(BaseJobConfiguration):
                                                       values, client=client)
 
 
+_NO_JOB_CONFIGURATION = BaseJobConfiguration()
+"""What `CrawlcoinWorker.run` is given: its runs take no job variables."""
+
+
 class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinWorkerResult]):
     type = "crawlcoin"
     job_configuration = _Configuration
@@ -236,6 +240,29 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
                 log.info(checked.summary())
 
     # --- running flow runs -----------------------------------------------------------
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """Prefect's submission of a flow run, without what a run inside this process has no use for.
+
+        Prefect's worker hands each run to infrastructure: before starting it, it reads the run's deployment
+        twice and its flow, merges job variables into a job configuration, labels the run with the worker,
+        proposes a Submitting state, records the infrastructure's process id and emits two events — seven API
+        calls and two events per run on top of the Pending, Running and Completed states and the log line.
+        Here the run executes in the worker's own process with no job variables, so only Pending (the claim
+        that keeps two workers from taking one run) and then `run` remain. A run whose worker dies between its
+        states is found by the store's dispatch timer (`flows/prefect_sync.py`), as before.
+        """
+        try:
+            if await self._propose_pending_state(flow_run):
+                await self.run(flow_run, _NO_JOB_CONFIGURATION)
+        except Exception as e:  # the Prefect server went away mid-run: say so on the run when it can be reached
+            log.warning("flow run %s did not finish: %s", flow_run.id, e)
+            await self._propose_crashed_state(flow_run, f"the crawlcoin worker lost the run: {type(e).__name__}: {e}")
+        finally:
+            self._release_limit_slot(flow_run.id)
+            self._submitting_flow_run_ids.discard(flow_run.id)
+            if self._cancelling_observer is not None:
+                self._cancelling_observer.remove_in_flight_flow_run_id(flow_run.id)
 
     async def _flow_name(self, flow_run: FlowRun) -> str:
         if flow_run.flow_id not in self._flow_names:
