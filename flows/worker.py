@@ -246,7 +246,7 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
 
         Prefect's worker hands each run to infrastructure: before starting it, it reads the run's deployment
         twice and its flow, merges job variables into a job configuration, labels the run with the worker,
-        proposes a Submitting state, records the infrastructure's process id and emits two events — seven API
+        proposes a Submitting state, records the infrastructure's process id and emits two events — six API
         calls and two events per run on top of the Pending, Running and Completed states and the log line.
         Here the run executes in the worker's own process with no job variables, so only Pending (the claim
         that keeps two workers from taking one run) and then `run` remain. A run whose worker dies between its
