@@ -21,18 +21,24 @@ from core.protocol.notices import NOTICES_MAXLEN, NOTICES_STREAM, ResultNotice
 GROUP = "mining"
 _BUDGET = f"{KEY_PREFIX}:budget:"
 
-# KEYS: the domain's budget key; ARGV: microseconds between two requests.
-# Returns 0 when a request may go now (and books it), else microseconds to wait.
+# KEYS: a budget key per request (a domain's key once per request to it); ARGV: microseconds between two
+# requests to one domain. Returns, per key in turn, 0 when the request may go now (and books it), else
+# microseconds to wait.
 _TAKE_BUDGET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local free_at = tonumber(redis.call('GET', KEYS[1]) or '0')
-if free_at <= now then
-  local interval = tonumber(ARGV[1])
-  redis.call('SET', KEYS[1], string.format('%.0f', now + interval), 'PX', math.floor(interval / 1000) + 1000)
-  return 0
+local interval = tonumber(ARGV[1])
+local waits = {}
+for i, key in ipairs(KEYS) do
+  local free_at = tonumber(redis.call('GET', key) or '0')
+  if free_at <= now then
+    redis.call('SET', key, string.format('%.0f', now + interval), 'PX', math.floor(interval / 1000) + 1000)
+    waits[i] = 0
+  else
+    waits[i] = free_at - now
+  end
 end
-return free_at - now
+return waits
 """
 
 
@@ -129,13 +135,12 @@ class JobStream:
         await pipe.execute()
 
     async def take_budget(self, domains: list[str]) -> list[float]:
-        """For each domain in turn: 0 if a request may go now (booked), else seconds to wait."""
+        """For each domain in turn: 0 if a request may go now (booked), else seconds to wait. One script call
+        (EVALSHA) for them all: a pipeline of scripts costs a `SCRIPT EXISTS` round trip on every execution."""
         if not domains:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for domain in domains:
-            await self._take_budget(keys=[_BUDGET + domain], args=[self._interval_us], client=pipe)
-        return [int(w) / 1_000_000 for w in await pipe.execute()]
+        waits = await self._take_budget(keys=[_BUDGET + d for d in domains], args=[self._interval_us])
+        return [int(w) / 1_000_000 for w in waits]
 
     async def forget_idle_consumers(self, idle_ms: int) -> None:
         """Drop consumers of stopped servers once they hold nothing (keeps XINFO readable)."""
