@@ -1,7 +1,10 @@
 """What the watcher made of each result (observations) and how far it got per order, on SQL."""
 
+from functools import cached_property
+from typing import Any
+
 from sqlalchemy import case, tuple_
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from core.storage.records import Observation, WatchCursor
 from core.storage.sql.engine import SqlBase, chunked, record
@@ -41,22 +44,29 @@ class SqlWatch(SqlBase):
 
         def run() -> None:
             with self._write() as s:
-                for some in chunked(observations, 200):  # 13 columns a row: well within the bound parameters
-                    s.execute(self._insert(ObservationRow).values(some)
-                              .on_conflict_do_nothing(index_elements=["order_id", "n"]))
-                for group in chunked(sorted(cursors), 200):
-                    self._move_cursors(s, [cursors[i] for i in group])
+                if observations:
+                    s.execute(self._add_observations_stmt, observations)
+                if cursors:
+                    s.execute(self._move_cursors_stmt, [cursors[i].model_dump() for i in sorted(cursors)])
 
         if batches:
             self._retrying(run)
 
-    def _move_cursors(self, s: Session, cursors: list[WatchCursor]) -> None:
-        stmt = self._insert(WatchCursorRow).values([c.model_dump() for c in cursors])
+    # Statements built once per store and run for many rows at once (executemany): a statement built per call,
+    # with a VALUES row per observation, costs more to build and compile than to run.
+    @cached_property
+    def _add_observations_stmt(self) -> Any:
+        return self._insert(ObservationRow).on_conflict_do_nothing(index_elements=["order_id", "n"])
+
+    @cached_property
+    def _move_cursors_stmt(self) -> Any:
+        """Move an order's cursor forward, never back."""
+        stmt = self._insert(WatchCursorRow)
         ahead = col(WatchCursorRow.last_n) < stmt.excluded.last_n
-        s.execute(stmt.on_conflict_do_update(index_elements=["order_id"], set_={
+        return stmt.on_conflict_do_update(index_elements=["order_id"], set_={
             "last_n": case((ahead, stmt.excluded.last_n), else_=WatchCursorRow.last_n),
             "last_valid_n": case((ahead, stmt.excluded.last_valid_n), else_=WatchCursorRow.last_valid_n),
-        }))
+        })
 
     def list_observations(self, order_id: str, after_n: int = 0, limit: int = 100,
                           changes_only: bool = False) -> list[Observation]:
