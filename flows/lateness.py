@@ -128,7 +128,7 @@ async def late_orders(store: Store, now: datetime, late_after_seconds: float) ->
     """The orders late at `now`, read from the open claims (at most `BATCH`, oldest first)."""
     reps: defaultdict[str, list[Repetition]] = defaultdict(list)
     claims = await asyncio.to_thread(store.open_claims, now, BATCH)
-    held = await asyncio.to_thread(store.claimed_repetitions, claims) if claims else {}
+    held = await asyncio.to_thread(store.open_repetitions, claims) if claims else {}
     for claim in claims:  # one read for all the claims' repetitions, each claim's own rows only
         reps[claim.order_id] += held[claim.flow_run_id]
     late = {}

@@ -23,7 +23,7 @@ flush) or names another server (`run_id`: a restart, or a failover to a replica)
 every `SWEEP_SECONDS` whatever happens. Measured with bench/e2e.py at 1,000 orders, looking at
 every open claim every 5 s (a read of the order and of its repetitions each) was the worker's
 largest cost; now a pass without a full sweep reads only the open claims, and a full one reads
-the repetitions of all the claims it looks at in one go (`Store.claimed_repetitions`), their orders in
+the open repetitions of all the claims it looks at in one go (`Store.open_repetitions`), their orders in
 one store call and what Valkey holds of them in one pipeline.
 """
 
@@ -39,7 +39,6 @@ from core.protocol.jobs import Job
 from core.queue import JobQueue
 from core.schemas import OrderStatus, RepetitionState
 from core.storage import OpenClaim, Order, Repetition, Store
-from core.storage.rules import OPEN
 from flows.prefect_sync import LOCK_SECONDS, LOCK_WAIT_SECONDS, SYNC_LOCK, release
 
 log = logging.getLogger("crawlcoin.requeue")
@@ -86,7 +85,7 @@ async def requeue_lost(store: Store, queue: JobQueue, redis: Redis, now: datetim
         claims = [c for c in await asyncio.to_thread(store.open_claims, now - GRACE, BATCH) if full or not c.queued]
         if claims:
             # Read at once for all the claims: their repetitions, their orders, and which queued jobs Valkey holds.
-            reps = await asyncio.to_thread(store.claimed_repetitions, claims)
+            reps = await asyncio.to_thread(store.open_repetitions, claims)
             orders = {o.id: o for o in await asyncio.to_thread(store.get_orders, [c.order_id for c in claims])}
             waiting = [r.key for c in claims for r in reps[c.flow_run_id] if r.state is RepetitionState.queued]
             held = dict(zip(waiting, await queue.held(waiting), strict=True))
@@ -105,9 +104,9 @@ async def requeue_lost(store: Store, queue: JobQueue, redis: Redis, now: datetim
 
 async def _check(store: Store, queue: JobQueue, claim: OpenClaim, order: Order | None, reps: list[Repetition],
                  held: dict[str, bool], now: datetime, done: Requeued) -> None:
-    """`order`: the claim's order as read (None: gone); `reps`: the repetitions the claim holds
-    (`Store.claimed_repetitions`); `held`: whether Valkey holds each queued one (`JobQueue.held`)."""
-    if order is None or not any(r.state in OPEN for r in reps):
+    """`order`: the claim's order as read (None: gone); `reps`: the open repetitions the claim holds
+    (`Store.open_repetitions`); `held`: whether Valkey holds each queued one (`JobQueue.held`)."""
+    if order is None or not reps:
         await asyncio.to_thread(store.close_claim, claim.flow_run_id)
         done.closed += 1
         return

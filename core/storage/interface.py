@@ -202,9 +202,11 @@ class OrderStore(Protocol):
         the requeue pass uses them to find jobs Valkey lost or never got, across all orders.
         """
 
-    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
-        """The repetitions each claim holds, by its flow run id, in n order — many claims in one read where the
-        store can. A repetition in a claim's range that a later claim (after an unclaim) holds is not its."""
+    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+        """The repetitions each claim holds that are still open (queued or leased), by its flow run id, in n
+        order — many claims in one read where the store can. A repetition in a claim's range that a later claim
+        (after an unclaim) holds is not its. Settled ones are left out: the requeue and lateness passes, which
+        read every open claim every few seconds, look only at open ones."""
 
     def confirm_queued(self, flow_run_id: str) -> None:
         """Record that the claim's jobs were put in the Valkey queue (idempotent; no-op if not open)."""

@@ -231,7 +231,7 @@ class CassandraClaims(CassandraOrders):
                           last_n=r["last_n"], created_at=dt(r["created_at"]), queued=bool(r["queued"]))
                 for r in rows[:limit]]
 
-    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         wanted: defaultdict[tuple[str, int], set[int]] = defaultdict(set)  # per partition, once for all claims
         for c in claims:
@@ -242,7 +242,7 @@ class CassandraClaims(CassandraOrders):
         for rows in found:
             for row in rows:
                 rep = repetition_from(row)
-                if rep.flow_run_id in held:
+                if rep.flow_run_id in held and rep.state in rules.OPEN:
                     held[rep.flow_run_id].append(rep)
         for reps in held.values():
             reps.sort(key=lambda r: r.n)

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import delete, tuple_, update
+from sqlalchemy import bindparam, delete, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -17,6 +17,11 @@ from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, Re
 
 _ORDERS_BY_ID = by_keys(OrderRow.__table__, "id")  # type: ignore[attr-defined]
 _REPETITIONS_BY_KEY = by_keys(RepetitionRow.__table__, "key")  # type: ignore[attr-defined]
+_OPEN_REPETITIONS = _REPETITIONS_BY_KEY.where(
+    RepetitionRow.__table__.c.state.in_([s.value for s in rules.OPEN]))  # type: ignore[attr-defined]
+_CLAIMS = OpenClaimRow.__table__  # type: ignore[attr-defined]
+_OPEN_CLAIMS = (select(_CLAIMS).where(_CLAIMS.c.created_at < bindparam("before"))
+                .order_by(_CLAIMS.c.created_at, _CLAIMS.c.flow_run_id).limit(bindparam("limit")))
 
 
 class SqlOrders(SqlLedger, SqlOutbox):
@@ -213,17 +218,15 @@ class SqlOrders(SqlLedger, SqlOutbox):
 
     def open_claims(self, claimed_before: datetime, limit: int) -> list[OpenClaim]:
         with self._read() as s:
-            stmt = (select(OpenClaimRow).where(col(OpenClaimRow.created_at) < claimed_before)
-                    .order_by(col(OpenClaimRow.created_at), col(OpenClaimRow.flow_run_id)).limit(limit))
-            return [record(OpenClaim, r) for r in s.exec(stmt)]
+            return [OpenClaim.model_validate(m) for m in s.execute(_OPEN_CLAIMS, {
+                "before": claimed_before, "limit": limit}).mappings()]
 
-    def claimed_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
-        table = RepetitionRow.__table__  # type: ignore[attr-defined]
-        with self._read() as s:  # plain rows, not ORM objects: a full sweep reads thousands
+        with self._read() as s:  # plain rows, not ORM objects: the passes read thousands
             for some in chunked(keys):
-                for row in s.execute(select(table).where(table.c.key.in_(some))).mappings():
+                for row in s.execute(_OPEN_REPETITIONS, {"keys": some}).mappings():
                     if row["flow_run_id"] in held:
                         held[row["flow_run_id"]].append(Repetition.model_validate(row))
         for reps in held.values():

@@ -373,7 +373,7 @@ def test_a_claim_with_queued_repetitions_stays_open_until_closed(store: Store) -
     assert store.open_claims(later, 100) == [], "closed for good: confirming again does not reopen it"
 
 
-def test_claimed_repetitions_reads_what_each_open_claim_holds_at_once(store: Store) -> None:
+def test_open_repetitions_reads_what_each_open_claim_holds_at_once(store: Store) -> None:
     user = new_user(store, coins=20)
     t0 = now()
     first = claimable(store, user, runs=3, every=60, start=t0)
@@ -381,14 +381,16 @@ def test_claimed_repetitions_reads_what_each_open_claim_holds_at_once(store: Sto
     second = claimable(store, user, runs=4, every=60, start=t0)
     store.claim_repetitions(second.id, "b-1", t0 + timedelta(seconds=30), t0, 60)  # 1
     store.claim_repetitions(second.id, "b-2", t0 + timedelta(seconds=90), t0, 60)  # 2
+    assert store.record_result(result_for(first, 2, new_user(store))).outcome.value == "paid"
     claims = store.open_claims(t0 + timedelta(seconds=1), 100)
-    held = store.claimed_repetitions(claims)
-    assert {k: [r.n for r in v] for k, v in held.items()} == {"a-1": [1, 2, 3], "b-1": [1], "b-2": [2]}
+    held = store.open_repetitions(claims)
+    assert {k: [r.n for r in v] for k, v in held.items()} == {"a-1": [1, 3], "b-1": [1], "b-2": [2]}, \
+        "a settled repetition is left out"
     for claim in claims:
         alone = [r for r in store.get_repetitions(claim.order_id, list(range(claim.first_n, claim.last_n + 1)))
-                 if r.flow_run_id == claim.flow_run_id]
+                 if r.flow_run_id == claim.flow_run_id and r.state.value in ("queued", "leased")]
         assert held[claim.flow_run_id] == alone, "the same as reading each claim on its own"
-    assert store.claimed_repetitions([]) == {}
+    assert store.open_repetitions([]) == {}
 
 
 def test_open_claims_are_listed_oldest_first_across_orders_up_to_the_limit(store: Store) -> None:
