@@ -50,7 +50,10 @@ async def dispatch_order(
     if order is None:
         raise NotFound(f"order {order_id} not found")
     period = schedules.dispatch_period_seconds(order, settings.dispatch_window_seconds)
-    horizon = now + timedelta(seconds=settings.dispatch_lead_seconds + min(period, window_seconds or period))
+    start = now + timedelta(seconds=settings.dispatch_lead_seconds)
+    if window_seconds is None and order.next_due_at is not None and order.next_due_at > start:
+        start = order.next_due_at  # a run started early (spread, see `first_run_at`) claims one period all the same
+    horizon = start + timedelta(seconds=min(period, window_seconds or period))
     # A run that died between claiming and queueing (worker killed) left repetitions claimed but
     # never queued: queue again whatever the last runs claimed that is still waiting. Enqueueing
     # is idempotent (a job queued or ever released is not added again), so this is always safe.

@@ -218,7 +218,7 @@ class PrefectSync:
         the run was due) replaces a run that never started or whose worker died before it claimed
         (marking it Crashed), so an order's runs go on without Prefect's scheduler."""
         assert order.next_due_at is not None
-        run_at = max(first_run_at(self.settings, order.next_due_at), now)
+        run_at = max(first_run_at(self.settings, order, order.next_due_at), now)
         key = f"dispatch:{order.id}:{order.next_due_at.isoformat()}:{order.updated_at.isoformat()}"
         message = f"activation {activated[1]} (activate run {activated[0]})" if activated else None
         run = await self.client.create_flow_run_from_deployment(

@@ -285,3 +285,39 @@ def test_the_api_wakes_the_workers_so_a_burst_of_orders_gets_its_deployments_at_
     paused = api.post(f"/orders/{ids[0]}/pause", headers=alice.headers)
     assert paused.status_code == 200
     wait_for(lambda: deployment_paused(slow, ids[0]), 30, "the paused order's deployment to be paused")
+
+
+def test_orders_due_together_get_dispatch_runs_spread_over_half_a_period_each_claiming_a_whole_one(
+        sched_settings, redis: Redis) -> None:
+    from redis.asyncio import Redis as AsyncRedis
+
+    from core.queue import JobQueue
+    from core.storage import open_store
+    from flows.dispatch import dispatch_order
+    from flows.prefect_objects import first_run_at
+
+    settings = sched_settings.model_copy(update={"dispatch_window_seconds": 600, "dispatch_lead_seconds": 30})
+    store = open_store(settings.resolved_store_url)
+    now = datetime.now(UTC)
+    for i in range(40):
+        seed_order(store, f"s{i}", every=60, runs=10, now=now + timedelta(seconds=900))
+    orders = [store.get_order(f"os{i}") for i in range(40)]
+    due = orders[0].next_due_at  # type: ignore[union-attr]
+    starts = [(due - first_run_at(settings, o, due)).total_seconds() for o in orders]  # type: ignore[arg-type]
+    assert all(30 <= s <= 30 + 300 for s in starts), "between the lead and the lead plus half a period ahead"
+    assert max(starts) - min(starts) > 200, f"40 orders due at once start spread out, not together: {sorted(starts)}"
+    assert starts == [(due - first_run_at(settings, o, due)).total_seconds() for o in orders], "fixed per order"
+
+    async def run_early() -> list[int]:
+        aredis = AsyncRedis.from_url(settings.resolved_redis_url)
+        queue = JobQueue(aredis)
+        earliest = orders[starts.index(max(starts))]
+        assert earliest is not None
+        await dispatch_order(store, queue, settings, earliest.id, "early-run", first_run_at(settings, earliest, due))
+        await queue.release_due(time.time() + 10_000)
+        await aredis.aclose()
+        return [n for n, _ in released(redis, earliest.id)]
+
+    assert asyncio.run(run_early()) == list(range(1, 11)), \
+        "a run started early still claims one whole period (10 × 60 s) from the next due repetition"
+    store.close()
