@@ -294,8 +294,11 @@ class CrawlcoinWorker(BaseWorker[BaseJobConfiguration, BaseVariables, CrawlcoinW
         if task_status is not None:
             task_status.started(os.getpid())
         logger = self.get_flow_run_logger(flow_run)
+        if flow_run.expected_start_time is not None:  # claimed up to `prefetch` early: wait here, not in a
+            # second request (the server answers a Running proposed before the scheduled time with "wait N s")
+            await asyncio.sleep(max(0.0, (flow_run.expected_start_time - datetime.now(UTC)).total_seconds()))
         try:
-            # Waits server-side until the scheduled time (WaitForScheduledTime), then starts.
+            # Waits server-side until the scheduled time (WaitForScheduledTime) if the clocks disagree, then starts.
             state = await propose_state(self.client, Running(), flow_run_id=flow_run.id)
         except Abort as e:
             logger.info("flow run not started: %s", e)
