@@ -165,6 +165,7 @@ def empty_cassandra(cassandra_url: str) -> Iterator[Callable[[], None]]:
     host, _, port = contact.rpartition(":")
     with Cluster([host], port=int(port), protocol_version=4) as cluster:
         session = cluster.connect(keyspace)
+        session.default_timeout = 60  # the driver's 10 s ran out beside the HA topology's containers on two cores
         tables = []
         for table in cluster.metadata.keyspaces[keyspace].tables.values():
             keys = ", ".join(c.name for c in table.partition_key)
