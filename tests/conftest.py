@@ -153,7 +153,8 @@ def cassandra_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
             host, _, port = contact.rpartition(":")
             with Cluster([host], port=int(port)) as cluster:
-                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {url.rsplit('/', 1)[1]}")
+                # A schema change waits for the node to agree; beside other work on two cores that took over 10 s.
+                cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {url.rsplit('/', 1)[1]}", timeout=120)
 
 
 @pytest.fixture(scope="session")
