@@ -1,4 +1,4 @@
-"""Chaos on the HA topology (deploy/ha/compose.yaml), one container per node: 1,000 repetitions while one node
+"""Chaos on the HA topology (deploy/ha/compose.yaml), one container per node: 400 repetitions while one node
 of each kind is killed with `docker kill`, at different moments.
 
 Killed in turn, 28 s apart while repetitions fall due, each brought back 12 s later (its machine comes back):
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.ha_topology import Topology, build_images, docker_compose
+from tests.flows.conftest import wait_for
 from tests.helpers import ApiClient, interrupt, place_page_orders
 from tests.test_e2e import Pages, ns_on_disk, start_clients
 
@@ -27,7 +28,10 @@ from tests.test_e2e import Pages, ns_on_disk, start_clients
 # own run in the same xdist group (one after the other on one test worker), never beside it.
 pytestmark = pytest.mark.xdist_group("machine-wide-chaos")
 
-ORDERS, RUNS, EVERY = 10, 100, 2  # 1,000 repetitions over 200 s (5/s)
+# 400 repetitions over 200 s (2/s). The whole topology shares this machine's two cores, three Cassandra nodes
+# among them: it mined 2.4 jobs/s on an idle machine and about half that beside the other tests, so 5/s would
+# only measure how far it falls behind, not what a kill costs.
+ORDERS, RUNS, EVERY = 10, 40, 5
 KILLS = ["mining-1", "valkey-primary", "cassandra-2", "prefect-api-1", "api-1", "results-1"]
 DOWN_SECONDS = 12
 KILL_EVERY = 28  # seconds; the last kill is 168 s into the 200 s of repetitions
@@ -100,6 +104,9 @@ def test_every_repetition_once_while_one_node_of_each_kind_is_killed(tmp_path: P
         files, state = ns_on_disk(out, order_ids), orders()
         report = "\n".join(f"order {o['id']}: {o['status']}, escrow {o['escrow_balance']}, claimed "
                            f"{o['runs_claimed']}/{RUNS}, on disk {len(files[o['id']])}" for o in state)
+        assert all(o["status"] == "completed" for o in state), f"every order completed within 400 s:\n{report}"
+        wait_for(lambda: delivered() == granted, 60, "every result on disk")  # the last ones are on their way
+        files = ns_on_disk(out, order_ids)
         for o in state:
             ns = files[o["id"]]
             assert len(ns) == len(set(ns)) and set(ns) <= set(range(1, RUNS + 1)), f"once each:\n{report}"
@@ -107,7 +114,6 @@ def test_every_repetition_once_while_one_node_of_each_kind_is_killed(tmp_path: P
         assert api.balance(volunteer) == paid, f"the miner was paid once per result on disk:\n{report}"
         escrows = sum(o["escrow_balance"] for o in state)
         assert api.balance(customer) + api.balance(volunteer) + escrows == granted, f"coins conserved:\n{report}"
-        assert all(o["status"] == "completed" for o in state), f"every order completed:\n{report}"
         assert paid == granted, f"every repetition on disk (none refunded):\n{report}"
 
         _print_costs(_results(out), starts, kills)

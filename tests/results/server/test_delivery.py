@@ -35,6 +35,12 @@ def sidecars(out: Path, order_id: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / order_id).glob("*.meta.json"))]
 
 
+def server_cursor(db: sqlite3.Connection, order_id: str) -> int:
+    """The furthest n the result server recorded as delivered for the order (to any token)."""
+    row = db.execute("SELECT max(last_n) FROM delivery_cursors WHERE order_id = ?", (order_id,)).fetchone()
+    return row[0] or 0
+
+
 def test_offline_client_gets_every_result_later_in_order(result_server, customer, tmp_path) -> None:
     order = customer.order(runs=5)
     hashes = customer.deliver(order, [3, 1, 2, 5, 4])  # delivered out of order while the client is offline
@@ -111,6 +117,9 @@ def test_a_delivery_rides_through_the_store_refusing_writes(result_server, custo
         blocker.execute("ROLLBACK")
         customer.deliver(order, [4, 5, 6])
         wait_for(lambda: len(sidecars(out, order.id)) == 6, 60, "the results stored after the store came back")
+        # The client writes a batch, then acknowledges it: the server records the acknowledgement a moment after
+        # the files appear, and a client stopped in between leaves them undelivered (they come again, once each).
+        wait_for(lambda: server_cursor(blocker, order.id) == 6, 60, "the server recording all six as delivered")
     finally:
         blocker.close()
         proc.send_signal(signal.SIGINT)
