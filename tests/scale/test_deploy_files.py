@@ -10,6 +10,7 @@ import pytest
 import typer.main
 import yaml
 
+from cli.embedded import LEAN_PREFECT_SERVER_ENV
 from cli.main import app
 from core.settings import Settings
 
@@ -156,3 +157,18 @@ def test_valkey_runs_as_primary_replica_and_three_sentinels_that_every_process_g
         assert "requirepass $$VALKEY_PASSWORD" in command and "exec valkey-server" in command, n
     assert set(sentinels) <= set(compose["x-crawlcoin"]["depends_on"])
     assert "VALKEY_PASSWORD=" in (DEPLOY / ".env.example").read_text()
+
+
+def test_every_prefect_server_runs_with_crawlcoin_up_s_lean_settings() -> None:
+    """What `crawlcoin up` turns off in Prefect's server (measured: late-run marking alone was a fifth of its busy
+    time in a burst) is off in the deploy files too, with the same values."""
+    servers = 0
+    for path in COMPOSE_FILES:
+        for name, service in documents(path)[0]["services"].items():
+            if service.get("command", [])[:2] != ["prefect", "server"]:
+                continue
+            servers += 1
+            env = {k: str(v) for k, v in service.get("environment", {}).items()}
+            differ = {k: (env.get(k), v) for k, v in LEAN_PREFECT_SERVER_ENV.items() if env.get(k) != v}
+            assert not differ, f"{path.relative_to(DEPLOY)} {name}: (set, wanted) {differ}"
+    assert servers >= 4, "the Traefik file's server, the HA file's two API servers, its services and its migration"
