@@ -15,7 +15,7 @@ from core.storage.sql.ledger import SqlLedger
 from core.storage.sql.outbox import SqlOutbox
 from core.storage.sql.tables import DispatchClaimRow, OpenClaimRow, OrderRow, RepetitionRow
 
-_ORDERS_BY_ID = by_keys(OrderRow.__table__, "id")  # type: ignore[attr-defined]
+ORDERS_BY_ID = by_keys(OrderRow.__table__, "id")  # type: ignore[attr-defined]  # orders by id (results.py too)
 _REPETITIONS_BY_KEY = by_keys(RepetitionRow.__table__, "key")  # type: ignore[attr-defined]
 _OPEN_REPETITIONS = _REPETITIONS_BY_KEY.where(
     RepetitionRow.__table__.c.state.in_([s.value for s in rules.OPEN]))  # type: ignore[attr-defined]
@@ -53,7 +53,7 @@ class SqlOrders(SqlLedger, SqlOutbox):
 
     def get_orders(self, order_ids: list[str]) -> list[Order]:
         with self._read() as s:
-            return records_by_keys(s, _ORDERS_BY_ID, sorted(set(order_ids)), Order)
+            return records_by_keys(s, ORDERS_BY_ID, sorted(set(order_ids)), Order)
 
     def list_orders(self, owner_id: str, limit: int, before: Cursor | None = None) -> list[Order]:
         with self._read() as s:

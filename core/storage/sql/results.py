@@ -14,16 +14,15 @@ from core.storage import rules
 from core.storage.records import Acknowledged, Order, Pruned, Recorded, Repetition, Result, ResultOutcome
 from core.storage.sql.engine import by_keys, record, records_by_keys
 from core.storage.sql.ledger import SqlLedger
+from core.storage.sql.orders import ORDERS_BY_ID
 from core.storage.sql.tables import DeliveredRow, DeliveryCursorRow, OrderRow, RepetitionRow, ResultRow
 
 _REPS = RepetitionRow.__table__  # type: ignore[attr-defined]
 _RESULTS = ResultRow.__table__  # type: ignore[attr-defined]
-_ORDERS = OrderRow.__table__  # type: ignore[attr-defined]
 # `record_results`' statements, built once (see `core.storage.sql.ledger`): the mining servers' hottest path.
 _LOCK_REPS = (select(_REPS.c.key, _REPS.c.order_id, _REPS.c.n, _REPS.c.state)
               .where(_REPS.c.key.in_(bindparam("keys", expanding=True))).order_by(_REPS.c.key).with_for_update())
 _STORED = select(_RESULTS.c.job_key).where(_RESULTS.c.job_key.in_(bindparam("keys", expanding=True)))
-_ORDERS_BY_ID = by_keys(_ORDERS, "id")
 _RESULTS_BY_KEY = by_keys(_RESULTS, "job_key")
 _INSERT_RESULTS = insert(_RESULTS)
 _CURSORS = DeliveryCursorRow.__table__  # type: ignore[attr-defined]
@@ -49,7 +48,7 @@ class SqlResults(SqlLedger):
                 stored = set(s.execute(_STORED, {"keys": keys}).scalars())
                 order_ids = sorted({order_id for order_id, _, _ in reps.values()})
                 orders = {o["id"]: Order.model_validate(o)
-                          for o in s.execute(_ORDERS_BY_ID, {"keys": order_ids}).mappings()}
+                          for o in s.execute(ORDERS_BY_ID, {"keys": order_ids}).mappings()}
                 out: list[Recorded] = []
                 new_results: list[dict] = []
                 new_states: list[dict] = []
