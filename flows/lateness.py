@@ -27,7 +27,7 @@ import re
 from collections import defaultdict
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import apprise
 from redis.asyncio import Redis
@@ -128,7 +128,8 @@ async def late_orders(store: Store, now: datetime, late_after_seconds: float) ->
     """The orders late at `now`, read from the open claims (at most `BATCH`, oldest first)."""
     reps: defaultdict[str, list[Repetition]] = defaultdict(list)
     claims = await asyncio.to_thread(store.open_claims, now, BATCH)
-    held = await asyncio.to_thread(store.open_repetitions, claims) if claims else {}
+    overdue_before = now - timedelta(seconds=late_after_seconds)  # only these can make an order late
+    held = await asyncio.to_thread(store.open_repetitions, claims, overdue_before) if claims else {}
     for claim in claims:  # one read for all the claims' repetitions, each claim's own rows only
         reps[claim.order_id] += held[claim.flow_run_id]
     late = {}

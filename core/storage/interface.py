@@ -181,8 +181,10 @@ class OrderStore(Protocol):
 
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]: ...
 
-    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
-        """`get_repetitions` of several orders at once (order id → its n): those that exist, in no particular order."""
+    def get_repetitions_of(self, wanted: dict[str, list[int]], settled_only: bool = False) -> list[Repetition]:
+        """`get_repetitions` of several orders at once (order id → its n): those that exist, in no particular order.
+        `settled_only`: only the settled ones (done, failed, refunded), for readers that stop at the first open one
+        — a result server's deliveries and the watcher, which look a page ahead of what is settled."""
 
     def unclaim(self, order_id: str, ns: list[int]) -> int:
         """Return withdrawn, never-released repetitions of a paused order to its counter.
@@ -202,11 +204,13 @@ class OrderStore(Protocol):
         the requeue pass uses them to find jobs Valkey lost or never got, across all orders.
         """
 
-    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+    def open_repetitions(self, claims: list[OpenClaim],
+                         due_before: datetime | None = None) -> dict[str, list[Repetition]]:
         """The repetitions each claim holds that are still open (queued or leased), by its flow run id, in n
         order — many claims in one read where the store can. A repetition in a claim's range that a later claim
         (after an unclaim) holds is not its. Settled ones are left out: the requeue and lateness passes, which
-        read every open claim every few seconds, look only at open ones."""
+        read every open claim every few seconds, look only at open ones. With `due_before`, only those due
+        before it (the lateness pass: a claim holds a whole window, of which only the overdue ones matter)."""
 
     def confirm_queued(self, flow_run_id: str) -> None:
         """Record that the claim's jobs were put in the Valkey queue (idempotent; no-op if not open)."""

@@ -21,7 +21,9 @@ class StoreCalls:
             wanted: dict[str, list[int]] = defaultdict(list)
             for order_id, n in keys:
                 wanted[order_id].append(n)
-            return {(r.order_id, r.n): r for r in store.get_repetitions_of(wanted)}
+            # Only the settled: a delivery reads a page ahead and stops at the first unsettled one, and at a
+            # marketplace's trickle the page holds one settled repetition among a window's claimed ones.
+            return {(r.order_id, r.n): r for r in store.get_repetitions_of(wanted, settled_only=True)}
 
         def results(keys: list[tuple[str, int]]) -> dict[tuple[str, int], Result]:
             return {(r.order_id, r.n): r for r in store.get_results([job_key(o, n) for o, n in keys])}

@@ -166,7 +166,7 @@ def observe_orders(store: Store, order_ids: list[str]) -> dict[str, tuple[WatchC
              for i, o in orders.items() if before[i].last_n < o.runs_claimed}
     if not spans:
         return out
-    reps = {(r.order_id, r.n): r for r in store.get_repetitions_of(spans)}
+    reps = {(r.order_id, r.n): r for r in store.get_repetitions_of(spans, settled_only=True)}
     ready: dict[str, list[int]] = {}
     for i, ns in spans.items():
         for n in ns:

@@ -32,8 +32,9 @@ class CassandraClaims(CassandraOrders):
     def get_repetitions(self, order_id: str, ns: list[int]) -> list[Repetition]:
         return [repetition_from(r) for r in self._jobs(order_id, ns)] if ns else []
 
-    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
-        return [r for order_id, ns in wanted.items() for r in self.get_repetitions(order_id, ns)]
+    def get_repetitions_of(self, wanted: dict[str, list[int]], settled_only: bool = False) -> list[Repetition]:
+        return [r for order_id, ns in wanted.items() for r in self.get_repetitions(order_id, ns)
+                if not (settled_only and r.state in rules.OPEN)]
 
     def claim_repetitions(
         self, order_id: str, flow_run_id: str, horizon: datetime, now: datetime, catchup_seconds: int
@@ -231,7 +232,8 @@ class CassandraClaims(CassandraOrders):
                           last_n=r["last_n"], created_at=dt(r["created_at"]), queued=bool(r["queued"]))
                 for r in rows[:limit]]
 
-    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+    def open_repetitions(self, claims: list[OpenClaim],
+                         due_before: datetime | None = None) -> dict[str, list[Repetition]]:
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         wanted: defaultdict[tuple[str, int], set[int]] = defaultdict(set)  # per partition, once for all claims
         for c in claims:
@@ -242,7 +244,8 @@ class CassandraClaims(CassandraOrders):
         for rows in found:
             for row in rows:
                 rep = repetition_from(row)
-                if rep.flow_run_id in held and rep.state in rules.OPEN:
+                if rep.flow_run_id in held and rep.state in rules.OPEN and (due_before is None
+                                                                            or rep.due_at < due_before):
                     held[rep.flow_run_id].append(rep)
         for reps in held.values():
             reps.sort(key=lambda r: r.n)

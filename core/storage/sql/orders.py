@@ -19,6 +19,10 @@ ORDERS_BY_ID = by_keys(OrderRow.__table__, "id")  # type: ignore[attr-defined]  
 _REPETITIONS_BY_KEY = by_keys(RepetitionRow.__table__, "key")  # type: ignore[attr-defined]
 _OPEN_REPETITIONS = _REPETITIONS_BY_KEY.where(
     RepetitionRow.__table__.c.state.in_([s.value for s in rules.OPEN]))  # type: ignore[attr-defined]
+_SETTLED_REPETITIONS = _REPETITIONS_BY_KEY.where(
+    RepetitionRow.__table__.c.state.not_in([s.value for s in rules.OPEN]))  # type: ignore[attr-defined]
+_OPEN_DUE_REPETITIONS = _OPEN_REPETITIONS.where(
+    RepetitionRow.__table__.c.due_at < bindparam("due_before"))  # type: ignore[attr-defined]
 _CLAIMS = OpenClaimRow.__table__  # type: ignore[attr-defined]
 _OPEN_CLAIMS = (select(_CLAIMS).where(_CLAIMS.c.created_at < bindparam("before"))
                 .order_by(_CLAIMS.c.created_at, _CLAIMS.c.flow_run_id).limit(bindparam("limit")))
@@ -171,10 +175,10 @@ class SqlOrders(SqlLedger, SqlOutbox):
         with self._read() as s:
             return [record(Repetition, r) for r in self._repetitions(s, order_id, ns)]
 
-    def get_repetitions_of(self, wanted: dict[str, list[int]]) -> list[Repetition]:
+    def get_repetitions_of(self, wanted: dict[str, list[int]], settled_only: bool = False) -> list[Repetition]:
         keys = [job_key(order_id, n) for order_id, ns in wanted.items() for n in ns]
         with self._read() as s:
-            return records_by_keys(s, _REPETITIONS_BY_KEY, keys, Repetition)
+            return records_by_keys(s, _SETTLED_REPETITIONS if settled_only else _REPETITIONS_BY_KEY, keys, Repetition)
 
     def unclaim(self, order_id: str, ns: list[int]) -> int:
         if not ns:
@@ -221,12 +225,15 @@ class SqlOrders(SqlLedger, SqlOutbox):
             return [OpenClaim.model_validate(m) for m in s.execute(_OPEN_CLAIMS, {
                 "before": claimed_before, "limit": limit}).mappings()]
 
-    def open_repetitions(self, claims: list[OpenClaim]) -> dict[str, list[Repetition]]:
+    def open_repetitions(self, claims: list[OpenClaim],
+                         due_before: datetime | None = None) -> dict[str, list[Repetition]]:
         held: dict[str, list[Repetition]] = {c.flow_run_id: [] for c in claims}
         keys = [job_key(c.order_id, n) for c in claims for n in range(c.first_n, c.last_n + 1)]
+        stmt, due = (_OPEN_REPETITIONS, {}) if due_before is None else (_OPEN_DUE_REPETITIONS,
+                                                                        {"due_before": due_before})
         with self._read() as s:  # plain rows, not ORM objects: the passes read thousands
             for some in chunked(keys):
-                for row in s.execute(_OPEN_REPETITIONS, {"keys": some}).mappings():
+                for row in s.execute(stmt, {"keys": some, **due}).mappings():
                     if row["flow_run_id"] in held:
                         held[row["flow_run_id"]].append(Repetition.model_validate(row))
         for reps in held.values():

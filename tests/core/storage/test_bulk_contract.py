@@ -52,6 +52,9 @@ def test_orders_repetitions_and_results_of_several_orders_at_once(store: Store) 
     assert sorted(reps, key=lambda r: (r.order_id, r.n)) == sorted(
         store.get_repetitions(a.id, [2, 3]) + store.get_repetitions(b.id, [1, 3]), key=lambda r: (r.order_id, r.n))
     assert store.get_repetitions_of({}) == []
+    settled = store.get_repetitions_of({a.id: [1, 2, 3, 9], b.id: [1, 3]}, settled_only=True)
+    assert sorted((r.order_id, r.n) for r in settled) == sorted([(a.id, 1), (a.id, 2), (b.id, 3)]), \
+        "only the repetitions with a result (the others are still queued)"
 
     found = store.get_results([job_key(a.id, 2), job_key(b.id, 3), job_key(b.id, 1), job_key(missing, 1)])
     assert sorted((r.order_id, r.n) for r in found) == sorted([(a.id, 2), (b.id, 3)])

@@ -391,6 +391,9 @@ def test_open_repetitions_reads_what_each_open_claim_holds_at_once(store: Store)
                  if r.flow_run_id == claim.flow_run_id and r.state.value in ("queued", "leased")]
         assert held[claim.flow_run_id] == alone, "the same as reading each claim on its own"
     assert store.open_repetitions([]) == {}
+    due = store.open_repetitions(claims, due_before=t0 + timedelta(seconds=30))
+    assert {k: [r.n for r in v] for k, v in due.items()} == {"a-1": [1], "b-1": [1], "b-2": []}, \
+        "only the open ones due before it (#2 of b is due at +60 s, #3 of a at +120 s)"
 
 
 def test_open_claims_are_listed_oldest_first_across_orders_up_to_the_limit(store: Store) -> None:
