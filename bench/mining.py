@@ -459,6 +459,8 @@ def main() -> None:
                 print(f"{what:34} {m[0]:9.0f} {m[1]:9.1f} {m[2]:9.1f}   "
                       f"{mining_cpu.per_job(round(m[0] * args.seconds))}")
                 ratios.append(m[0] / b[0])
+                handout = miners.handout()
+                print(f"{'then hand-out (ack → next job)':34} {'':9} {handout[0]:9.1f} {handout[1]:9.1f}")
                 print(f"ratio mining / bare: {ratios[-1]:.2f}")
             if args.rounds > 1:
                 print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.2f}")

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from core import metrics
 from core.agreement import Comparer
@@ -57,6 +57,10 @@ class Checker:
         self._send = send
         self._drop = drop
         self._rng = rng or random.Random()
+        # Checks that judge the same miner are decided one after another, each reading its voters' standing
+        # afresh: a check that bars a miner and one that would pay it cannot overlap, so once barred it is
+        # paid nothing more. Checks of different miners go on side by side.
+        self._judging = KeyedLocks()
 
     # --- results ------------------------------------------------------------------------------
 
@@ -75,15 +79,16 @@ class Checker:
         if len(held.votes) < 2:
             self.handout.put_back(held)
             return HELD
-        try:
-            verdict = await self._tally(held, closing=len(held.votes) >= MAX_VOTES)
-        except Exception:
-            self.handout.put_back(held)  # decided when the next vote comes, or closed by the hand-out
-            raise
-        if not verdict.final:
-            self.handout.put_back(held)
-            return HELD
-        return await self._decide(held, verdict, answer=miner.user_id)
+        async with self._judging(v.miner_id for v in held.votes):
+            try:
+                verdict = await self._tally(held, closing=len(held.votes) >= MAX_VOTES)
+            except Exception:
+                self.handout.put_back(held)  # decided when the next vote comes, or closed by the hand-out
+                raise
+            if not verdict.final:
+                self.handout.put_back(held)
+                return HELD
+            return await self._decide(held, verdict, answer=miner.user_id)
 
     def failed(self, held: Held, why: str, avoid: str | None,
                last: Result | None = None) -> "asyncio.Future[ResultAck]":
@@ -100,6 +105,10 @@ class Checker:
 
     async def close(self, held: Held) -> ResultAck:
         """Decide a check as it stands: no further fetch can be had in time."""
+        async with self._judging(v.miner_id for v in held.votes):
+            return await self._close(held)
+
+    async def _close(self, held: Held) -> ResultAck:
         try:
             verdict = await self._tally(held, closing=True)
         except Exception as e:
@@ -138,19 +147,22 @@ class Checker:
         assert delivered is not None
         ack = await self.writer.record(held, delivered)
         voters = [v.miner_id for v in held.votes]
-        self._forget(held, voters)
         reps: dict[str, Reputation] = {}
         try:
             if ack.ok:
                 reps = await self.trust.record(verdict.agreed, verdict.outvoted)
         except Exception as e:  # the result is written and paid; only the reputations did not move
             log.warning("could not record the reputations the check of %s decided: %s", held.job.key, e)
+        for conn in [c for c in self.handout.miners.values() if c.user_id in reps]:
+            self.handout.change(conn, _reputed(reps[conn.user_id]))
+        # Only now are the voters' slots free: a miner this check barred gets no job in between.
+        self._forget(held, voters)
         own: ResultAck | None = None
         for miner_id in dict.fromkeys(voters):
             outcome, coins = _share(miner_id, delivered, verdict, ack)
             if miner_id == answer:
                 own = ResultAck(ok=ack.ok, outcome=outcome, coins=coins, error=ack.error)
-            await self._tell(miner_id, held, outcome, coins, delivered.validation, reps.get(miner_id))
+            await self._tell(miner_id, held, outcome, coins, delivered.validation)
         metrics.check_decided(delivered.validation.value, len(verdict.outvoted))
         if delivered.validation is not Validation.unchecked or verdict.outvoted:
             log.info("check of %s: %s, delivered %s's fetch%s", held.job.key, delivered.validation.value,
@@ -163,11 +175,8 @@ class Checker:
             if held.job.key in conn.awaiting:
                 self.handout.change(conn, lambda c: c.awaiting.discard(held.job.key))
 
-    async def _tell(self, miner_id: str, held: Held, outcome: str, coins: int, validation: Validation,
-                    rep: Reputation | None) -> None:
+    async def _tell(self, miner_id: str, held: Held, outcome: str, coins: int, validation: Validation) -> None:
         for conn in [c for c in self.handout.miners.values() if c.user_id == miner_id]:
-            if rep is not None:
-                self.handout.change(conn, _reputed(rep))
             message = Checked(key=held.job.key, outcome=outcome, coins=coins, validation=validation.value,
                               reputation=round(conn.reputation.score, 3), standing=conn.standing.value)
             try:
@@ -217,3 +226,30 @@ def _share(miner_id: str, delivered: Result, verdict: Verdict, ack: ResultAck) -
     return ("outvoted" if miner_id in verdict.outvoted else "unpaid"), 0
 
 
+class KeyedLocks:
+    """A lock per key, taken for several keys at once (in sorted order, so two holders never wait on each
+    other); a key's lock exists while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        wanted = sorted(set(keys))
+        for k in wanted:
+            self._locks.setdefault(k, (asyncio.Lock(), [0]))[1][0] += 1
+        taken: list[asyncio.Lock] = []
+        try:
+            for k in wanted:
+                lock = self._locks[k][0]
+                await lock.acquire()
+                taken.append(lock)
+            yield
+        finally:
+            for lock in taken:
+                lock.release()
+            for k in wanted:
+                users = self._locks[k][1]
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[k]

@@ -36,6 +36,7 @@ from miners.server.stream import Entry, JobStream
 log = logging.getLogger(__name__)
 
 _BACKLOG_MAX = 1000  # jobs one server holds waiting for a miner, however many slots its miners have
+_SWEEP_SECONDS = 0.5  # how often the hand-out looks at every job of its backlog, free miners or not
 READ_BLOCK_MS = 100
 """Longest wait for new jobs on the stream. A job put back meanwhile is placed after it: a result waiting
 for its check waited up to a second for its checking fetch with 1,000 ms (measured with bench/e2e.py at 50
@@ -64,6 +65,7 @@ class Handout:
         self._trusted = 0  # connected miners that are trusted
         self.free_slots = 0  # of all connected miners
         self._next_timer: float | None = None  # when the first job waiting for its domain's budget may go
+        self._next_sweep = 0.0  # when to look at the whole backlog again (see `_place`)
 
     @property
     def _backlog_cap(self) -> int:
@@ -219,9 +221,18 @@ class Handout:
         """Give waiting jobs to miners: choose a miner per job, then ask the domain budgets at once."""
         now = time.monotonic()
         self._next_timer = None
+        # A pass once every result frees a slot must not cost the length of the backlog: while no miner
+        # has a free slot nothing can be placed, and what waits on time alone (a check's window, a job
+        # no miner here takes) is looked at by a sweep of the whole backlog now and then.
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + _SWEEP_SECONDS
         open_groups = [g for g in self._groups.values() if g.free_slots > 0]
+        unplaced: set[tuple[str, str]] = set()  # (method, host) of plain jobs no free miner took in this pass
         picks: list[tuple[Held, MinerConn]] = []
         for held in list(self.backlog):
+            if not open_groups and not sweep:
+                break
             if held.not_before > now:
                 self._next_timer = min(self._next_timer or held.not_before, held.not_before)
                 continue
@@ -232,8 +243,11 @@ class Handout:
                 continue
             # No free miner here may also mean no miner at all (a restarted server holding the
             # jobs it took over): such jobs must still go back to the stream for other servers.
-            conn = self._choose(held, open_groups)
+            plain = (held.job.method, held.host) if not held.votes and held.avoid is None else None
+            conn = None if plain in unplaced else self._choose(held, open_groups)
             if conn is None:
+                if plain is not None:
+                    unplaced.add(plain)
                 if now - held.since > self.settings.lease_seconds and not any(
                         g.accepts(held) for g in self._groups.values()):
                     self._remove_from_backlog(held)
@@ -273,7 +287,18 @@ class Handout:
             trusted = (self._choose_among(held, groups, lambda c: c.standing is Standing.trusted
                                           and not held.excludes(c)) if self._trusted else None)
             return trusted or self._choose_among(held, groups, lambda c: not held.excludes(c))
-        return self._choose_among(held, groups, None)
+        conn = self._choose_among(held, groups, None)
+        if conn is not None and self._keeps_slot_for_checks(conn):
+            conn = self._choose_among(held, groups, lambda c: not self._keeps_slot_for_checks(c))
+        return conn
+
+    def _keeps_slot_for_checks(self, conn: MinerConn) -> bool:
+        """Whether a miner whose every result is checked is down to its last free slot, which it keeps for
+        fetching other miners' jobs to check them. Otherwise new miners handed more jobs than they have
+        slots fill every slot with results waiting for a check that no miner has a slot left to fetch, and
+        all of them wait out the check's window and go unchecked."""
+        return (conn.free <= 1 < conn.capacity and len(self.miners) > 1 and conn.standing is not Standing.trusted
+                and self.settings.check_share_untrusted > 0)
 
     def _choose_among(self, held: Held, groups: list[Group],
                       allowed: Callable[[MinerConn], bool] | None) -> MinerConn | None:
