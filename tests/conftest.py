@@ -30,6 +30,18 @@ from tests.prefect_server import run_prefect_server
 REQUIRED = {b.strip() for b in os.environ.get("CRAWLCOIN_REQUIRE_BACKENDS", "").split(",") if b.strip()}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook, which names each grouped test `<id>@<group>`
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that must never run beside each other (three JVMs, Docker topologies, chaos) share an xdist_group;
+    `--dist loadgroup` sends a group to one worker. A pytest that pytest-xdist cannot rename the tests of (9.2
+    keeps a node's id where xdist 3.8 does not write it) silently runs them side by side: refuse that."""
+    if getattr(config.option, "loadgroup", False):
+        ungrouped = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"--dist loadgroup is not in effect (pytest {pytest.__version__} with this "
+                                    f"pytest-xdist): {ungrouped[0]} would run beside the other tests of its group")
+
+
 def backend_unavailable(backend: str, why: str) -> None:
     if backend in REQUIRED:
         pytest.fail(f"{backend} is required by CRAWLCOIN_REQUIRE_BACKENDS but unavailable: {why}")

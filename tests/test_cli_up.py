@@ -100,7 +100,15 @@ def stop(proc: subprocess.Popen[str]) -> int:
     """Ctrl-C; `crawlcoin up` stops its children one after another, each with up to 15 s of grace, which on a
     busy CI machine has taken over a minute."""
     proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout=180)
+    code = proc.wait(timeout=180)
+    if proc.stdout is not None and not proc.stdout.closed:  # shown with a failing test's output: why it stopped
+        os.set_blocking(proc.stdout.fileno(), False)  # a grandchild may still hold the pipe: take what is there
+        try:
+            rest = proc.stdout.read() or ""
+        except (OSError, TypeError):
+            rest = ""
+        print(f"crawlcoin up exited with {code}; what it printed after its table:\n{rest[-6000:]}")
+    return code
 
 
 def test_up_serves_the_api_and_keeps_data_across_restarts(tmp_path: Path) -> None:
