@@ -72,6 +72,11 @@ class Connection:
         self.tokens -= 1
         return True
 
+    def give_back(self) -> None:
+        """A result for a job this connection holds costs nothing: those come no faster than jobs are handed
+        out, which a miner's capacity bounds, and a fast miner on a fast site returns more than the refill rate."""
+        self.tokens = min(BURST_EVENTS, self.tokens + 1)
+
 
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
@@ -213,6 +218,7 @@ class MinerNamespace(socketio.AsyncNamespace):
         lease = self.handout.lease_of(sid, mined.key)
         if lease is None:
             raise _Refused(f"job {mined.key[:100]!r} is not leased to this connection")
+        conn.give_back()
         # The slot stays taken until the result is written: miners cannot outrun the store.
         lease.delivered = True
         job = lease.held.job
