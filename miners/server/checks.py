@@ -26,7 +26,6 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from core import metrics
@@ -58,7 +57,10 @@ class Checker:
         self._send = send
         self._drop = drop
         self._rng = rng or random.Random()
-        self._judging = KeyedLocks()  # see `_judge`
+        # Checks that judge the same miner are decided one after another, each reading its voters' standing
+        # afresh: a check that bars a miner and one that would pay it cannot overlap, so once barred it is
+        # paid nothing more. Checks of different miners go on side by side.
+        self._judging = KeyedLocks()
 
     # --- results ------------------------------------------------------------------------------
 
@@ -77,13 +79,16 @@ class Checker:
         if len(held.votes) < 2:
             self.handout.put_back(held)
             return HELD
-        async def act(verdict: Verdict | None) -> ResultAck:
-            if verdict is None or not verdict.final:  # decided when the next vote comes, or closed by the hand-out
+        async with self._judging(v.miner_id for v in held.votes):
+            try:
+                verdict = await self._tally(held, closing=len(held.votes) >= MAX_VOTES)
+            except Exception:
+                self.handout.put_back(held)  # decided when the next vote comes, or closed by the hand-out
+                raise
+            if not verdict.final:
                 self.handout.put_back(held)
                 return HELD
             return await self._decide(held, verdict, answer=miner.user_id)
-
-        return await self._judge(held, len(held.votes) >= MAX_VOTES, act, reraise=True)
 
     def failed(self, held: Held, why: str, avoid: str | None,
                last: Result | None = None) -> "asyncio.Future[ResultAck]":
@@ -100,45 +105,26 @@ class Checker:
 
     async def close(self, held: Held) -> ResultAck:
         """Decide a check as it stands: no further fetch can be had in time."""
-        async def act(verdict: Verdict | None) -> ResultAck:
-            if verdict is None:
-                self.handout.put_back(held)
-                return ResultAck(ok=False, error="internal error")
-            if not verdict.final:  # every vote was a barred miner's: the job starts afresh
-                held.check_since = None
-                self.handout.put_back(held)
-                return ResultAck(ok=True, outcome="retry")
-            return await self._decide(held, verdict)
+        async with self._judging(v.miner_id for v in held.votes):
+            return await self._close(held)
 
-        return await self._judge(held, True, act, reraise=False)
+    async def _close(self, held: Held) -> ResultAck:
+        try:
+            verdict = await self._tally(held, closing=True)
+        except Exception as e:
+            log.error("could not decide the check of %s (it is handed out again): %s", held.job.key, e)
+            self.handout.put_back(held)
+            return ResultAck(ok=False, error="internal error")
+        if not verdict.final:  # every vote was a barred miner's: the job starts afresh
+            held.check_since = None
+            self.handout.put_back(held)
+            return ResultAck(ok=True, outcome="retry")
+        return await self._decide(held, verdict)
 
     def close_soon(self, held: Held) -> None:
         metrics.job_finished_when_done(asyncio.ensure_future(self.close(held)), held.job.due_at)
 
     # --- deciding -----------------------------------------------------------------------------
-
-    async def _judge(self, held: Held, closing: bool, act: Callable[[Verdict | None], Awaitable[ResultAck]],
-                     reraise: bool) -> ResultAck:
-        """Tally the check and `act` on its verdict (None: it could not be tallied).
-
-        A miner is barred only by a check that outvotes it, and once barred it is paid nothing more. So
-        checks are tallied and decided side by side, holding their voters `shared`, unless one outvotes
-        somebody: that one is tallied again and decided holding its voters `exclusive`, after every check
-        paying one of them has written its result and before any later one reads their standing."""
-        for exclusive in (False, True):
-            voters = [v.miner_id for v in held.votes]
-            async with (self._judging.exclusive(voters) if exclusive else self._judging.shared(voters)):
-                try:
-                    verdict = await self._tally(held, closing)
-                except Exception as e:
-                    log.error("could not decide the check of %s (it is handed out again): %s", held.job.key, e)
-                    if reraise:
-                        await act(None)
-                        raise
-                    return await act(None)
-                if exclusive or not verdict.final or not verdict.outvoted:
-                    return await act(verdict)
-        raise AssertionError("unreachable")
 
     async def _tally(self, held: Held, closing: bool) -> Verdict:
         """The verdict of the votes of miners not barred (a barred miner's fetch counts for nothing)."""
@@ -241,49 +227,29 @@ def _share(miner_id: str, delivered: Result, verdict: Verdict, ack: ResultAck) -
 
 
 class KeyedLocks:
-    """Per key, any number of `shared` holders or one `exclusive` holder. An exclusive waiter goes before
-    shared ones that come after it, and takes all its keys at once, so holders never wait on each other."""
+    """A lock per key, taken for several keys at once (in sorted order, so two holders never wait on each
+    other); a key's lock exists while someone holds or waits for it."""
 
     def __init__(self) -> None:
-        self._shared: Counter[str] = Counter()
-        self._exclusive: set[str] = set()
-        self._waiting: Counter[str] = Counter()  # exclusive waiters per key
-        self._changed = asyncio.Condition()
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     @contextlib.asynccontextmanager
-    async def shared(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        wanted = set(keys)
-        async with self._changed:
-            await self._changed.wait_for(lambda: not any(k in self._exclusive or self._waiting[k] for k in wanted))
-            self._shared.update(wanted)
+    async def __call__(self, keys: Iterable[str]) -> AsyncIterator[None]:
+        wanted = sorted(set(keys))
+        for k in wanted:
+            self._locks.setdefault(k, (asyncio.Lock(), [0]))[1][0] += 1
+        taken: list[asyncio.Lock] = []
         try:
+            for k in wanted:
+                lock = self._locks[k][0]
+                await lock.acquire()
+                taken.append(lock)
             yield
         finally:
-            async with self._changed:
-                self._shared.subtract(wanted)
-                _drop_zeros(self._shared, wanted)
-                self._changed.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self, keys: Iterable[str]) -> AsyncIterator[None]:
-        wanted = set(keys)
-        async with self._changed:
-            self._waiting.update(wanted)
-            try:
-                await self._changed.wait_for(lambda: not any(k in self._exclusive or self._shared[k] for k in wanted))
-            finally:
-                self._waiting.subtract(wanted)
-                _drop_zeros(self._waiting, wanted)
-            self._exclusive |= wanted
-        try:
-            yield
-        finally:
-            async with self._changed:
-                self._exclusive -= wanted
-                self._changed.notify_all()
-
-
-def _drop_zeros(counts: Counter[str], keys: Iterable[str]) -> None:
-    for k in keys:
-        if counts[k] <= 0:
-            del counts[k]
+            for lock in taken:
+                lock.release()
+            for k in wanted:
+                users = self._locks[k][1]
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[k]
