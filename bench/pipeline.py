@@ -229,18 +229,23 @@ def run_crawlcoin(args: argparse.Namespace, tmp: Path, page_port: int, sampler: 
                              ("on disk, not stored", extra), ("without its page", no_body)):
                 if ns:
                     problems.append(f"order {order_id[:8]}: {len(ns)} {what} (n = {sorted(ns)[:5]} …)")
-        paid = 0
+        paid = fees = 0
         for miner_id in market.miner_ids:
-            balance = store.get_balance(ledger.user_account(miner_id))
-            paid += balance
-            if balance != miner_of[miner_id]:
-                problems.append(f"miner {miner_id[:8]}: balance {balance} for {miner_of[miner_id]} pages delivered")
+            account = ledger.user_account(miner_id)
+            rewards = Counter[str]()
+            for entry in store.list_entries(account, 10 * args.jobs):
+                rewards[entry.kind] += entry.delta
+            paid += rewards["reward"]
+            fees += rewards["validation"]  # fetches that checked another miner's result, paid by the platform
+            if rewards["reward"] != miner_of[miner_id] or sum(rewards.values()) != store.get_balance(account):
+                problems.append(f"miner {miner_id[:8]}: {dict(rewards)} for {miner_of[miner_id]} pages delivered, "
+                                f"balance {store.get_balance(account)}")
         escrow = sum(store.get_balance(ledger.escrow_account(o)) for o in market.order_ids)
         if escrow != args.jobs - total:
             problems.append(f"escrow {escrow}, expected {args.jobs} - {total} stored")
         errors = sum(e is not None for s in stored.values() for e in s.values())
         checks.append(f"{paid} coins paid to {len(market.miner_ids)} miners for {total - errors} pages "
-                      f"({errors} results without a page)")
+                      f"({errors} results without a page), and {fees} for checking fetches")
         store.close()
         return window, checks + (problems or ["every stored result on disk once, every miner paid once: ok"])
     finally:
