@@ -149,8 +149,10 @@ def run_ha(settings: Settings) -> int:
         print_table(console, stack.rows)
         console.print(f"up in {time.monotonic() - began:.0f} s")
         stack.keep_running()
-    except (KeyboardInterrupt, Stop):
-        console.print("stopping…")
+    except KeyboardInterrupt:
+        console.print("stopping… (SIGINT)")
+    except Stop:
+        console.print("stopping… (SIGTERM)")
     finally:
         stack.stop()
     return 0
