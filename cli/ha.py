@@ -28,7 +28,7 @@ from cli.ha_nodes import (
     sentinel_url,
     valkey_data_config,
 )
-from cli.haproxy import Pool, find_haproxy, write_config
+from cli.haproxy import Pool, find_haproxy, wait_all_up, write_config
 from cli.stack import (
     Stack,
     Stop,
@@ -146,6 +146,7 @@ def run_ha(settings: Settings) -> int:
         stack.rows.append(("metrics", f"/metrics on each service; Prometheus file_sd targets in {targets}", "-"))
         stack.rows.append(("store", f"Cassandra, 3 nodes on {', '.join(CASSANDRA_ADDRESSES)}:{ports.cassandra_cql}, "
                                     "replication factor 3", "-"))
+        wait_all_up(host, stats_port)  # else the first requests through HAProxy may meet its 503
         print_table(console, stack.rows)
         console.print(f"up in {time.monotonic() - began:.0f} s")
         stack.keep_running()

@@ -6,11 +6,15 @@ still pins any long-polling client to one server, the one fallback that would br
 it; `balance source` is avoided because every local client shares one address.
 """
 
+import csv
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from core.errors import CrawlcoinError
 
@@ -96,3 +100,23 @@ def write_config(path: Path, pools: list[Pool], stats_port: int, haproxy: str) -
     if check.returncode != 0:
         raise CrawlcoinError(f"HAProxy refused {path}:\n{(check.stdout + check.stderr).strip()}")
     return path
+
+
+def wait_all_up(host: str, stats_port: int, timeout: float = 60) -> None:
+    """Until HAProxy's stats say every server of every backend is UP. A server HAProxy checked before it listened
+    is DOWN until it passes `rise` checks in a row, a second or two after it answers: a request in between gets
+    HAProxy's 503 "No server is available"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            csv_text = httpx.get(f"http://{host}:{stats_port}/;csv", timeout=2).text
+            rows = list(csv.DictReader(csv_text.lstrip("# ").splitlines()))
+            down = [f"{r['pxname']}/{r['svname']} {r['status']}" for r in rows
+                    if r["svname"] not in ("FRONTEND", "BACKEND") and not r["status"].startswith("UP")]
+        except (httpx.HTTPError, KeyError) as e:
+            down = [f"its stats page does not answer ({type(e).__name__})"]
+        if not down:
+            return
+        if time.monotonic() > deadline:
+            raise CrawlcoinError(f"HAProxy does not see every server up after {timeout:.0f} s: {', '.join(down)}")
+        time.sleep(0.5)
