@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli.demo import place_demo_order, prepare_site, refuse_in_production
 from cli.embedded import embedded_secrets, prefect_env, private_data_dir, start_postgres, valkey_argv, valkey_config
-from cli.haproxy import Pool, find_haproxy, write_config
+from cli.haproxy import Pool, find_haproxy, wait_all_up, write_config
 from cli.local_miner import local_miner_token
 from cli.stack import (
     Stack,
@@ -157,6 +157,8 @@ def run_stack(settings: Settings, miner: bool = False, demo: bool = False, minin
             "api": [settings.api_port], "worker": worker_ports, "mining": mining_ports, "results": results_ports})
         rows.append(("metrics", f"/metrics on each service; Prometheus file_sd targets in {targets}", "-"))
         rows.append(("store", _display_store(settings), "-"))
+        if haproxy is not None:
+            wait_all_up(host, stats_port)  # else the first requests through HAProxy may meet its 503
         print_table(console, rows)
         if demo_note is not None:
             console.print(
