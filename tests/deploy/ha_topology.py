@@ -6,7 +6,6 @@ The topology runs as its own Compose project with its own volumes and network, i
 in the test's folder.
 """
 
-import csv
 import os
 import secrets
 import shutil
@@ -20,6 +19,7 @@ import httpx
 import yaml
 from cryptography.fernet import Fernet
 
+from cli.haproxy import wait_all_up
 from tests.conftest import backend_unavailable, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,26 +81,8 @@ class Topology:
         started = time.monotonic()
         self.run("up", "-d", timeout=900)
         self.wait_healthy("api", "/health", 300)
-        self.wait_all_up(120)
+        wait_all_up("127.0.0.1", self.ports["stats"], 120)  # every replica, not the first to answer
         return time.monotonic() - started
-
-    def wait_all_up(self, timeout: float) -> None:
-        """Until HAProxy's stats say every server of every backend is UP: one answer through HAProxy only says
-        that one replica is, and a replica started last may still be booting (its check refused)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                rows = list(csv.DictReader(httpx.get(self.url("stats") + "/;csv", timeout=2).text.lstrip("# ")
-                                           .splitlines()))
-                servers = {f"{r['pxname']}/{r['svname']}": r["status"] for r in rows
-                           if r["svname"] not in ("FRONTEND", "BACKEND")}
-            except (httpx.HTTPError, KeyError):
-                servers = {}
-            if servers and all(status.startswith("UP") for status in servers.values()):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not every server is UP in HAProxy after {timeout:.0f} s: {servers}")
-            time.sleep(1)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
