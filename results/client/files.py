@@ -11,8 +11,9 @@ exists is never written again. A result whose body the store deleted (its retent
 delivery was over) gets a sidecar only, saying when.
 
 A batch is written in three steps: each file goes to a `.tmp-*` file beside its final name and is
-made durable (on Linux ≥ 5.8 by one syncfs(2) of the file system for the whole batch, elsewhere by
-an fsync of each file, sixteen at a time: the file system commits them together); the bodies (with the extracted
+made durable (a batch of SYNCFS_MIN_FILES files or more, on Linux 5.8 or later, by one syncfs(2) of
+the file system; else by an fsync of each file, sixteen at a time: the file system commits them
+together); the bodies (with the extracted
 values and diffs) are renamed into place and the folder fsynced; then the sidecars, and the folder
 again. Only then is the batch acknowledged. A crash at any point leaves whole files, or `.tmp-*`
 leftovers that the next run sweeps, never a sidecar without its body. `<out>/.crawlcoin/cursor.json`
@@ -69,6 +70,9 @@ SYNCFS = _syncfs()
 """One syncfs of a batch's file system in place of an fsync per file: measured on this project's 2-core
 machine (ext4), 1,000 20 KB files made durable in 0.13 s and 0.06 CPU-s, against 0.19 s and 0.22 CPU-s
 with sixteen threads fsyncing one file each."""
+SYNCFS_MIN_FILES = 32
+"""Smaller batches (live results, a few at a time) fsync their own files: syncfs also writes out whatever
+else is waiting on the file system, which a big batch amortises and a single result should not wait for."""
 
 
 def sync_folder(folder: Path) -> None:
@@ -219,7 +223,7 @@ class ResultFiles:
                sidecars: list[tuple[Path, Callable[[BinaryIO], None]]]) -> None:
         """Every file durable under a temp name, then the bodies renamed, then the sidecars."""
         files = bodies + sidecars
-        if SYNCFS is not None and files:
+        if SYNCFS is not None and len(files) >= SYNCFS_MIN_FILES:
             temps = durable_temps(files, sync=False)
             try:
                 sync_file_system(self.out)

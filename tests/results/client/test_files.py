@@ -52,14 +52,16 @@ def test_a_batch_the_file_system_could_not_keep_leaves_nothing_and_is_written_la
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed sync (a disk error) fails the batch: it is not acknowledged, and the next delivery writes it."""
     monkeypatch.setattr(files, "SYNCFS", lambda fd: -1)
-    batch = [result(n, b"<html>page</html>") for n in (1, 2)]
+    batch = [result(n, b"<html>page</html>") for n in range(1, 21)]  # 60 files: the batch's size takes syncfs
     written = ResultFiles(tmp_path)
     try:
         with pytest.raises(OSError, match="syncfs of"):
             written.write(batch)
         assert on_disk(tmp_path / "o") == {}, "no sidecar, no body, no temp file"
+        one = [result(99, b"<html>live</html>")]
+        assert [new for _, new in written.write(one)] == [True], "a small batch fsyncs its own files, no syncfs"
         monkeypatch.setattr(files, "SYNCFS", None)
-        assert [new for _, new in written.write(batch)] == [True, True]
+        assert [new for _, new in written.write(batch)] == [True] * 20
     finally:
         written.close()
-    assert len(on_disk(tmp_path / "o")) == 6
+    assert len(on_disk(tmp_path / "o")) == 63
