@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,27 @@ def warm_up(browser: object, url: str, log: Path) -> None:
                     f"screenshot in {ARTIFACTS}; the server's log:\n{log.read_text(errors='replace')}")
     finally:
         context.close()
+
+
+def show_sign_in(page: Any) -> None:
+    """Waits for the sign-in form of a page just opened, reloading it once (as a user would) if it does not come
+    within WAIT_MS; says what the page showed each time it did not.
+
+    In two CI runs (one here, one on the CI machine), with the chaos tests busy on the other worker, a new browser
+    context's page showed no form within 30 s, right after the previous context's sign-in had been answered;
+    the same test passes in 10-27 s alone and beside the tour, so what the page showed is kept for the next time."""
+    form = page.get_by_role("textbox", name="Username", exact=True)
+    for attempt in (1, 2):
+        try:
+            form.wait_for(timeout=WAIT_MS)
+            return
+        except Exception as e:  # Playwright's TimeoutError
+            shown = page.locator("body").inner_text(timeout=5000)[:1000]
+            note = f"no sign-in form after {WAIT_MS // 1000} s (attempt {attempt}); the page showed: {shown!r}"
+            if attempt == 2:
+                raise AssertionError(note) from e
+            warnings.warn(note, stacklevel=2)
+            page.reload()
 
 
 def test_sign_up_sign_in_order_and_every_page(browser: object, dashboard_server: str, store: Store,
@@ -255,6 +277,7 @@ class TestSignInLocksArePerBrowser:
             page = context.new_page()
             page.set_default_timeout(WAIT_MS)
             page.goto(dashboard_server)
+            show_sign_in(page)
             page.get_by_role("textbox", name="Username", exact=True).fill(username)
             page.get_by_role("textbox", name="Password", exact=True).fill(PASSWORD)
             page.get_by_role("textbox", name="Two-factor code", exact=True).fill(code)
