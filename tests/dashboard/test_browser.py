@@ -76,11 +76,10 @@ def dashboard_server(api_url: str, tmp_path: Path, browser: object) -> Iterator[
 def warm_up(browser: object, url: str, log: Path) -> None:
     """Loads the sign-in page once before the test's first step, with more time than the test's own waits.
 
-    A new Streamlit process runs the app cold on its first page (its imports, the page modules) and
-    a new browser context fetches the front end uncached: on a CI machine busy with the chaos tests
-    that first page once took over the 30 s the tests allow a step (the sign-in form never showed
-    in time), where it takes 2-7 s here with the two cores saturated. A first page that does not
-    come within FIRST_PAGE_MS fails with what the browser showed and what the server logged."""
+    A new Streamlit process runs the app cold on its first page (its imports, the page modules) and a new
+    browser context fetches the front end uncached: 2-7 s here with the two cores saturated. A first page
+    that does not come within FIRST_PAGE_MS fails with a screenshot and what the server logged (that is how
+    the blank page of the module's comment was seen)."""
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()
     try:
@@ -99,9 +98,8 @@ def show_sign_in(page: Any) -> None:
     """Waits for the sign-in form of a page just opened, reloading it once (as a user would) if it does not come
     within WAIT_MS; says what the page showed each time it did not.
 
-    In two CI runs (one here, one on the CI machine), with the chaos tests busy on the other worker, a new browser
-    context's page showed no form within 30 s, right after the previous context's sign-in had been answered;
-    the same test passes in 10-27 s alone and beside the tour, so what the page showed is kept for the next time."""
+    A new browser context's page once showed no form within 30 s, right after the previous context's sign-in
+    had been answered (beside the chaos tests: see the module's comment); what it showed is kept for next time."""
     form = page.get_by_role("textbox", name="Username", exact=True)
     for attempt in (1, 2):
         try:
