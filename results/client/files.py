@@ -115,12 +115,11 @@ def durable_temps(files: list[tuple[Path, Callable[[BinaryIO], None]]], sync: bo
     return temps
 
 
-def sync_file_system(folder: Path) -> None:
-    """Make every file written on `folder`'s file system durable (syncfs), or say why not (OSError)."""
-    assert SYNCFS is not None
+def sync_file_system(folder: Path, syncfs: Callable[[int], int]) -> None:
+    """Make every file written on `folder`'s file system durable (`syncfs`: SYNCFS), or say why not (OSError)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        if SYNCFS(fd) != 0:
+        if syncfs(fd) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"syncfs of {folder}: {os.strerror(error)}")
     finally:
@@ -226,7 +225,7 @@ class ResultFiles:
         if SYNCFS is not None and len(files) >= SYNCFS_MIN_FILES:
             temps = durable_temps(files, sync=False)
             try:
-                sync_file_system(self.out)
+                sync_file_system(self.out, SYNCFS)
             except BaseException:
                 for tmp in temps:
                     tmp.unlink(missing_ok=True)
