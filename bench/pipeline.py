@@ -74,16 +74,15 @@ class Window:
     started: float = 0.0
     counts: list[tuple[float, int]] = field(default_factory=list)
     rate: float = 0.0
-    slowest: float = 0.0
-    fastest: float = 0.0
-    slices: list[float] = field(default_factory=list)
+    slices: list[float] = field(default_factory=list)  # the rate of each 5-s slice of the window
     cpu: dict[str, float] = field(default_factory=dict)
     done: int = 0
     drained: bool = False
 
     def line(self) -> str:
         cut = " (the backlog ran out inside the window: raise --jobs)" if self.drained else ""
-        return (f"{self.rate:8.1f} jobs/s  (5-s slices: slowest {self.slowest:.0f}, fastest {self.fastest:.0f}){cut}\n"
+        slowest, fastest = min(self.slices, default=self.rate), max(self.slices, default=self.rate)
+        return (f"{self.rate:8.1f} jobs/s  (5-s slices: slowest {slowest:.0f}, fastest {fastest:.0f}){cut}\n"
                 f"             every 5-s slice: {' '.join(f'{rate:.0f}' for rate in self.slices)}")
 
     def cpu_line(self) -> str:
@@ -114,9 +113,7 @@ def measure(count: Callable[[], int], sampler: Sampler, jobs: int, warmup: float
     (t0, c0), (t1, c1) = window[0], window[-1]
     w.done = c1 - c0
     w.rate = w.done / max(t1 - t0, 1e-9)
-    slices = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(window, window[1:], strict=False) if b[0] > a[0]]
-    w.slowest, w.fastest = min(slices, default=w.rate), max(slices, default=w.rate)
-    w.slices = slices
+    w.slices = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(window, window[1:], strict=False) if b[0] > a[0]]
     w.cpu = {kind: cpu - start_cpu.get(kind, 0.0) for kind, (_, cpu) in sampler.per_kind().items()}
     return w
 
