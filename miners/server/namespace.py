@@ -21,6 +21,7 @@ from core import metrics
 from core.client_address import network_of, real_client
 from core.errors import CrawlcoinError
 from core.protocol.mining import (
+    MAX_BATCH,
     NAMESPACE,
     Drained,
     FetchError,
@@ -31,6 +32,7 @@ from core.protocol.mining import (
     ResultAck,
     ServerEvent,
     Welcome,
+    results_of_batch,
 )
 from core.schemas import Scope
 from core.settings import Settings
@@ -62,6 +64,7 @@ class Connection:
     refilled: float = field(default_factory=time.monotonic)
     strikes: int = 0
     announced: bool = False
+    batches: bool = False  # it said it takes `jobs` (auth "batches": true)
 
     def take(self) -> bool:
         now = time.monotonic()
@@ -113,7 +116,7 @@ class MinerNamespace(socketio.AsyncNamespace):
         forwarded = [environ["HTTP_X_FORWARDED_FOR"]] if environ.get("HTTP_X_FORWARDED_FOR") else []
         address = real_client(environ.get("REMOTE_ADDR"), forwarded, self.settings.trusted_proxy_networks)
         self.connections[sid] = Connection(token.owner_id, user.username if user else token.owner_id,
-                                           network_of(address))
+                                           network_of(address), batches=auth.get("batches") is True)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.connections.pop(sid, None)
@@ -128,7 +131,8 @@ class MinerNamespace(socketio.AsyncNamespace):
         if not conn.take():
             await self._drop(sid, "too many messages; disconnecting")
             return None
-        handlers = {MinerEvent.hello: self._hello, MinerEvent.result: self._result, MinerEvent.drain: self._drain}
+        handlers = {MinerEvent.hello: self._hello, MinerEvent.result: self._result, MinerEvent.results: self._results,
+                    MinerEvent.drain: self._drain}
         handler = handlers.get(MinerEvent(event)) if event in handlers else None
         try:
             if handler is None:
@@ -174,14 +178,16 @@ class MinerNamespace(socketio.AsyncNamespace):
         miner = MinerConn(sid=sid, user_id=conn.user_id, username=conn.username, policy=policy,
                           announced=min(policy.capacity, self.settings.miner_max_capacity),
                           max_body_bytes=min(policy.max_body_bytes, self.settings.result_body_max_bytes),
-                          blocked=blocked, settings=self.settings, network=conn.network, reputation=reputation)
+                          blocked=blocked, settings=self.settings, network=conn.network, reputation=reputation,
+                          batches=conn.batches)
         if miner.standing is Standing.barred:  # barred since it connected: it gets no job
             return ResultAck(ok=False, error="this account is barred from mining").model_dump()
         conn.announced = True
         self.handout.add_miner(miner)
         return Welcome(server_id=self.server_id, miner=conn.username, capacity=miner.capacity,
                        max_body_bytes=miner.max_body_bytes, lease_seconds=self.settings.lease_seconds,
-                       reputation=round(reputation.score, 3), standing=miner.standing.value).model_dump()
+                       reputation=round(reputation.score, 3), standing=miner.standing.value,
+                       batches=True).model_dump()
 
     async def _reputation(self, user_id: str) -> Reputation:
         """The account's reputation; a new account's while Valkey cannot say (checked in full: the safe side)."""
@@ -193,6 +199,28 @@ class MinerNamespace(socketio.AsyncNamespace):
 
     async def _drain(self, sid: str, conn: Connection, data: Any) -> dict:
         return Drained(in_flight=self.handout.drain(sid)).model_dump()
+
+    async def _results(self, sid: str, conn: Connection, data: Any) -> dict:
+        """Several results in one message, each judged as `result` judges one: a bad one is refused (and counts
+        a strike) without holding up the others."""
+        miner = self.handout.miners.get(sid)
+        if miner is None:
+            raise _Refused("send hello before results")
+        try:
+            items = results_of_batch(data, min(MAX_BATCH, max(1, miner.announced)))
+        except ValueError as e:
+            raise _Refused(f"malformed results: {e}") from None
+
+        async def one(item: dict) -> dict:
+            try:
+                return await self._result(sid, conn, item)
+            except _Refused as e:
+                return await self._strike(sid, conn, e.message)
+            except Exception:
+                log.exception("error handling a result of a batch from %s", sid)
+                return ResultAck(ok=False, error="internal error; the result was not processed").model_dump()
+
+        return {"acks": await asyncio.gather(*(one(item) for item in items))}  # a `ResultAcks`
 
     async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
         miner = self.handout.miners.get(sid)
@@ -243,7 +271,7 @@ class MinerNamespace(socketio.AsyncNamespace):
 
 
 *_FIRST, _LAST = MinerEvent
-_KNOWN_EVENTS = f"{', '.join(_FIRST)} and {_LAST}"  # "hello, result and drain"
+_KNOWN_EVENTS = f"{', '.join(_FIRST)} and {_LAST}"  # "hello, result, results and drain"
 
 
 class _Refused(Exception):

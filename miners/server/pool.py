@@ -84,6 +84,7 @@ class MinerConn:
     leases: dict[str, Lease] = field(default_factory=dict)
     awaiting: set[str] = field(default_factory=set)  # keys of jobs whose result from it waits for its check here
     draining: bool = False
+    batches: bool = False  # it takes `jobs`, several offers in a message
     booked: int = 0  # slots promised to jobs of the placement under way
 
     @property
