@@ -15,7 +15,13 @@ from pydantic_core import PydanticCustomError
 def _surrogate_at(value: object, path: str) -> str | None:
     """Where in a JSON value a string holds a lone surrogate, e.g. "headers.X-Key"; None if nowhere."""
     if isinstance(value, str):
-        return path if any("\ud800" <= c <= "\udfff" for c in value) else None
+        if value.isascii():  # known without reading it: most text is
+            return None
+        try:
+            value.encode()  # UTF-8 has no form for a surrogate code point, and only for those
+        except UnicodeEncodeError:
+            return path
+        return None
     if isinstance(value, dict):
         for k, v in value.items():
             where = _surrogate_at(k, f"a name in {path or 'the request'}")
