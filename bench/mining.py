@@ -17,6 +17,11 @@ the CPU time it cost per job (or round trip), process by process: the mining ser
 miners (this process), the page server and Valkey. Those stay put under load and say where
 the time goes. `--rounds R` alternates the two measurements R times and prints the median ratio.
 
+Between the two it measures a floor: the same clients fetch the page with aiohttp, as a miner does, and
+send it in one bare round trip (the body as a binary attachment, a small answer), nothing checked, stored
+or paid. No mining job can cost less than that, so `mining / fetch + round trip` says how much of what
+is left the mining path spends, and `fetch + round trip / bare` how far the transport alone allows.
+
 By default every result is written unchecked, as before results were checked (the path to compare
 with earlier runs; a miner's `checked_share` is set to 0). `--checks` runs with the default trust
 settings instead: every bench miner is a new account, so every result is held and fetched again by
@@ -82,6 +87,10 @@ def serve_bare(port: int) -> None:
     @sio.on("echo")
     async def echo(sid: str, data: Any) -> Any:
         return data
+
+    @sio.on("take")
+    async def take(sid: str, data: Any) -> Any:
+        return {"ok": True}
 
     async def health(scope: dict, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -166,6 +175,36 @@ async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
     await asyncio.gather(*(loop(c) for c in clients for _ in range(in_flight)))
     ended = time.monotonic()
     cpu.stop()
+    await asyncio.gather(*(c.disconnect() for c in clients))
+    return _summary(latencies, start, ended)
+
+
+async def fetch_round_trips(url: str, page_url: str, k: int, seconds: float, cpu: CpuMeter,
+                            in_flight: int = 1) -> tuple[float, float, float]:
+    """The least a mining job could cost on this transport: fetch the page (aiohttp, as the miner does) and send
+    it in one bare round trip, nothing checked, stored or paid."""
+    import aiohttp
+    import socketio
+
+    clients = [socketio.AsyncClient(handle_sigint=False) for _ in range(k)]
+    await asyncio.gather(*(c.connect(url, transports=["websocket"]) for c in clients))
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        start = time.monotonic()
+        end = start + seconds
+        cpu.start()
+
+        async def loop(client: socketio.AsyncClient) -> None:
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                async with http.get(page_url) as response:
+                    body = await response.read()
+                await client.call("take", {"key": "x", "status": response.status, "body": body}, timeout=30)
+                latencies.append(time.monotonic() - t0)
+
+        await asyncio.gather(*(loop(c) for c in clients for _ in range(in_flight)))
+        ended = time.monotonic()
+        cpu.stop()
     await asyncio.gather(*(c.disconnect() for c in clients))
     return _summary(latencies, start, ended)
 
@@ -431,6 +470,7 @@ def main() -> None:
         bench_pid = os.getpid()
         valkey_pid = valkey._process.pid if valkey._process else bench_pid
         bare_cpu = CpuMeter({"server": bare.pid, "clients": bench_pid})
+        floor_cpu = CpuMeter({"server": bare.pid, "clients": bench_pid, "page server": page.pid})
         mining_cpu = CpuMeter({"server": mining.pid, "miners": bench_pid, "page server": page.pid,
                                "valkey": valkey_pid})
         url = f"http://127.0.0.1:{mining_port}"
@@ -458,19 +498,24 @@ def main() -> None:
             for _ in range(args.rounds):
                 b = await bare_round_trips(f"http://127.0.0.1:{bare_port}", args.miners, args.seconds, bare_cpu,
                                            args.capacity)
+                f = await fetch_round_trips(f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{page_port}/page",
+                                            args.miners, args.seconds, floor_cpu, args.capacity)
                 miners = MiningRun(url, tokens, args.capacity)
                 await miners.start()
                 m = await miners.measure(args.seconds, mining_cpu)
                 await miners.finish()
                 print(f"{'bare python-socketio round trip':34} {b[0]:9.0f} {b[1]:9.1f} {b[2]:9.1f}   "
                       f"{bare_cpu.per_job(round(b[0] * args.seconds))}")
+                print(f"{'bare fetch + round trip (a floor)':34} {f[0]:9.0f} {f[1]:9.1f} {f[2]:9.1f}   "
+                      f"{floor_cpu.per_job(round(f[0] * args.seconds))}")
                 what = "mining round trip (checked)" if args.checks else "mining job (fetch+store+pay+ack)"
                 print(f"{what:34} {m[0]:9.0f} {m[1]:9.1f} {m[2]:9.1f}   "
                       f"{mining_cpu.per_job(round(m[0] * args.seconds))}")
                 ratios.append(m[0] / b[0])
                 handout = miners.handout()
                 print(f"{'then hand-out (ack → next job)':34} {'':9} {handout[0]:9.1f} {handout[1]:9.1f}")
-                print(f"ratio mining / bare: {ratios[-1]:.2f}")
+                print(f"ratio mining / bare: {ratios[-1]:.2f}; fetch + round trip / bare: {f[0] / b[0]:.2f}; "
+                      f"mining / fetch + round trip: {m[0] / f[0]:.2f}")
             if args.rounds > 1:
                 print(f"median ratio over {args.rounds} rounds: {statistics.median(ratios):.2f}")
             if args.idle:
