@@ -126,7 +126,7 @@ class ResultAck(BaseModel):
     error: str | None = None
 
 
-MAX_BATCH = 1024  # results in one `results` message: a miner never holds more jobs than that
+MAX_BATCH = 1024  # results in one `results` message, and no more than the miner's announced capacity
 BATCH_BODIES = "bodies"
 BATCH_RESULTS = "results"
 BODY_BYTES = "body_bytes"

@@ -218,7 +218,8 @@ class Miner:
             return
         self.stats.capacity = welcome.capacity
         self._batches = welcome.batches
-        self._batch_limits = (max(1, min(MAX_BATCH, welcome.capacity)), welcome.max_body_bytes)
+        # As many results as it runs jobs (not the capacity its standing allows now, which grows as it is trusted).
+        self._batch_limits = (min(MAX_BATCH, self.policy.capacity), welcome.max_body_bytes)
         self.stats.reputation, self.stats.standing = welcome.reputation, welcome.standing
         self.stats.state = f"mining as {welcome.miner} on {welcome.server_id}"
 

@@ -207,7 +207,7 @@ class MinerNamespace(socketio.AsyncNamespace):
         if miner is None:
             raise _Refused("send hello before results")
         try:
-            items = results_of_batch(data, min(MAX_BATCH, max(1, miner.announced)))
+            items = results_of_batch(data, min(MAX_BATCH, miner.policy.capacity))
         except ValueError as e:
             raise _Refused(f"malformed results: {e}") from None
 
