@@ -299,8 +299,9 @@ class Miner:
         self.stats.in_flight = len(self._tasks)
 
     async def _send_result(self, payload: dict[str, Any]) -> Any:
-        """`call("result")`, with the sending serialised: a body travels as separate binary
-        frames, and two results sent at once could interleave them."""
+        """The server's answer to this result: sent alone (`result`), the sending serialised (a body travels
+        as separate binary frames, and two results sent at once could interleave them), or in the next
+        `results` batch when the server takes batches."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def on_ack(*args: Any) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.storage import Store
@@ -14,7 +15,7 @@ from dashboard.changes import side_by_side
 from dashboard.client import Api, new_http
 from results.watch.observer import observe_order
 from tests.dashboard.conftest import button, deliver, texts, widget
-from tests.dashboard.test_browser import ARTIFACTS, WAIT_MS, dashboard_server  # noqa: F401 - a fixture
+from tests.dashboard.test_browser import ARTIFACTS, WAIT_MS, dashboard_server, show_sign_in  # noqa: F401 - a fixture
 from tests.helpers import Account, ApiClient, interval_order
 from tests.results.watch.test_observer import price_page
 
@@ -76,6 +77,7 @@ def test_an_order_placed_with_a_selector_watches_it(dashboard: Callable[..., App
     assert "watching CSS `#price::text`" in texts(at)
 
 
+@pytest.mark.xdist_group("machine-wide-chaos")  # as test_browser.py's tests, for the same reason (see there)
 def test_the_changes_in_a_real_browser(browser: object, dashboard_server: str, api: ApiClient,  # noqa: F811
                                        store: Store) -> None:
     from playwright.sync_api import Page, expect
@@ -88,6 +90,7 @@ def test_the_changes_in_a_real_browser(browser: object, dashboard_server: str, a
     page.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
     page.goto(dashboard_server)
+    show_sign_in(page)
     main = page.get_by_test_id("stMain")
     expect(main.get_by_text("Recurring web scraping", exact=False).first).to_be_visible()
     time.sleep(30.5 - time.time() % 30)  # the account's login used this step's code: a code is accepted once
