@@ -10,8 +10,8 @@ was held for a check was decided, and the miner's reputation after it).
 Batches. A miner that connects with auth `{"token": …, "batches": true}` may be sent `jobs` (a
 `JobOffers`: the jobs one hand-out pass leased to it) as well as `job`. A server whose `Welcome`
 says `batches` takes `results`: several results in one message, their bodies joined in one
-binary attachment (`batch_of_results`), answered with one `ResultAck` per result, in order
-(`ResultAcks`). Each result in it is judged as a `result` alone would be. Both ends fall back
+binary attachment (`batch_of_results`), answered with `{"acks": [...]}`: one `ResultAck` per
+result, in order. Each result in it is judged as a `result` alone would be. Both ends fall back
 to one message per job with a peer that does not say it takes batches, so miners and servers
 of either kind work together.
 """
@@ -163,12 +163,6 @@ def results_of_batch(data: object, limit: int) -> list[dict]:
         raise ValueError(f"the {BODY_BYTES} of the results add up to {offset} bytes but {BATCH_BODIES} holds "
                          f"{len(bodies)}")
     return out
-
-
-class ResultAcks(BaseModel):
-    """The server's answer to `results`: one `ResultAck` per result, in the order they came."""
-
-    acks: list[ResultAck]
 
 
 class Checked(BaseModel):

@@ -220,7 +220,7 @@ class MinerNamespace(socketio.AsyncNamespace):
                 log.exception("error handling a result of a batch from %s", sid)
                 return ResultAck(ok=False, error="internal error; the result was not processed").model_dump()
 
-        return {"acks": await asyncio.gather(*(one(item) for item in items))}  # a `ResultAcks`
+        return {"acks": await asyncio.gather(*(one(item) for item in items))}
 
     async def _result(self, sid: str, conn: Connection, data: Any) -> dict:
         miner = self.handout.miners.get(sid)
