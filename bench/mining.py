@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -155,8 +156,9 @@ def _summary(latencies: list[float], started: float, ended: float) -> tuple[floa
     return len(ms) / (ended - started), statistics.median(ms), p99
 
 
-async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
-                           in_flight: int = 1) -> tuple[float, float, float]:
+async def timed_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter, in_flight: int,
+                            step: Callable[[Any], Awaitable[object]]) -> tuple[float, float, float]:
+    """K bare python-socketio clients, each doing `step(client)` `in_flight` at a time for `seconds`, timed."""
     import socketio
 
     clients = [socketio.AsyncClient(handle_sigint=False) for _ in range(k)]
@@ -169,7 +171,7 @@ async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
     async def loop(client: socketio.AsyncClient) -> None:
         while time.monotonic() < end:
             t0 = time.monotonic()
-            await client.call("echo", PAYLOAD, timeout=30)
+            await step(client)
             latencies.append(time.monotonic() - t0)
 
     await asyncio.gather(*(loop(c) for c in clients for _ in range(in_flight)))
@@ -179,34 +181,25 @@ async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
     return _summary(latencies, start, ended)
 
 
+async def bare_round_trips(url: str, k: int, seconds: float, cpu: CpuMeter,
+                           in_flight: int = 1) -> tuple[float, float, float]:
+    return await timed_round_trips(url, k, seconds, cpu, in_flight,
+                                   lambda client: client.call("echo", PAYLOAD, timeout=30))
+
+
 async def fetch_round_trips(url: str, page_url: str, k: int, seconds: float, cpu: CpuMeter,
                             in_flight: int = 1) -> tuple[float, float, float]:
     """The least a mining job could cost on this transport: fetch the page (aiohttp, as the miner does) and send
     it in one bare round trip, nothing checked, stored or paid."""
     import aiohttp
-    import socketio
 
-    clients = [socketio.AsyncClient(handle_sigint=False) for _ in range(k)]
-    await asyncio.gather(*(c.connect(url, transports=["websocket"]) for c in clients))
-    latencies: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        start = time.monotonic()
-        end = start + seconds
-        cpu.start()
+        async def step(client: Any) -> None:
+            async with http.get(page_url) as response:
+                body = await response.read()
+            await client.call("take", {"key": "x", "status": response.status, "body": body}, timeout=30)
 
-        async def loop(client: socketio.AsyncClient) -> None:
-            while time.monotonic() < end:
-                t0 = time.monotonic()
-                async with http.get(page_url) as response:
-                    body = await response.read()
-                await client.call("take", {"key": "x", "status": response.status, "body": body}, timeout=30)
-                latencies.append(time.monotonic() - t0)
-
-        await asyncio.gather(*(loop(c) for c in clients for _ in range(in_flight)))
-        ended = time.monotonic()
-        cpu.stop()
-    await asyncio.gather(*(c.disconnect() for c in clients))
-    return _summary(latencies, start, ended)
+        return await timed_round_trips(url, k, seconds, cpu, in_flight, step)
 
 
 class MiningRun:

