@@ -11,8 +11,9 @@ from rich.table import Table
 from rich.text import Text
 
 from core.protocol.mining import MinerPolicy
-from miners.client.miner import Miner, MinerStats
+from miners.client.miner import Miner
 from miners.client.models import FetchPolicy
+from miners.client.stats import MinerStats
 
 PRIVATE_TARGETS_WARNING = (
     "WARNING: --allow-private-targets is ON. This miner WILL connect to private, loopback and link-local "
